@@ -1,1 +1,305 @@
-//! placeholder
+//! The ingest server: authenticates agents, validates their batches, drops
+//! what it already holds, appends the rest to the event log, and acks.
+//!
+//! Promises (see "Delivery guarantees" in the README):
+//! - an `Ack { durable_seq }` is sent only after every event of that agent up
+//!   to `durable_seq` is durable in the event log;
+//! - the first message on every stream is an ack with the highest sequence
+//!   already held for the agent, so a reconnecting agent resends exactly the
+//!   rest;
+//! - each (agent, seq) is appended at most once: the per-agent high-water mark
+//!   comes from the log's producer state, which the log recovers with the data
+//!   itself, and appends of one agent are serialized;
+//! - a bad batch is answered with `INVALID_ARGUMENT` naming the broken limit, a
+//!   batch that claims another site or agent with `PERMISSION_DENIED`; both
+//!   are counted and logged and affect no other agent.
+
+use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
+use otwatch_proto::limits::Limits;
+use otwatch_proto::v1::ingest_server::{Ingest, IngestServer};
+use otwatch_proto::{Ack, EventBatch};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// Metadata keys an agent uses to name itself on a plaintext connection.
+/// With TLS, the identity comes from the client certificate instead.
+pub const SITE_HEADER: &str = "x-otwatch-site";
+pub const AGENT_HEADER: &str = "x-otwatch-agent";
+
+/// Settings of the ingest server (the `[collector]` config section).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// Limits on what agents may send.
+    pub limits: Limits,
+}
+
+/// Counters of the ingest server, for logs, metrics and the demo scorecard.
+#[derive(Debug, Default)]
+pub struct CollectorMetrics {
+    pub streams_opened: AtomicU64,
+    pub batches: AtomicU64,
+    pub events_stored: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub batches_invalid: AtomicU64,
+    pub batches_denied: AtomicU64,
+    pub append_failures: AtomicU64,
+}
+
+/// A snapshot of [`CollectorMetrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CollectorCounts {
+    pub streams_opened: u64,
+    pub batches: u64,
+    pub events_stored: u64,
+    pub events_duplicate: u64,
+    pub batches_invalid: u64,
+    pub batches_denied: u64,
+    pub append_failures: u64,
+}
+
+impl CollectorMetrics {
+    pub fn snapshot(&self) -> CollectorCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CollectorCounts {
+            streams_opened: g(&self.streams_opened),
+            batches: g(&self.batches),
+            events_stored: g(&self.events_stored),
+            events_duplicate: g(&self.events_duplicate),
+            batches_invalid: g(&self.batches_invalid),
+            batches_denied: g(&self.batches_denied),
+            append_failures: g(&self.append_failures),
+        }
+    }
+}
+
+/// Who is on the other end of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub site: String,
+    pub agent: String,
+}
+
+impl AgentIdentity {
+    /// The producer id under which the event log keeps this agent's high-water mark.
+    pub fn producer(&self) -> String {
+        format!("{}/{}", self.site, self.agent)
+    }
+}
+
+/// The ingest service. Clone-cheap; share one per process.
+#[derive(Clone)]
+pub struct Collector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: Arc<dyn EventLog>,
+    config: CollectorConfig,
+    metrics: Arc<CollectorMetrics>,
+    /// One lock per producer so that two streams of the same agent (an old
+    /// one not yet torn down and its replacement) cannot both append the same
+    /// sequence numbers.
+    producer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Collector {
+    pub fn new(log: Arc<dyn EventLog>, config: CollectorConfig) -> Self {
+        Collector {
+            inner: Arc::new(Inner {
+                log,
+                config,
+                metrics: Arc::default(),
+                producer_locks: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<CollectorMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// The tonic service, with message size limits applied.
+    pub fn into_service(self) -> IngestServer<Collector> {
+        let max = self.inner.config.limits.max_message_bytes;
+        IngestServer::new(self)
+            .max_decoding_message_size(max)
+            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    }
+
+    /// Validates, dedupes and appends one batch; returns the ack to send.
+    pub async fn ingest(
+        &self,
+        identity: &AgentIdentity,
+        batch: EventBatch,
+        now_ns: i64,
+    ) -> Result<Ack, Status> {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        if batch.site != identity.site || batch.agent != identity.agent {
+            m.batches_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                claimed_site = %batch.site,
+                claimed_agent = %batch.agent,
+                "batch claims another identity; refused"
+            );
+            return Err(Status::permission_denied(format!(
+                "this stream is authenticated as site {:?} agent {:?}; a batch for site {:?} agent {:?} is refused",
+                identity.site, identity.agent, batch.site, batch.agent
+            )));
+        }
+        if let Err(e) = inner.config.limits.check_batch(&batch, now_ns) {
+            m.batches_invalid.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "invalid batch refused");
+            return Err(Status::invalid_argument(e.to_string()));
+        }
+        let producer = identity.producer();
+        let lock = inner
+            .producer_locks
+            .lock()
+            .unwrap()
+            .entry(producer.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        let held = inner.log.producer_seq(Topic::Events, &producer).unwrap_or(0);
+        // Sequence numbers strictly increase within a batch (validated), so
+        // the already-held events are a prefix.
+        let dup = batch.events.partition_point(|e| e.seq <= held);
+        m.batches.fetch_add(1, Ordering::Relaxed);
+        m.events_duplicate.fetch_add(dup as u64, Ordering::Relaxed);
+        let fresh = &batch.events[dup..];
+        let Some(last) = fresh.last() else {
+            return Ok(Ack {
+                durable_seq: held,
+                duplicates: dup as u32,
+            });
+        };
+        let last_seq = last.seq;
+        let record = otwatch_proto::arrow::events_to_batch(&batch.site, &batch.agent, fresh, now_ns)
+            .map_err(|e| Status::internal(format!("converting the batch to Arrow failed: {e}")))?;
+        if let Err(e) = inner
+            .log
+            .append(
+                Topic::Events,
+                vec![Record {
+                    batch: record,
+                    producer: Some(ProducerMark {
+                        producer,
+                        last_seq,
+                    }),
+                }],
+            )
+            .await
+        {
+            m.append_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "event log append failed; batch not acknowledged");
+            return Err(Status::unavailable(format!(
+                "the collector could not store the batch durably ({e}); resend later"
+            )));
+        }
+        m.events_stored.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        Ok(Ack {
+            durable_seq: last_seq,
+            duplicates: dup as u32,
+        })
+    }
+
+    fn identity<T>(&self, request: &Request<T>) -> Result<AgentIdentity, Status> {
+        let get = |key: &str| -> Result<String, Status> {
+            let value = request
+                .metadata()
+                .get(key)
+                .ok_or_else(|| {
+                    Status::unauthenticated(format!(
+                        "no client certificate and no {key} header: the agent must identify itself"
+                    ))
+                })?
+                .to_str()
+                .map_err(|_| Status::invalid_argument(format!("{key} is not ASCII")))?;
+            let limit = self.inner.config.limits.max_id_len;
+            if value.is_empty() || value.len() > limit {
+                return Err(Status::invalid_argument(format!(
+                    "{key} must be 1 to {limit} bytes (max_id_len)"
+                )));
+            }
+            Ok(value.to_string())
+        };
+        Ok(AgentIdentity {
+            site: get(SITE_HEADER)?,
+            agent: get(AGENT_HEADER)?,
+        })
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Ingest for Collector {
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<EventBatch>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let identity = self.identity(&request)?;
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent);
+        self.inner.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let held = self
+            .inner
+            .log
+            .producer_seq(Topic::Events, &identity.producer())
+            .unwrap_or(0);
+        span.in_scope(|| tracing::info!(?peer, durable_seq = held, "agent connected"));
+        // Acks are few and small; a short buffer keeps a slow reader from
+        // holding many and still lets the next batch be processed.
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Ok(Ack {
+            durable_seq: held,
+            duplicates: 0,
+        }))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
+        let collector = self.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    let batch = match inbound.message().await {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => {
+                            tracing::info!("agent closed the stream");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::info!(%status, "stream ended");
+                            break;
+                        }
+                    };
+                    let reply = collector.ingest(&identity, batch, now_ns()).await;
+                    let failed = reply.is_err();
+                    if tx.send(reply).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
