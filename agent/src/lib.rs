@@ -1,1 +1,179 @@
-//! placeholder
+//! otwatch-agent: the edge side of otwatch.
+//!
+//! Sources read controller events; the disk queue numbers them and makes them
+//! durable; the sender streams the queue to the collector over gRPC and trims
+//! it only on the collector's durable acks. The agent never links Arrow,
+//! DataFusion, linfa or rdkafka: it must stay small on a factory gateway.
+//!
+//! - [`config`]: `agent.toml`, every option documented;
+//! - [`queue`]: the on-disk queue and its format;
+//! - [`handle`]: the queue's async face shared by sources and sender;
+//! - [`sender`]: batching, compression, acks, reconnects;
+//! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site.
+
+pub mod sim;
+
+pub mod config;
+pub mod handle;
+pub mod queue;
+pub mod sender;
+pub mod source;
+
+use config::{AgentConfig, SourceConfig};
+use handle::QueueHandle;
+use queue::{DiskQueue, QueueMetrics};
+use sender::{Sender, SenderMetrics};
+use source::SourceMetrics;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Live counters of a running agent.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub queue: Arc<QueueMetrics>,
+    pub sender: Arc<SenderMetrics>,
+    pub sources: Vec<Arc<SourceMetrics>>,
+}
+
+/// A snapshot of [`AgentMetrics`].
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct AgentCounts {
+    /// Events the sources handed to the queue.
+    pub events_taken: u64,
+    /// Inputs the sources refused (bad lines, broken limits).
+    pub inputs_rejected: u64,
+    /// Highest sequence number the collector acked durably.
+    pub acked_seq: u64,
+    /// Events dropped because the queue was full (`drop_oldest`).
+    pub dropped: u64,
+    /// Bytes in the queue.
+    pub queue_bytes: u64,
+    /// Successful connections (the first one included).
+    pub connects: u64,
+    /// Failed connections or broken streams.
+    pub failures: u64,
+}
+
+impl AgentMetrics {
+    pub fn snapshot(&self) -> AgentCounts {
+        let r = Ordering::Relaxed;
+        AgentCounts {
+            events_taken: self.sources.iter().map(|s| s.events.load(r)).sum(),
+            inputs_rejected: self.sources.iter().map(|s| s.rejected.load(r)).sum(),
+            acked_seq: self.queue.acked_seq.load(r),
+            dropped: self.queue.dropped.load(r),
+            queue_bytes: self.queue.bytes.load(r),
+            connects: self.sender.connects.load(r),
+            failures: self.sender.failures.load(r),
+        }
+    }
+}
+
+/// A running agent: its tasks and counters.
+pub struct Agent {
+    pub metrics: AgentMetrics,
+    queue: QueueHandle,
+    stop_sources: watch::Sender<bool>,
+    stop_sender: watch::Sender<bool>,
+    sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// Opens the queue and starts the sources and the sender.
+    pub fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        let queue = DiskQueue::open(config.data_dir.join("queue"), config.queue.clone())
+            .context("cannot open the queue")?;
+        let queue = QueueHandle::new(queue);
+        let (stop_sources, stop) = watch::channel(false);
+        let (stop_sender, sender_stop) = watch::channel(false);
+        let span = tracing::info_span!("agent", site = %config.site, agent = %config.agent);
+        let mut sources = Vec::new();
+        let mut source_metrics = Vec::new();
+        for source in &config.sources {
+            let metrics = Arc::new(SourceMetrics::default());
+            source_metrics.push(metrics.clone());
+            let task = match source.clone() {
+                SourceConfig::Sim(sim) => tokio::spawn(
+                    source::sim::run(config.site.clone(), sim, queue.clone(), metrics, stop.clone())
+                        .instrument(span.clone()),
+                ),
+                SourceConfig::File(file) => tokio::spawn(
+                    source::file::run(
+                        file,
+                        config.data_dir.join("sources"),
+                        config.limits.clone(),
+                        queue.clone(),
+                        metrics,
+                        stop.clone(),
+                    )
+                    .instrument(span.clone()),
+                ),
+            };
+            sources.push(task);
+        }
+        let sender_metrics = Arc::new(SenderMetrics::default());
+        let sender = Sender {
+            config: config.collector.clone(),
+            site: config.site.clone(),
+            agent: config.agent.clone(),
+            max_message_bytes: config.limits.max_message_bytes,
+            queue: queue.clone(),
+            metrics: sender_metrics.clone(),
+        };
+        let sender = tokio::spawn(sender.run(sender_stop).instrument(span));
+        Ok(Agent {
+            metrics: AgentMetrics {
+                queue: queue.metrics(),
+                sender: sender_metrics,
+                sources: source_metrics,
+            },
+            queue,
+            stop_sources,
+            stop_sender,
+            sources,
+            sender,
+        })
+    }
+
+    /// Last sequence number taken into the queue.
+    pub fn last_seq(&self) -> u64 {
+        self.queue.last_seq()
+    }
+
+    /// Stops the sources, then waits up to `drain` for the collector to ack
+    /// everything queued before stopping the sender. What is not acked stays
+    /// in the queue for the next start.
+    pub async fn stop(self, drain: std::time::Duration) -> anyhow::Result<AgentCounts> {
+        self.stop_sources.send_replace(true);
+        let mut errors = Vec::new();
+        for task in self.sources {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let last = self.queue.last_seq();
+        if tokio::time::timeout(drain, self.queue.wait_acked(last))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unacked = last.saturating_sub(self.queue.acked()),
+                "stopping with events not yet acked; they stay queued for the next start"
+            );
+        }
+        self.stop_sender.send_replace(true);
+        let _ = self.sender.await;
+        if !errors.is_empty() {
+            anyhow::bail!("sources failed: {}", errors.join("; "));
+        }
+        Ok(self.metrics.snapshot())
+    }
+}

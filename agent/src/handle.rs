@@ -1,0 +1,141 @@
+//! The shared, async face of the disk queue: sources append, the sender
+//! reads and acks. File I/O (fsync included) runs on the blocking pool so it
+//! never stalls the async workers; watch channels announce new events and
+//! freed space so nobody polls.
+
+use crate::queue::{DiskQueue, QueueError, QueueMetrics};
+use otwatch_proto::ControllerEvent;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Called with (first seq, last seq) of an append before it is written.
+pub type BeforeWrite = Arc<dyn Fn(u64, u64) -> Result<(), QueueError> + Send + Sync>;
+
+/// Clone-cheap handle on the agent's queue.
+#[derive(Clone)]
+pub struct QueueHandle {
+    queue: Arc<Mutex<DiskQueue>>,
+    /// Last sequence number appended.
+    last_seq: watch::Sender<u64>,
+    /// Highest sequence acked (space may have been freed).
+    acked: watch::Sender<u64>,
+    metrics: Arc<QueueMetrics>,
+}
+
+impl QueueHandle {
+    pub fn new(queue: DiskQueue) -> Self {
+        let last = queue.next_seq() - 1;
+        let acked = queue.acked();
+        let metrics = queue.metrics();
+        QueueHandle {
+            queue: Arc::new(Mutex::new(queue)),
+            last_seq: watch::channel(last).0,
+            acked: watch::channel(acked).0,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<QueueMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Last sequence number appended so far.
+    pub fn last_seq(&self) -> u64 {
+        *self.last_seq.borrow()
+    }
+
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.last_seq.subscribe()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DiskQueue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || f(&mut queue.lock().unwrap()))
+            .await
+            .expect("queue task panicked")
+    }
+
+    /// Makes the events durable in the queue (numbering them) and returns
+    /// their last sequence number. When the queue is full and configured to
+    /// block, waits for acks to free space, logging once per episode.
+    pub async fn append(&self, events: Vec<ControllerEvent>) -> Result<u64, QueueError> {
+        self.append_with(events, None).await
+    }
+
+    /// [`append`](Self::append) with a hook that runs under the queue lock
+    /// once the sequence numbers are known and before they are written (see
+    /// [`DiskQueue::append_with`]).
+    pub async fn append_with(
+        &self,
+        events: Vec<ControllerEvent>,
+        hook: Option<BeforeWrite>,
+    ) -> Result<u64, QueueError> {
+        let mut events = events;
+        let mut acked = self.acked.subscribe();
+        let mut warned = false;
+        loop {
+            let (result, back) = self
+                .blocking({
+                    let hook = hook.clone();
+                    move |q| {
+                        let r = match hook {
+                            Some(h) => q.append_with(&mut events, |a, b| h(a, b)),
+                            None => q.append(&mut events),
+                        };
+                        Ok((r, events))
+                    }
+                })
+                .await?;
+            events = back;
+            match result {
+                Ok(last) => {
+                    if warned {
+                        tracing::info!("queue has room again; source resumed");
+                    }
+                    self.last_seq.send_replace(last);
+                    return Ok(last);
+                }
+                Err(QueueError::Full { bytes, max }) => {
+                    if !warned {
+                        tracing::warn!(
+                            bytes,
+                            max_bytes = max,
+                            "queue full: source blocked until the collector acks (when_full = \"block\")"
+                        );
+                        warned = true;
+                    }
+                    acked.borrow_and_update();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), acked.changed()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads up to `max` events from `from` on.
+    pub async fn read(&self, from: u64, max: usize) -> Result<Vec<ControllerEvent>, QueueError> {
+        self.blocking(move |q| q.read(from, max)).await
+    }
+
+    /// Records a durable ack from the collector.
+    pub async fn ack(&self, seq: u64) -> Result<(), QueueError> {
+        let acked = self.blocking(move |q| q.ack(seq).map(|_| q.acked())).await?;
+        self.acked.send_replace(acked);
+        Ok(())
+    }
+
+    /// Waits until everything up to `seq` is acked.
+    pub async fn wait_acked(&self, seq: u64) {
+        let mut rx = self.acked.subscribe();
+        let _ = rx.wait_for(|&a| a >= seq).await;
+    }
+
+    /// Highest acked sequence number.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+}

@@ -1,0 +1,208 @@
+//! The sender: streams the queue to the collector and trims it on acks.
+//!
+//! One gRPC stream per connection. The collector's first message says what it
+//! already holds; the sender resumes right after it, so after any reconnect
+//! exactly the unacked events are resent (the collector drops any it already
+//! has). At most `max_in_flight` batches are unacked at a time: a slow
+//! collector slows the sender, and the queue absorbs the difference.
+//! Failures reconnect with exponential backoff and full jitter, so a fleet of
+//! agents does not stampede a collector that comes back.
+
+use crate::config::{Compression, SenderConfig};
+use crate::handle::QueueHandle;
+use otwatch_proto::v1::ingest_client::IngestClient;
+use otwatch_proto::EventBatch;
+use prost::Message;
+use rand::Rng;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tonic::codec::CompressionEncoding;
+use tonic::transport::Endpoint;
+
+/// Metadata keys naming the agent on a connection (see the collector).
+pub const SITE_HEADER: &str = "x-otwatch-site";
+pub const AGENT_HEADER: &str = "x-otwatch-agent";
+
+/// Counters of the sender.
+#[derive(Debug, Default)]
+pub struct SenderMetrics {
+    pub connected: AtomicBool,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub duplicates_reported: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("collector refused: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("collector closed the stream")]
+    Closed,
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    #[error("bad configuration: {0}")]
+    Config(String),
+}
+
+pub struct Sender {
+    pub config: SenderConfig,
+    pub site: String,
+    pub agent: String,
+    /// Largest encoded batch, from the agent's limits.
+    pub max_message_bytes: usize,
+    pub queue: QueueHandle,
+    pub metrics: Arc<SenderMetrics>,
+}
+
+impl Sender {
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.config.reconnect_min;
+        while !*shutdown.borrow() {
+            let started = Instant::now();
+            let outcome = self.session(&mut shutdown).await;
+            self.metrics.connected.store(false, Ordering::Relaxed);
+            match outcome {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    // A connection that worked for a while resets the backoff.
+                    if started.elapsed() > self.config.reconnect_max {
+                        backoff = self.config.reconnect_min;
+                    }
+                    let wait = rand::rng().random_range(backoff / 2..=backoff);
+                    tracing::warn!(error = %e, retry_in = ?wait, unacked = self.queue.last_seq() - self.queue.acked(), "connection to collector lost");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
+        let cfg = &self.config;
+        let endpoint = Endpoint::from_shared(cfg.url.clone())
+            .map_err(|e| SessionError::Config(format!("collector.url {:?}: {e}", cfg.url)))?
+            .connect_timeout(cfg.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let channel = endpoint.connect().await.map_err(|source| SessionError::Connect {
+            url: cfg.url.clone(),
+            source,
+        })?;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(1 << 20);
+        client = match cfg.compression {
+            Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
+            Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
+            Compression::None => client,
+        };
+        let (tx, rx) = mpsc::channel::<EventBatch>(cfg.max_in_flight);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        for (key, value) in [(SITE_HEADER, &self.site), (AGENT_HEADER, &self.agent)] {
+            request.metadata_mut().insert(
+                key,
+                value
+                    .parse()
+                    .map_err(|_| SessionError::Config(format!("{key} {value:?} is not ASCII")))?,
+            );
+        }
+        let mut acks = client.stream(request).await?.into_inner();
+        let greeting = acks.message().await?.ok_or(SessionError::Closed)?;
+        self.queue.ack(greeting.durable_seq).await?;
+        self.metrics.connects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connected.store(true, Ordering::Relaxed);
+        tracing::info!(
+            url = %cfg.url,
+            durable_seq = greeting.durable_seq,
+            resend = self.queue.last_seq().saturating_sub(greeting.durable_seq),
+            "connected to collector"
+        );
+        let mut next = greeting.durable_seq + 1;
+        let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
+        let mut appended = self.queue.subscribe_appends();
+        loop {
+            tokio::select! {
+                ack = acks.message() => {
+                    let ack = ack?.ok_or(SessionError::Closed)?;
+                    self.queue.ack(ack.durable_seq).await?;
+                    self.metrics.duplicates_reported.fetch_add(ack.duplicates as u64, Ordering::Relaxed);
+                    while let Some(&(last, n)) = in_flight.front() {
+                        if last > ack.durable_seq { break; }
+                        in_flight.pop_front();
+                        self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                batch = self.next_batch(next, &mut appended), if in_flight.len() < cfg.max_in_flight => {
+                    let batch = batch?;
+                    let last = batch.events.last().expect("non-empty batch").seq;
+                    let n = batch.events.len();
+                    tx.send(batch).await.map_err(|_| SessionError::Closed)?;
+                    self.metrics.batches_sent.fetch_add(1, Ordering::Relaxed);
+                    in_flight.push_back((last, n));
+                    next = last + 1;
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for events at `next` or later and returns the next batch: full
+    /// (`batch_max_events`) or as much as arrived within `batch_max_delay`.
+    async fn next_batch(
+        &self,
+        next: u64,
+        appended: &mut watch::Receiver<u64>,
+    ) -> Result<EventBatch, SessionError> {
+        let cfg = &self.config;
+        appended
+            .wait_for(|&last| last >= next)
+            .await
+            .map_err(|_| SessionError::Closed)?;
+        let full = next + cfg.batch_max_events as u64 - 1;
+        if *appended.borrow() < full {
+            let _ = tokio::time::timeout(cfg.batch_max_delay, appended.wait_for(|&l| l >= full)).await;
+        }
+        let mut events = self.queue.read(next, cfg.batch_max_events).await?;
+        // Keep the encoded batch well under the collector's message limit.
+        let budget = self.max_message_bytes / 2;
+        let mut size = 0;
+        let keep = events
+            .iter()
+            .position(|e| {
+                size += e.encoded_len() + 4;
+                size > budget
+            })
+            .unwrap_or(events.len())
+            .max(1);
+        events.truncate(keep);
+        for e in &mut events {
+            // The batch carries the identity once.
+            e.site.clear();
+            e.agent.clear();
+        }
+        Ok(EventBatch {
+            site: self.site.clone(),
+            agent: self.agent.clone(),
+            events,
+        })
+    }
+}
