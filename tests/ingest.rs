@@ -32,13 +32,19 @@ struct Stream {
 }
 
 async fn open(addr: SocketAddr, site: Option<&str>, agent: &str) -> Result<Stream, tonic::Status> {
-    let mut client = IngestClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(4);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(site) = site {
-        request.metadata_mut().insert(SITE_HEADER, site.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert(SITE_HEADER, site.parse().unwrap());
     }
-    request.metadata_mut().insert(AGENT_HEADER, agent.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert(AGENT_HEADER, agent.parse().unwrap());
     let acks = client.stream(request).await?.into_inner();
     Ok(Stream { tx, acks })
 }
@@ -84,7 +90,10 @@ async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
     let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
     let mut out = Vec::new();
     loop {
-        let got = consumer.poll(1000, Duration::from_millis(10)).await.unwrap();
+        let got = consumer
+            .poll(1000, Duration::from_millis(10))
+            .await
+            .unwrap();
         if got.is_empty() {
             return out;
         }
@@ -139,12 +148,21 @@ async fn bad_input_is_refused_by_name_and_other_agents_carry_on() {
     b.events[2].asset = "x".repeat(1000);
     let status = bad.send(b).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("event 2: asset is 1000 bytes, above the limit max_id_len = 256"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("event 2: asset is 1000 bytes, above the limit max_id_len = 256"),
+        "{}",
+        status.message()
+    );
 
     // Another site claimed: PERMISSION_DENIED.
     let mut bad = open(addr, Some("plant-a"), "gw-1").await.unwrap();
     bad.acks.message().await.unwrap().unwrap();
-    let status = bad.send(batch("plant-b", "gw-2", 11..=12)).await.unwrap_err();
+    let status = bad
+        .send(batch("plant-b", "gw-2", 11..=12))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("plant-b"), "{}", status.message());
 
@@ -161,7 +179,11 @@ async fn bad_input_is_refused_by_name_and_other_agents_carry_on() {
     let mut b = batch("plant-a", "gw-1", 1..=1);
     b.events[0].ts_ns += 3600 * 1_000_000_000;
     let status = bad.send(b).await.unwrap_err();
-    assert!(status.message().contains("max_future_skew_secs"), "{}", status.message());
+    assert!(
+        status.message().contains("max_future_skew_secs"),
+        "{}",
+        status.message()
+    );
 
     // The good agent was not disturbed.
     let ack = good.send(batch("plant-b", "gw-2", 11..=20)).await.unwrap();

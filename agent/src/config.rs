@@ -205,14 +205,21 @@ impl AgentConfig {
     fn check(&self) -> Result<(), String> {
         for (key, value) in [("site", &self.site), ("agent", &self.agent)] {
             if value.is_empty() || value.len() > self.limits.max_id_len {
-                return Err(format!("{key} must be 1 to {} bytes", self.limits.max_id_len));
+                return Err(format!(
+                    "{key} must be 1 to {} bytes",
+                    self.limits.max_id_len
+                ));
             }
             if value.contains('/') || value.chars().any(char::is_control) {
-                return Err(format!("{key} {value:?} must not contain '/' or control characters"));
+                return Err(format!(
+                    "{key} {value:?} must not contain '/' or control characters"
+                ));
             }
         }
         if self.sources.is_empty() {
-            return Err("no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into());
+            return Err(
+                "no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into(),
+            );
         }
         let c = &self.collector;
         if c.batch_max_events == 0 || c.batch_max_events > self.limits.max_events_per_batch {
@@ -236,7 +243,10 @@ impl AgentConfig {
         for source in &self.sources {
             if let SourceConfig::Sim(sim) = source {
                 if !(sim.speed > 0.0 && sim.speed.is_finite()) {
-                    return Err(format!("sim speed must be a positive number, not {}", sim.speed));
+                    return Err(format!(
+                        "sim speed must be a positive number, not {}",
+                        sim.speed
+                    ));
                 }
                 if let Some(start) = &sim.start {
                     humantime::parse_rfc3339_weak(start)
@@ -271,23 +281,33 @@ path = "/tmp/events.jsonl"
     #[test]
     fn unknown_keys_are_refused_by_name() {
         let text = MINIMAL.replace("agent = \"gw-1\"", "agent = \"gw-1\"\nsitte = \"x\"");
-        let err = AgentConfig::parse(&text, "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `sitte`"), "{err}");
         let text = format!("{MINIMAL}\n[queue]\nmax_byte = 5\n");
-        let err = AgentConfig::parse(&text, "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `max_byte`"), "{err}");
         let text = MINIMAL.replace("type = \"file\"", "type = \"file\"\npoll = \"1s\"");
-        let err = AgentConfig::parse(&text, "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
         let text = MINIMAL.replace("site = \"plant-a\"", "site = \"a/b\"");
-        let err = AgentConfig::parse(&text, "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must not contain '/'"), "{err}");
         let text = format!("{MINIMAL}\n[collector]\nurl = \"collector:4317\"\n");
-        let err = AgentConfig::parse(&text, "agent.toml").unwrap_err().to_string();
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must start with http://"), "{err}");
     }
 }

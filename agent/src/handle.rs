@@ -123,7 +123,9 @@ impl QueueHandle {
 
     /// Records a durable ack from the collector.
     pub async fn ack(&self, seq: u64) -> Result<(), QueueError> {
-        let acked = self.blocking(move |q| q.ack(seq).map(|_| q.acked())).await?;
+        let acked = self
+            .blocking(move |q| q.ack(seq).map(|_| q.acked()))
+            .await?;
         self.acked.send_replace(acked);
         Ok(())
     }

@@ -100,8 +100,14 @@ impl Agent {
             source_metrics.push(metrics.clone());
             let task = match source.clone() {
                 SourceConfig::Sim(sim) => tokio::spawn(
-                    source::sim::run(config.site.clone(), sim, queue.clone(), metrics, stop.clone())
-                        .instrument(span.clone()),
+                    source::sim::run(
+                        config.site.clone(),
+                        sim,
+                        queue.clone(),
+                        metrics,
+                        stop.clone(),
+                    )
+                    .instrument(span.clone()),
                 ),
                 SourceConfig::File(file) => tokio::spawn(
                     source::file::run(

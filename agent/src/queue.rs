@@ -35,9 +35,9 @@
 
 use otwatch_proto::ControllerEvent;
 use prost::Message;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::cell::Cell;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,9 +157,22 @@ fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
         .map_err(io_err(dir))
 }
 
-/// Reads one record; `Ok(None)` at a clean end, `Err(reason)` for a torn or
-/// corrupt record.
-fn read_record(reader: &mut impl Read) -> std::io::Result<Result<Option<(Vec<u8>, bool)>, String>> {
+/// What [`read_record`] found at the reader's position.
+enum ReadRecord {
+    /// A whole record: its body and whether it ends an append.
+    Record(Vec<u8>, bool),
+    /// The clean end of the segment.
+    End,
+    /// A torn or corrupt record, with the reason.
+    Bad(String),
+}
+
+/// Largest record body a segment may hold. A length word above it is
+/// corruption, not a reason to allocate gigabytes.
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads one record.
+fn read_record(reader: &mut impl Read) -> std::io::Result<ReadRecord> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < 8 {
@@ -170,26 +183,31 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<Result<Option<(Vec<u8>
         got += n;
     }
     if got == 0 {
-        return Ok(Ok(None));
+        return Ok(ReadRecord::End);
     }
     if got < 8 {
-        return Ok(Err("short record header".into()));
+        return Ok(ReadRecord::Bad("short record header".into()));
     }
     let word = u32::from_le_bytes(head[..4].try_into().unwrap());
     let (len, end) = ((word & !END_BIT) as usize, word & END_BIT != 0);
     let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+    if len > MAX_RECORD_BYTES {
+        return Ok(ReadRecord::Bad(format!(
+            "record length {len} above the {MAX_RECORD_BYTES} byte maximum"
+        )));
+    }
     let mut body = vec![0u8; len];
     match reader.read_exact(&mut body) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Ok(Err("short record body".into()))
+            return Ok(ReadRecord::Bad("short record body".into()))
         }
         Err(e) => return Err(e),
     }
     if crc32c::crc32c(&body) != crc {
-        return Ok(Err("CRC mismatch".into()));
+        return Ok(ReadRecord::Bad("CRC mismatch".into()));
     }
-    Ok(Ok(Some((body, end))))
+    Ok(ReadRecord::Record(body, end))
 }
 
 /// Marks the last record of an append in the length word.
@@ -239,8 +257,13 @@ impl DiskQueue {
                     cut_bytes = total - valid_len,
                     "cutting a torn record off the end of the queue (it was never reported taken)"
                 );
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-                f.set_len(valid_len).and_then(|_| f.sync_all()).map_err(io_err(&path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                f.set_len(valid_len)
+                    .and_then(|_| f.sync_all())
+                    .map_err(io_err(&path))?;
             }
             if let Some(prev) = segments.back() {
                 let prev: &Segment = prev;
@@ -295,16 +318,11 @@ impl DiskQueue {
         // Only complete appends count: (records, bytes) up to the last end mark.
         let (mut count, mut pos) = (0u64, 0u64);
         let (mut committed_count, mut committed_pos) = (0u64, 0u64);
-        loop {
-            match read_record(&mut reader).map_err(io_err(path))? {
-                Ok(Some((body, end))) => {
-                    count += 1;
-                    pos += 8 + body.len() as u64;
-                    if end {
-                        (committed_count, committed_pos) = (count, pos);
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let ReadRecord::Record(body, end) = read_record(&mut reader).map_err(io_err(path))? {
+            count += 1;
+            pos += 8 + body.len() as u64;
+            if end {
+                (committed_count, committed_pos) = (count, pos);
             }
         }
         Ok((committed_count, committed_pos, total))
@@ -499,9 +517,9 @@ impl DiskQueue {
             let mut reader = BufReader::with_capacity(256 * 1024, file);
             while seq < seg.end && out.len() < max {
                 let body = match read_record(&mut reader).map_err(io_err(&seg.path))? {
-                    Ok(Some((body, _))) => body,
-                    Ok(None) => break,
-                    Err(reason) => {
+                    ReadRecord::Record(body, _) => body,
+                    ReadRecord::End => break,
+                    ReadRecord::Bad(reason) => {
                         return Err(QueueError::Corrupt {
                             path: seg.path.display().to_string(),
                             seq,
@@ -510,12 +528,13 @@ impl DiskQueue {
                     }
                 };
                 if seq >= from {
-                    let event =
-                        ControllerEvent::decode(body.as_slice()).map_err(|e| QueueError::Corrupt {
+                    let event = ControllerEvent::decode(body.as_slice()).map_err(|e| {
+                        QueueError::Corrupt {
                             path: seg.path.display().to_string(),
                             seq,
                             reason: e.to_string(),
-                        })?;
+                        }
+                    })?;
                     out.push(event);
                 }
                 seq += 1;
@@ -574,7 +593,14 @@ mod tests {
         assert_eq!(q.next_seq(), 31);
         let mut ev = events(5);
         assert_eq!(q.append(&mut ev).unwrap(), 35);
-        assert_eq!(q.read(0, 100).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![31, 32, 33, 34, 35]);
+        assert_eq!(
+            q.read(0, 100)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![31, 32, 33, 34, 35]
+        );
     }
 
     #[test]
@@ -606,7 +632,12 @@ mod tests {
             path = q.segments.back().unwrap().path.clone();
         }
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         // The torn append (seq 6..=10) is cut whole; the one before it stays.
         let mut q = DiskQueue::open(dir.path(), QueueConfig::default()).unwrap();
         assert_eq!(q.next_seq(), 6);

@@ -101,10 +101,13 @@ impl Sender {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
-        let channel = endpoint.connect().await.map_err(|source| SessionError::Connect {
-            url: cfg.url.clone(),
-            source,
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: cfg.url.clone(),
+                source,
+            })?;
         let mut client = IngestClient::new(channel).max_decoding_message_size(1 << 20);
         client = match cfg.compression {
             Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
@@ -179,7 +182,8 @@ impl Sender {
             .map_err(|_| SessionError::Closed)?;
         let full = next + cfg.batch_max_events as u64 - 1;
         if *appended.borrow() < full {
-            let _ = tokio::time::timeout(cfg.batch_max_delay, appended.wait_for(|&l| l >= full)).await;
+            let _ =
+                tokio::time::timeout(cfg.batch_max_delay, appended.wait_for(|&l| l >= full)).await;
         }
         let mut events = self.queue.read(next, cfg.batch_max_events).await?;
         // Keep the encoded batch well under the collector's message limit.

@@ -94,7 +94,8 @@ pub struct SimConfig {
     /// `line1/press-02`, `line2/robot-01`, `line2/cnc-01`, `line3/press-03`, ...
     pub assets: usize,
     /// How long the detector is expected to learn: no scenario starts before
-    /// start + learn + 3 min, and each asset's first planned stop falls inside it.
+    /// start + learn + 3 min, and each asset's first planned stop falls inside
+    /// it (from about 10 minutes of learning on; a planned stop takes up to 6).
     #[serde(with = "humantime_serde")]
     pub learn: Duration,
     /// Play the attack scenarios; `false` gives normal operation only.
@@ -200,57 +201,14 @@ impl SimSite {
             // scenario's detection episode never swallows the next one's.
             let a = (asset_offset + played) % assets;
             played += 1;
-            let end = match k {
-                0 => {
-                    effects[a].push(Effect::Drift {
-                        start,
-                        end: start + DRIFT_DURATION,
-                    });
-                    start + DRIFT_DURATION
-                }
-                1 => {
-                    let count = site_rng.random_range(1..=2u32);
-                    effects[a].push(Effect::Extreme { start, count });
-                    // The cycle under way at `start` ends normally, then
-                    // `count` cycles of at most 3.2x the longest normal cycle.
-                    let longest = MAX_CYCLE_MS * 1.1 * 1e6;
-                    start + ((1.0 + 3.2 * f64::from(count)) * longest) as i64
-                }
-                2 => {
-                    let stop = site_rng.random_range(3 * NS_PER_MIN..4 * NS_PER_MIN);
-                    agenda[a].push((start, Action::State { mode: "STOP", planned: false }));
-                    agenda[a].push((start + stop, Action::State { mode: "RUN", planned: false }));
-                    start + stop
-                }
-                3 => {
-                    let checksum = format!("{:08x}", site_rng.random::<u32>());
-                    agenda[a].push((start, Action::Change { name: "program", text: checksum }));
-                    start
-                }
-                4 => {
-                    effects[a].push(Effect::Silence {
-                        start,
-                        end: start + SILENCE_DURATION,
-                    });
-                    start + SILENCE_DURATION
-                }
-                5 => {
-                    let peer = format!("10.{octet}.66.{}", site_rng.random_range(10..250));
-                    let mut t = start;
-                    while t < start + POLLING_DURATION {
-                        agenda[a].push((t, Action::Access { name: "connect", peer: peer.clone(), user: None }));
-                        t += site_rng.random_range(100_000_000..250_000_000);
-                    }
-                    t
-                }
-                _ => {
-                    effects[a].push(Effect::Relationship {
-                        start,
-                        end: start + RELATIONSHIP_DURATION,
-                    });
-                    start + RELATIONSHIP_DURATION
-                }
-            };
+            let end = plan_scenario(
+                k,
+                start,
+                octet,
+                &mut site_rng,
+                &mut effects[a],
+                &mut agenda[a],
+            );
             truth.push(ScenarioTruth {
                 name: name.to_string(),
                 site: site.to_string(),
@@ -268,11 +226,14 @@ impl SimSite {
                 let mut rng = site_stream(1 + j as u64);
                 let profile = Profile::draw(&mut rng);
                 // Spread the first planned stops over the learning window so
-                // that each ends (MAINT lead + at most 5 min stopped) inside it.
+                // that each ends (MAINT lead + at most 5 min stopped, 6 min in
+                // all) with a minute to spare inside it, when it is long enough.
+                let earliest = learn / 10;
+                let latest = (learn - 7 * NS_PER_MIN).max(earliest);
                 let first_stop = start_ns
-                    + learn * 15 / 100
+                    + earliest
                     + if assets > 1 {
-                        learn * 50 / 100 * j as i64 / (assets as i64 - 1)
+                        (latest - earliest) * j as i64 / (assets as i64 - 1)
                     } else {
                         0
                     };
@@ -283,7 +244,6 @@ impl SimSite {
                     name: name.clone(),
                     rng,
                     profile,
-                    running: false,
                     cycle: None,
                     agenda: VecDeque::new(),
                     effects: std::mem::take(&mut effects[j]),
@@ -295,7 +255,13 @@ impl SimSite {
                         .map(|t| (t.start_ns, t.end_ns))
                         .collect(),
                 };
-                machine.insert(initial, Action::State { mode: "RUN", planned: false });
+                machine.insert(
+                    initial,
+                    Action::State {
+                        mode: "RUN",
+                        planned: false,
+                    },
+                );
                 for (t, action) in scenario_actions {
                     machine.insert(t, action);
                 }
@@ -324,7 +290,11 @@ impl SimSite {
             assets: names,
             silences,
         };
-        SimSite { machines, hmi, truth }
+        SimSite {
+            machines,
+            hmi,
+            truth,
+        }
     }
 
     /// Appends to `out`, in timestamp order, every event with `ts_ns <= until_ns`
@@ -357,6 +327,80 @@ impl SimSite {
     /// Names of this site's assets, in index order.
     pub fn assets(&self) -> Vec<&str> {
         self.machines.iter().map(|m| m.name.as_str()).collect()
+    }
+}
+
+/// Sets up scenario `k` of [`SCENARIOS`] on one machine (its `effects` and
+/// timed `agenda`), starting at `start`; returns when it is over at the latest.
+fn plan_scenario(
+    k: usize,
+    start: i64,
+    octet: usize,
+    rng: &mut ChaCha8Rng,
+    effects: &mut Vec<Effect>,
+    agenda: &mut Vec<(i64, Action)>,
+) -> i64 {
+    let state = |mode| Action::State {
+        mode,
+        planned: false,
+    };
+    match k {
+        0 => {
+            let end = start + DRIFT_DURATION;
+            effects.push(Effect::Drift { start, end });
+            end
+        }
+        1 => {
+            let count = rng.random_range(1..=2u32);
+            effects.push(Effect::Extreme { start, count });
+            // The cycle under way at `start` ends normally, then `count`
+            // cycles of at most 3.2x the longest normal cycle.
+            let longest = MAX_CYCLE_MS * 1.1 * 1e6;
+            start + ((1.0 + 3.2 * f64::from(count)) * longest) as i64
+        }
+        2 => {
+            let end = start + rng.random_range(3 * NS_PER_MIN..4 * NS_PER_MIN);
+            agenda.push((start, state("STOP")));
+            agenda.push((end, state("RUN")));
+            end
+        }
+        3 => {
+            let text = format!("{:08x}", rng.random::<u32>());
+            agenda.push((
+                start,
+                Action::Change {
+                    name: "program",
+                    text,
+                },
+            ));
+            start
+        }
+        4 => {
+            let end = start + SILENCE_DURATION;
+            effects.push(Effect::Silence { start, end });
+            end
+        }
+        5 => {
+            let peer = format!("10.{octet}.66.{}", rng.random_range(10..250));
+            let mut t = start;
+            while t < start + POLLING_DURATION {
+                let peer = peer.clone();
+                agenda.push((
+                    t,
+                    Action::Access {
+                        name: "connect",
+                        peer,
+                    },
+                ));
+                t += rng.random_range(100_000_000..250_000_000);
+            }
+            t
+        }
+        _ => {
+            let end = start + RELATIONSHIP_DURATION;
+            effects.push(Effect::Relationship { start, end });
+            end
+        }
     }
 }
 
@@ -421,12 +465,18 @@ enum Effect {
 #[derive(Debug, Clone)]
 enum Action {
     /// Operating mode change; `planned` marks the MAINT that opens a planned stop.
-    State { mode: &'static str, planned: bool },
-    Change { name: &'static str, text: String },
+    State {
+        mode: &'static str,
+        planned: bool,
+    },
+    Change {
+        name: &'static str,
+        text: String,
+    },
+    /// A connection from `peer` (the scanner of `polling_burst`: no user).
     Access {
         name: &'static str,
         peer: String,
-        user: Option<&'static str>,
     },
 }
 
@@ -440,8 +490,7 @@ struct Machine {
     name: String,
     rng: ChaCha8Rng,
     profile: Profile,
-    running: bool,
-    /// The cycle under way while running.
+    /// The cycle under way; `None` while the machine is not in RUN.
     cycle: Option<Cycle>,
     /// Timed actions, in time order.
     agenda: VecDeque<(i64, Action)>,
@@ -487,9 +536,27 @@ impl Machine {
         {
             begin = after;
         }
-        self.insert(begin, Action::State { mode: "MAINT", planned: true });
-        self.insert(begin + MAINT_LEAD, Action::State { mode: "STOP", planned: false });
-        self.insert(begin + length, Action::State { mode: "RUN", planned: false });
+        self.insert(
+            begin,
+            Action::State {
+                mode: "MAINT",
+                planned: true,
+            },
+        );
+        self.insert(
+            begin + MAINT_LEAD,
+            Action::State {
+                mode: "STOP",
+                planned: false,
+            },
+        );
+        self.insert(
+            begin + length,
+            Action::State {
+                mode: "RUN",
+                planned: false,
+            },
+        );
     }
 
     fn start_cycle(&mut self, start: i64) {
@@ -538,11 +605,9 @@ impl Machine {
         let n2: f64 = StandardNormal.sample(&mut self.rng);
         let n3: f64 = StandardNormal.sample(&mut self.rng);
         let p = &self.profile;
-        let shift = if self
-            .effects
-            .iter()
-            .any(|e| matches!(e, Effect::Relationship { start, end } if (*start..*end).contains(&t)))
-        {
+        let shift = if self.effects.iter().any(
+            |e| matches!(e, Effect::Relationship { start, end } if (*start..*end).contains(&t)),
+        ) {
             RELATIONSHIP_SHIFT * CURRENT_NOISE
         } else {
             0.0
@@ -551,14 +616,28 @@ impl Machine {
         let temperature = p.temperature_a + p.temperature_b * seconds + TEMPERATURE_NOISE * n2;
         let voltage = p.voltage + VOLTAGE_NOISE * n3;
         if !self.silenced(t) {
-            out.push(event(t, &self.name, EventKind::Cycle, "cycle", Some(cycle.duration_ms), None));
+            out.push(event(
+                t,
+                &self.name,
+                EventKind::Cycle,
+                "cycle",
+                Some(cycle.duration_ms),
+                None,
+            ));
             for (tag, value, decimals) in [
                 ("motor_current_a", current, 1e3),
                 ("temperature_c", temperature, 1e2),
                 ("supply_voltage_v", voltage, 1e1),
             ] {
                 let value = (value * decimals).round() / decimals;
-                out.push(event(t, &self.name, EventKind::Sample, tag, Some(value), None));
+                out.push(event(
+                    t,
+                    &self.name,
+                    EventKind::Sample,
+                    tag,
+                    Some(value),
+                    None,
+                ));
             }
         }
         self.start_cycle(t);
@@ -568,26 +647,32 @@ impl Machine {
         let e = match action {
             Action::State { mode, planned } => {
                 if mode == "RUN" {
-                    self.running = true;
                     self.start_cycle(t);
                 } else {
                     // The cycle under way is abandoned: no cycles while stopped.
-                    self.running = false;
                     self.cycle = None;
                 }
                 if planned {
-                    let jitter = self.rng.random_range(-PLANNED_STOP_JITTER..PLANNED_STOP_JITTER);
+                    let jitter = self
+                        .rng
+                        .random_range(-PLANNED_STOP_JITTER..PLANNED_STOP_JITTER);
                     self.schedule_planned_stop(t + PLANNED_STOP_PERIOD + jitter);
                 }
-                event(t, &self.name, EventKind::State, "mode", None, Some(mode.to_string()))
+                event(
+                    t,
+                    &self.name,
+                    EventKind::State,
+                    "mode",
+                    None,
+                    Some(mode.to_string()),
+                )
             }
-            Action::Change { name, text } => event(t, &self.name, EventKind::Change, name, None, Some(text)),
-            Action::Access { name, peer, user } => {
+            Action::Change { name, text } => {
+                event(t, &self.name, EventKind::Change, name, None, Some(text))
+            }
+            Action::Access { name, peer } => {
                 let mut e = event(t, &self.name, EventKind::Access, name, None, None);
                 e.attrs.insert("peer".into(), peer);
-                if let Some(user) = user {
-                    e.attrs.insert("user".into(), user.into());
-                }
                 e
             }
         };
@@ -654,7 +739,12 @@ mod tests {
     const START: i64 = 1_750_000_000_000_000_000;
     const MIN: i64 = NS_PER_MIN;
 
-    fn run(config: &SimConfig, site: &str, minutes: i64, step: i64) -> (Vec<ControllerEvent>, Vec<ScenarioTruth>) {
+    fn run(
+        config: &SimConfig,
+        site: &str,
+        minutes: i64,
+        step: i64,
+    ) -> (Vec<ControllerEvent>, Vec<ScenarioTruth>) {
         let mut sim = SimSite::new(site, config, START);
         let mut out = Vec::new();
         let end = START + minutes * MIN;
@@ -695,7 +785,11 @@ mod tests {
             let from = out.len();
             sim.advance(until, &mut out);
             for e in &out[from..] {
-                assert!(e.ts_ns >= last && e.ts_ns <= until, "out of order at {}", e.ts_ns);
+                assert!(
+                    e.ts_ns >= last && e.ts_ns <= until,
+                    "out of order at {}",
+                    e.ts_ns
+                );
                 assert_eq!((e.seq, e.site.as_str(), e.agent.as_str()), (0, "", ""));
                 last = e.ts_ns;
             }
@@ -708,7 +802,11 @@ mod tests {
         assert_eq!(truth.len(), 7);
         let count = |k: EventKind| events.iter().filter(|e| e.kind() == k).count();
         // 4 assets, cycles of 8–20 s over 90 minutes, minus stops.
-        assert!(count(EventKind::Cycle) > 4 * 200, "{}", count(EventKind::Cycle));
+        assert!(
+            count(EventKind::Cycle) > 4 * 200,
+            "{}",
+            count(EventKind::Cycle)
+        );
         assert_eq!(count(EventKind::Sample), 3 * count(EventKind::Cycle));
         assert!(count(EventKind::Access) > 20);
         let modes: Vec<_> = events
@@ -725,9 +823,10 @@ mod tests {
         // No cycles between a STOP and the next RUN.
         let stop = modes[maint + 1].0;
         let resume = modes[maint + 2].0;
-        assert!(!events
-            .iter()
-            .any(|e| e.asset == "line1/press-01" && e.kind() == EventKind::Cycle && e.ts_ns > stop && e.ts_ns < resume));
+        assert!(!events.iter().any(|e| e.asset == "line1/press-01"
+            && e.kind() == EventKind::Cycle
+            && e.ts_ns > stop
+            && e.ts_ns < resume));
     }
 
     #[test]
@@ -758,7 +857,10 @@ mod tests {
             assert_eq!(t.name, SCENARIOS[k].0);
             assert_eq!(t.technique, SCENARIOS[k].1);
             assert!(t.start_ns >= START + 33 * MIN);
-            assert!(t.end_ns >= t.start_ns && t.end_ns < START + 85 * MIN, "{t:?}");
+            assert!(
+                t.end_ns >= t.start_ns && t.end_ns < START + 85 * MIN,
+                "{t:?}"
+            );
         }
         for pair in all.windows(2) {
             assert!(pair[0].start_ns < pair[1].start_ns);
@@ -783,7 +885,8 @@ mod tests {
         let silence = at("controller_silence");
         assert!(!events
             .iter()
-            .any(|e| e.asset == silence.asset && (silence.start_ns..silence.end_ns).contains(&e.ts_ns)));
+            .any(|e| e.asset == silence.asset
+                && (silence.start_ns..silence.end_ns).contains(&e.ts_ns)));
         let stop = at("unplanned_stop");
         let modes: Vec<_> = events
             .iter()
@@ -818,7 +921,12 @@ mod tests {
             .filter(|e| e.kind() == EventKind::Access)
             .all(|e| e.attrs["peer"] == "10.1.1.20"));
         // Every STOP is announced by MAINT: planned stops only.
-        for asset in ["line1/press-01", "line1/press-02", "line2/robot-01", "line2/cnc-01"] {
+        for asset in [
+            "line1/press-01",
+            "line1/press-02",
+            "line2/robot-01",
+            "line2/cnc-01",
+        ] {
             let modes: Vec<_> = events
                 .iter()
                 .filter(|e| e.asset == asset && e.kind() == EventKind::State)
@@ -839,6 +947,12 @@ mod tests {
         assert_eq!(config.learn, Duration::from_secs(600));
         assert_eq!(config.assets, 4);
         assert!(serde_json::from_str::<SimConfig>(r#"{"sead": 1}"#).is_err());
-        assert!(SimConfig { site_index: 3, site_count: 3, ..config }.validate().is_err());
+        assert!(SimConfig {
+            site_index: 3,
+            site_count: 3,
+            ..config
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -169,7 +169,10 @@ impl Collector {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        let held = inner.log.producer_seq(Topic::Events, &producer).unwrap_or(0);
+        let held = inner
+            .log
+            .producer_seq(Topic::Events, &producer)
+            .unwrap_or(0);
         // Sequence numbers strictly increase within a batch (validated), so
         // the already-held events are a prefix.
         let dup = batch.events.partition_point(|e| e.seq <= held);
@@ -183,18 +186,18 @@ impl Collector {
             });
         };
         let last_seq = last.seq;
-        let record = otwatch_proto::arrow::events_to_batch(&batch.site, &batch.agent, fresh, now_ns)
-            .map_err(|e| Status::internal(format!("converting the batch to Arrow failed: {e}")))?;
+        let record =
+            otwatch_proto::arrow::events_to_batch(&batch.site, &batch.agent, fresh, now_ns)
+                .map_err(|e| {
+                    Status::internal(format!("converting the batch to Arrow failed: {e}"))
+                })?;
         if let Err(e) = inner
             .log
             .append(
                 Topic::Events,
                 vec![Record {
                     batch: record,
-                    producer: Some(ProducerMark {
-                        producer,
-                        last_seq,
-                    }),
+                    producer: Some(ProducerMark { producer, last_seq }),
                 }],
             )
             .await
@@ -205,7 +208,8 @@ impl Collector {
                 "the collector could not store the batch durably ({e}); resend later"
             )));
         }
-        m.events_stored.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        m.events_stored
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
         Ok(Ack {
             durable_seq: last_seq,
             duplicates: dup as u32,
@@ -260,7 +264,10 @@ impl Ingest for Collector {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent);
-        self.inner.metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
         let held = self
             .inner
             .log
@@ -300,6 +307,8 @@ impl Ingest for Collector {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -171,7 +171,10 @@ fn decode_payload(payload: &[u8]) -> std::result::Result<(RecordBatch, RecordHea
 
 /// Outcome of reading one record frame.
 enum Frame {
-    Record { len: u32, payload: Vec<u8> },
+    Record {
+        len: u32,
+        payload: Vec<u8>,
+    },
     /// Clean end of file.
     End,
     /// A short or CRC-failing record: a torn write (or corruption).
@@ -723,12 +726,17 @@ mod tests {
     #[tokio::test]
     async fn append_reopen_and_consume_from_an_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LocalLogConfig { segment_bytes: 2048 };
+        let config = LocalLogConfig {
+            segment_bytes: 2048,
+        };
         {
             let log = LocalLog::open(dir.path(), config.clone()).unwrap();
             for i in 0..20u64 {
                 let offs = log
-                    .append(Topic::Events, vec![record(i as i64 * 10, 10, "a/1", (i + 1) * 10)])
+                    .append(
+                        Topic::Events,
+                        vec![record(i as i64 * 10, 10, "a/1", (i + 1) * 10)],
+                    )
                     .await
                     .unwrap();
                 assert_eq!(offs, vec![i]);
@@ -751,7 +759,10 @@ mod tests {
         assert_eq!(c.position(), 0);
         c.seek(7);
         let got = c.poll(5, Duration::from_millis(10)).await.unwrap();
-        assert_eq!(got.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![7, 8, 9, 10, 11]);
+        assert_eq!(
+            got.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10, 11]
+        );
         assert_eq!(first_value(&got[0]), 70);
         assert_eq!(got[0].producer.as_ref().unwrap().last_seq, 80);
         c.commit(12).await.unwrap();
@@ -763,7 +774,11 @@ mod tests {
         assert_eq!(c.position(), 12);
         let rest = c.poll(100, Duration::from_millis(10)).await.unwrap();
         assert_eq!(rest.len(), 8);
-        assert!(c.poll(10, Duration::from_millis(10)).await.unwrap().is_empty());
+        assert!(c
+            .poll(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty());
         let log = Arc::new(log);
         let appender = log.clone();
         let task = tokio::spawn(async move {
@@ -872,6 +887,9 @@ mod tests {
         let mut c = log.consumer(Topic::Events, "x").await.unwrap();
         let err = c.poll(10, Duration::from_millis(10)).await.unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("00000000000000000000.seg") && text.contains("CRC"), "{text}");
+        assert!(
+            text.contains("00000000000000000000.seg") && text.contains("CRC"),
+            "{text}"
+        );
     }
 }

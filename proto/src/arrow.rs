@@ -202,8 +202,16 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, A
 /// filled in on every event). Used by tests and exports, not on the hot path.
 pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<ControllerEvent>, ArrowError> {
     let site = string_column(batch.column_by_name(col::SITE).ok_or_else(no(col::SITE))?)?;
-    let agent = string_column(batch.column_by_name(col::AGENT).ok_or_else(no(col::AGENT))?)?;
-    let asset = string_column(batch.column_by_name(col::ASSET).ok_or_else(no(col::ASSET))?)?;
+    let agent = string_column(
+        batch
+            .column_by_name(col::AGENT)
+            .ok_or_else(no(col::AGENT))?,
+    )?;
+    let asset = string_column(
+        batch
+            .column_by_name(col::ASSET)
+            .ok_or_else(no(col::ASSET))?,
+    )?;
     let kind = string_column(batch.column_by_name(col::KIND).ok_or_else(no(col::KIND))?)?;
     let name = string_column(batch.column_by_name(col::NAME).ok_or_else(no(col::NAME))?)?;
     let seq = column::<UInt64Array>(batch, col::SEQ)?;
@@ -247,10 +255,12 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, ArrowError> {
     let strings = |f: fn(&Alert) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(alerts.iter().map(f)))
     };
-    let floats =
-        |f: fn(&Alert) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(alerts.iter().map(f))) };
-    let uints =
-        |f: fn(&Alert) -> u64| -> ArrayRef { Arc::new(UInt64Array::from_iter_values(alerts.iter().map(f))) };
+    let floats = |f: fn(&Alert) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(alerts.iter().map(f)))
+    };
+    let uints = |f: fn(&Alert) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(alerts.iter().map(f)))
+    };
     let columns: Vec<ArrayRef> = vec![
         strings(|a| &a.id),
         Arc::new(
@@ -271,11 +281,9 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, ArrowError> {
         uints(|a| a.first_seq),
         uints(|a| a.last_seq),
         uints(|a| a.event_count),
-        Arc::new(StringArray::from_iter(
-            alerts
-                .iter()
-                .map(|a| (!a.technique.is_empty()).then_some(a.technique.as_str())),
-        )),
+        Arc::new(StringArray::from_iter(alerts.iter().map(|a| {
+            (!a.technique.is_empty()).then_some(a.technique.as_str())
+        }))),
     ];
     RecordBatch::try_new(alerts_schema(), columns)
 }
@@ -299,7 +307,12 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>, ArrowError> {
     let ts = column::<TimestampNanosecondArray>(batch, "ts")?;
     let f = |name| column::<Float64Array>(batch, name);
     let u = |name| column::<UInt64Array>(batch, name);
-    let (score, observed, low, high) = (f("score")?, f("observed")?, f("expected_low")?, f("expected_high")?);
+    let (score, observed, low, high) = (
+        f("score")?,
+        f("observed")?,
+        f("expected_low")?,
+        f("expected_high")?,
+    );
     let (first, last, count) = (u("first_seq")?, u("last_seq")?, u("event_count")?);
     Ok((0..batch.num_rows())
         .map(|i| Alert {
@@ -350,8 +363,11 @@ mod tests {
                 kind: EventKind::Access as i32,
                 name: "login".into(),
                 text: Some("engineering session".into()),
-                attrs: [("peer".to_string(), "10.0.0.5".to_string()), ("user".into(), "eng".into())]
-                    .into(),
+                attrs: [
+                    ("peer".to_string(), "10.0.0.5".to_string()),
+                    ("user".into(), "eng".into()),
+                ]
+                .into(),
                 ..Default::default()
             },
         ]

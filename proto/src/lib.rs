@@ -10,9 +10,9 @@
 //!   `alerts` tables and the conversion from protobuf. The agent does not
 //!   enable the feature and so never links Arrow.
 
-pub mod limits;
 #[cfg(feature = "arrow")]
 pub mod arrow;
+pub mod limits;
 
 /// Generated protobuf types and gRPC stubs of `otwatch.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -70,7 +70,11 @@ pub enum ValidationError {
         limit: usize,
     },
     #[error("event {index}: {count} attributes, above the limit max_attrs = {limit}")]
-    TooManyAttrs { index: usize, count: usize, limit: usize },
+    TooManyAttrs {
+        index: usize,
+        count: usize,
+        limit: usize,
+    },
     #[error("event {index}: {field} {value:?} does not match the batch's {field} {expected:?}")]
     IdentityMismatch {
         index: usize,
@@ -83,7 +87,11 @@ pub enum ValidationError {
     #[error("event {index}: kind is unspecified or unknown ({kind})")]
     BadKind { index: usize, kind: i32 },
     #[error("event {index}: seq {seq} is not above the previous event's seq {previous}")]
-    SeqNotIncreasing { index: usize, seq: u64, previous: u64 },
+    SeqNotIncreasing {
+        index: usize,
+        seq: u64,
+        previous: u64,
+    },
     #[error("event {index}: seq 0 is reserved; sequences start at 1")]
     SeqZero { index: usize },
     #[error("event {index}: ts {ts_ns} ns is {skew_secs} s ahead of the collector clock, above the limit max_future_skew_secs = {limit}")]
@@ -93,7 +101,9 @@ pub enum ValidationError {
         skew_secs: i64,
         limit: u64,
     },
-    #[error("event {index}: ts {ts_ns} ns is {age_secs} s old, above the limit max_past_secs = {limit}")]
+    #[error(
+        "event {index}: ts {ts_ns} ns is {age_secs} s old, above the limit max_past_secs = {limit}"
+    )]
     TooOld {
         index: usize,
         ts_ns: i64,
@@ -143,7 +153,12 @@ impl Limits {
         }
         for (k, v) in &event.attrs {
             too_long("attribute key", k.len(), "max_attr_len", self.max_attr_len)?;
-            too_long("attribute value", v.len(), "max_attr_len", self.max_attr_len)?;
+            too_long(
+                "attribute value",
+                v.len(),
+                "max_attr_len",
+                self.max_attr_len,
+            )?;
         }
         match EventKind::try_from(event.kind) {
             Ok(EventKind::Unspecified) | Err(_) => {
@@ -344,6 +359,9 @@ mod tests {
     #[test]
     fn limits_reject_unknown_config_keys() {
         let err = serde_json::from_str::<Limits>(r#"{"max_events":5}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `max_events`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `max_events`"),
+            "{err}"
+        );
     }
 }

@@ -152,12 +152,15 @@ pub async fn run(
                     };
                     let cp_file = cp_path.clone();
                     let hook: crate::handle::BeforeWrite = Arc::new(move |_first, last| {
-                        Checkpoint { last_seq: last, ..cp }
-                            .store(&cp_file)
-                            .map_err(|source| QueueError::Io {
-                                path: cp_file.display().to_string(),
-                                source,
-                            })
+                        Checkpoint {
+                            last_seq: last,
+                            ..cp
+                        }
+                        .store(&cp_file)
+                        .map_err(|source| QueueError::Io {
+                            path: cp_file.display().to_string(),
+                            source,
+                        })
                     });
                     if events.is_empty() {
                         // Only bad lines: move past them (nothing to queue).
@@ -198,7 +201,13 @@ struct Chunk {
     more: bool,
 }
 
-fn read_chunk(path: &Path, inode: u64, offset: u64, line: u64, max: usize) -> std::io::Result<Chunk> {
+fn read_chunk(
+    path: &Path,
+    inode: u64,
+    offset: u64,
+    line: u64,
+    max: usize,
+) -> std::io::Result<Chunk> {
     let mut file = File::open(path)?;
     let meta = file.metadata()?;
     let (mut offset, mut line, mut restarted) = (offset, line, false);
