@@ -1,1 +1,616 @@
-//! placeholder
+//! otwatch-detector: learned models over `events` record batches, turning
+//! deviations into [`Alert`]s.
+//!
+//! Pure: no network, no threads, no clock. Time is the events' `ts`, so a
+//! replay of the same batches gives the same alerts with the same ids. The
+//! whole state is [`Detector`], which serializes (serde) so it can be
+//! checkpointed together with the log offset it has consumed; a detector read
+//! back from a checkpoint continues exactly as the original would have.
+//!
+//! Models (see each module): per (site, asset, name) series `cycle` and
+//! `sample` (module `series`); per asset `cadence` and `sequence` (module
+//! `asset`); per site `access` (module `site`). Each asset learns for `learn` of event time (and
+//! `min_learning_cycles` cycles), then protects. Alerts are debounced: one
+//! per episode.
+//!
+//! How a batch is processed (vectorized: no per-event dispatch):
+//! 1. the dictionary strings of site, asset, kind and name are interned once
+//!    per batch; each row gets a dense per-batch asset id through a lookup
+//!    table indexed by the dictionary keys;
+//! 2. a stable counting sort by asset id, then one fused copy, lay each
+//!    asset's rows out contiguously in time order (`ts`, kind, value, seq);
+//!    one scan per asset runs learning, cadence and sequence and records, for
+//!    every SAMPLE row, the asset's latest cycle duration;
+//! 3. a second counting sort by (asset, CYCLE/SAMPLE, name) lays out each
+//!    series' rows contiguously, and each series runs its scoring loop over
+//!    its slices of `f64`/`i64`;
+//! 4. ACCESS rows go through their site's access model, then every site
+//!    touched is checked for silent assets against its new watermark.
+//!
+//! Rows of one asset are expected in time order (they are, per agent), and
+//! a SAMPLE is explained by the latest CYCLE of its asset at or before it in
+//! row order, so an agent should emit a cycle's CYCLE before its SAMPLEs.
+
+mod alert;
+mod asset;
+mod batch;
+mod config;
+mod series;
+mod site;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+pub use alert::alert_id;
+pub use config::DetectorConfig;
+
+use config::Resolved;
+
+use arrow::record_batch::RecordBatch;
+use asset::{AssetFinding, AssetRows, AssetState, ScanContext};
+use batch::{slots, Columns, Groups, CYCLE, SAMPLE, SKIP};
+use otwatch_proto::Alert;
+use serde::{Deserialize, Serialize};
+use series::{Finding, Input, Series, SeriesKind};
+use site::SiteState;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Why a batch could not be processed. The detector's state is unchanged
+/// when `process` returns an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorError {
+    /// The batch does not have the `events` schema.
+    #[error("batch does not fit the events schema: {0}")]
+    Schema(String),
+    /// The configuration cannot be used.
+    #[error("invalid detector config: {0}")]
+    Config(String),
+}
+
+/// Counters for dashboards and health checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorStatus {
+    pub events_seen: u64,
+    pub batches_seen: u64,
+    pub alerts_raised: u64,
+    pub sites: usize,
+    pub assets_learning: usize,
+    pub assets_protecting: usize,
+    /// CYCLE and SAMPLE series still learning or already scored.
+    pub series_learning: usize,
+    pub series_protecting: usize,
+    /// Newest event time seen, over all sites (ns; 0 before any event).
+    pub watermark_ns: i64,
+}
+
+/// The detector: configuration, everything learned, open episodes. See the
+/// crate documentation.
+#[derive(Serialize, Deserialize)]
+pub struct Detector {
+    config: DetectorConfig,
+    sites: Vec<SiteState>,
+    assets: Vec<AssetState>,
+    series: Vec<Series>,
+    events_seen: u64,
+    batches_seen: u64,
+    alerts_raised: u64,
+    /// Lookups by name, rebuilt from the tables after deserialization.
+    #[serde(skip)]
+    index: Index,
+    /// Per-batch buffers, kept to avoid allocating on every batch.
+    #[serde(skip)]
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Index {
+    built: bool,
+    sites: HashMap<String, u32>,
+    /// Per site: asset name → asset id.
+    assets: Vec<HashMap<String, u32>>,
+    /// Series names → dense name ids (index-only, rebuilt with it).
+    names: HashMap<String, u32>,
+    /// [`series_key`] → series id.
+    series: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+}
+
+/// Key of a series in [`Index::series`].
+fn series_key(asset: u32, name: u32, kind: SeriesKind) -> u64 {
+    (u64::from(asset) << 32) | (u64::from(name) << 1) | u64::from(kind == SeriesKind::Sample)
+}
+
+/// Multiply-rotate hashing (as in rustc's FxHash) for the integer keys of
+/// [`Index::series`]: looked up once per series per batch, where SipHash
+/// would cost more than the models. The keys are ids the detector assigns,
+/// not attacker-chosen strings, so flooding is not a concern.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Per-batch buffers. `a_*` hold the batch's rows grouped by asset (slot
+/// order of `by_asset`), `s_*` the CYCLE/SAMPLE rows grouped by series.
+#[derive(Default)]
+struct Scratch {
+    kinds: Vec<u8>,
+    row_asset: Vec<u32>,
+    asset_lut: Vec<u32>,
+    /// Per-batch asset id → detector asset id.
+    batch_assets: Vec<u32>,
+    /// The value column, NaN where there is no finite value.
+    values: Vec<f64>,
+    by_asset: Groups,
+    a_ts: Vec<i64>,
+    a_kind: Vec<u8>,
+    a_value: Vec<f64>,
+    a_seq: Vec<u64>,
+    a_key: Vec<u32>,
+    a_ctx: Vec<f64>,
+    /// Batch row of each asset-ordered slot.
+    a_row: Vec<u32>,
+    by_series: Groups,
+    s_ts: Vec<i64>,
+    s_value: Vec<f64>,
+    s_seq: Vec<u64>,
+    s_ctx: Vec<f64>,
+    s_row: Vec<u32>,
+    /// Name dictionary entry → name id, for this batch.
+    name_ids: Vec<u32>,
+    access_rows: Vec<u32>,
+    asset_findings: Vec<AssetFinding>,
+    series_findings: Vec<(u32, Finding)>,
+}
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Self {
+        Detector {
+            config,
+            sites: Vec::new(),
+            assets: Vec::new(),
+            series: Vec::new(),
+            events_seen: 0,
+            batches_seen: 0,
+            alerts_raised: 0,
+            index: Index::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The configuration the detector runs with.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Runs every model over `batch` (an `events` batch) and returns the
+    /// alerts it raised, ordered by time then id.
+    pub fn process(&mut self, batch: &RecordBatch) -> Result<Vec<Alert>, DetectorError> {
+        let mut alerts = Vec::new();
+        self.process_into(batch, &mut alerts)?;
+        Ok(alerts)
+    }
+
+    /// [`Detector::process`] appending to `alerts`.
+    pub fn process_into(
+        &mut self,
+        batch: &RecordBatch,
+        alerts: &mut Vec<Alert>,
+    ) -> Result<(), DetectorError> {
+        // Everything that can fail happens before the first state change.
+        let columns = Columns::read(batch)?;
+        let n = columns.rows;
+        if n == 0 {
+            return Ok(());
+        }
+        // Series keys are u32: (batch asset, CYCLE/SAMPLE, name key).
+        let names = columns.name.entries().max(1);
+        let max_assets = n.min(columns.site.entries() * columns.asset.entries());
+        if max_assets.saturating_mul(2 * names) >= SKIP as usize {
+            return Err(DetectorError::Schema(format!(
+                "batch has too many distinct assets and names ({max_assets} x {names})"
+            )));
+        }
+        self.build_index();
+        let resolved = self.config.resolved();
+        let mut s = std::mem::take(&mut self.scratch);
+
+        // 1. Sites, their time span in this batch, and per-row batch asset ids.
+        let mut span = vec![(i64::MAX, i64::MIN); columns.site.entries()];
+        if span.len() == 1 {
+            span[0] = columns
+                .ts
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        } else {
+            for (&k, &t) in columns.site.keys.iter().zip(columns.ts.iter()) {
+                let e = &mut span[k as usize];
+                *e = (e.0.min(t), e.1.max(t));
+            }
+        }
+        // Dictionary entries no row uses are not sites of this batch.
+        let site_ids: Vec<u32> = span
+            .iter()
+            .enumerate()
+            .map(|(k, &(lo, hi))| {
+                if lo > hi {
+                    return SKIP;
+                }
+                let id = self.site_id(columns.site.value(k));
+                self.sites[id as usize].observe(lo, hi);
+                id
+            })
+            .collect();
+        self.batch_assets(&columns, &site_ids, &mut s);
+        columns.kinds(&mut s.kinds);
+        columns.values_into(&mut s.values);
+
+        let first_new = alerts.len();
+        let asset_findings = self.scan_assets(&columns, &mut s, names, &resolved);
+        self.score_series(&columns, &mut s, names, &resolved);
+        self.access(&columns, &mut s, &resolved, alerts);
+        self.silence(&site_ids, &resolved, alerts);
+        for (id, f) in asset_findings {
+            let asset = &self.assets[id as usize];
+            let agent = columns.agent.str(f.row as usize);
+            let site = &self.sites[asset.site as usize].name;
+            alerts.push(f.draft.finish(site, &asset.name, agent));
+        }
+        for (id, f) in s.series_findings.drain(..) {
+            let asset = &self.assets[self.series[id as usize].asset as usize];
+            let site = &self.sites[asset.site as usize].name;
+            let agent = columns.agent.str(f.row as usize);
+            alerts.push(f.draft.finish(site, &asset.name, agent));
+        }
+        alerts[first_new..].sort_by(|a, b| a.ts_ns.cmp(&b.ts_ns).then_with(|| a.id.cmp(&b.id)));
+
+        self.events_seen += n as u64;
+        self.batches_seen += 1;
+        self.alerts_raised += (alerts.len() - first_new) as u64;
+        self.scratch = s;
+        Ok(())
+    }
+
+    /// Step 2: lays the batch out by asset and scans each asset's rows.
+    fn scan_assets(
+        &mut self,
+        columns: &Columns,
+        s: &mut Scratch,
+        names: usize,
+        resolved: &Resolved,
+    ) -> Vec<(u32, AssetFinding)> {
+        let n = columns.rows;
+        s.by_asset.build(&s.row_asset, s.batch_assets.len());
+        let len = s.by_asset.len;
+        {
+            // One fused pass: each column is read sequentially once. Each row
+            // also gets its series key: (batch asset, CYCLE/SAMPLE, name key),
+            // or SKIP when it belongs to no series.
+            let a_ts = slots(&mut s.a_ts, len);
+            let a_kind = slots(&mut s.a_kind, len);
+            let a_value = slots(&mut s.a_value, len);
+            let a_seq = slots(&mut s.a_seq, len);
+            let a_key = slots(&mut s.a_key, len);
+            let a_row = slots(&mut s.a_row, len);
+            let (ts, seq, values) = (&columns.ts[..n], &columns.seq[..n], &s.values[..n]);
+            let (kinds, row_asset) = (&s.kinds[..n], &s.row_asset[..n]);
+            let name_keys = &columns.name.keys[..n];
+            for (r, &d) in s.by_asset.dest[..n].iter().enumerate() {
+                let d = d as usize;
+                let (kind, value) = (kinds[r], values[r]);
+                a_ts[d] = ts[r];
+                a_kind[d] = kind;
+                a_value[d] = value;
+                a_seq[d] = seq[r];
+                a_row[d] = r as u32;
+                a_key[d] = if (kind == CYCLE || kind == SAMPLE) && value.is_finite() {
+                    let slot = row_asset[r] as usize * 2 + usize::from(kind == SAMPLE);
+                    (slot * names + name_keys[r] as usize) as u32
+                } else {
+                    SKIP
+                };
+            }
+        }
+        slots(&mut s.a_ctx, len);
+        s.access_rows.clear();
+        let mut findings = Vec::new();
+        let cx = ScanContext {
+            columns,
+            config: &self.config,
+            resolved,
+        };
+        for &(local, a, b) in &s.by_asset.groups {
+            let id = s.batch_assets[local as usize];
+            let rows = AssetRows {
+                ts: &s.a_ts[a..b],
+                kind: &s.a_kind[a..b],
+                value: &s.a_value[a..b],
+                seq: &s.a_seq[a..b],
+                row: &s.a_row[a..b],
+            };
+            self.assets[id as usize].scan(
+                &rows,
+                &cx,
+                &mut s.a_ctx[a..b],
+                &mut s.access_rows,
+                &mut s.asset_findings,
+            );
+            findings.extend(s.asset_findings.drain(..).map(|f| (id, f)));
+        }
+        findings
+    }
+
+    /// Step 3: lays the CYCLE and SAMPLE rows out by series and scores them.
+    /// Findings go to `s.series_findings`.
+    fn score_series(
+        &mut self,
+        columns: &Columns,
+        s: &mut Scratch,
+        names: usize,
+        resolved: &Resolved,
+    ) {
+        let range = s.batch_assets.len() * 2 * names;
+        s.by_series.build(&s.a_key[..s.by_asset.len], range);
+        let len = s.by_series.len;
+        {
+            let s_ts = slots(&mut s.s_ts, len);
+            let s_value = slots(&mut s.s_value, len);
+            let s_seq = slots(&mut s.s_seq, len);
+            let s_ctx = slots(&mut s.s_ctx, len);
+            let s_row = slots(&mut s.s_row, len);
+            for (i, &d) in s.by_series.dest.iter().enumerate() {
+                if d != SKIP {
+                    let d = d as usize;
+                    s_ts[d] = s.a_ts[i];
+                    s_value[d] = s.a_value[i];
+                    s_seq[d] = s.a_seq[i];
+                    s_ctx[d] = s.a_ctx[i];
+                    s_row[d] = s.a_row[i];
+                }
+            }
+        }
+        s.series_findings.clear();
+        s.name_ids.clear();
+        s.name_ids.resize(names, SKIP);
+        let mut found = Vec::new();
+        for &(key, a, b) in &s.by_series.groups {
+            let key = key as usize;
+            let name_key = key % names;
+            let name = columns.name.value(name_key);
+            if s.name_ids[name_key] == SKIP {
+                s.name_ids[name_key] = name_id(&mut self.index, name);
+            }
+            let slot = key / names;
+            let asset = s.batch_assets[slot / 2];
+            let kind = if slot % 2 == 1 {
+                SeriesKind::Sample
+            } else {
+                SeriesKind::Cycle
+            };
+            let name_id = s.name_ids[name_key];
+            let id = series_id(
+                &mut self.series,
+                &mut self.index,
+                asset,
+                kind,
+                name_id,
+                name,
+            );
+            let input = Input {
+                ts: &s.s_ts[a..b],
+                seq: &s.s_seq[a..b],
+                value: &s.s_value[a..b],
+                ctx: &s.s_ctx[a..b],
+                row: &s.s_row[a..b],
+            };
+            let protect_from = self.assets[asset as usize].protect_from;
+            self.series[id as usize].process(
+                &input,
+                protect_from,
+                &self.config,
+                resolved,
+                &mut found,
+            );
+            s.series_findings.extend(found.drain(..).map(|f| (id, f)));
+        }
+    }
+
+    /// Step 4a: the ACCESS rows, in batch order, through their site's model.
+    fn access(
+        &mut self,
+        columns: &Columns,
+        s: &mut Scratch,
+        resolved: &Resolved,
+        alerts: &mut Vec<Alert>,
+    ) {
+        s.access_rows.sort_unstable();
+        for &row in &s.access_rows {
+            let r = row as usize;
+            let asset = &self.assets[s.batch_assets[s.row_asset[r] as usize] as usize];
+            let site = &mut self.sites[asset.site as usize];
+            if let Some(draft) = site.access(r, &asset.name, columns, &self.config, resolved) {
+                alerts.push(draft.finish(&site.name, &asset.name, columns.agent.str(r)));
+            }
+        }
+    }
+
+    /// Step 4b: running assets of the sites in this batch that the site's
+    /// watermark has left behind for too long.
+    fn silence(&mut self, site_ids: &[u32], resolved: &Resolved, alerts: &mut Vec<Alert>) {
+        let mut touched: Vec<u32> = site_ids.iter().copied().filter(|&id| id != SKIP).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for site in touched {
+            let site = &self.sites[site as usize];
+            let Some(watermark) = site.watermark else {
+                continue;
+            };
+            for &id in &site.assets {
+                let asset = &mut self.assets[id as usize];
+                let (Some(last), Some(protect_from)) = (asset.last_ts, asset.protect_from) else {
+                    continue;
+                };
+                let Some(after) = asset.silence_after(&self.config, resolved) else {
+                    continue;
+                };
+                let overdue = watermark >= protect_from && watermark - last > after;
+                if asset.running && !asset.silent && overdue {
+                    asset.silent = true;
+                    let draft = asset.silence(last + after, watermark - last, after);
+                    alerts.push(draft.finish(&site.name, &asset.name, &asset.agent));
+                }
+            }
+        }
+    }
+
+    /// Counts of what the detector knows.
+    pub fn status(&self) -> DetectorStatus {
+        let protecting = self
+            .assets
+            .iter()
+            .filter(|a| a.protect_from.is_some())
+            .count();
+        let series_protecting = self.series.iter().filter(|s| s.protecting()).count();
+        DetectorStatus {
+            events_seen: self.events_seen,
+            batches_seen: self.batches_seen,
+            alerts_raised: self.alerts_raised,
+            sites: self.sites.len(),
+            assets_learning: self.assets.len() - protecting,
+            assets_protecting: protecting,
+            series_learning: self.series.len() - series_protecting,
+            series_protecting,
+            watermark_ns: self
+                .sites
+                .iter()
+                .filter_map(|s| s.watermark)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Rebuilds the name lookups from the tables (after deserialization).
+    fn build_index(&mut self) {
+        if self.index.built {
+            return;
+        }
+        let mut index = Index {
+            built: true,
+            sites: HashMap::new(),
+            assets: vec![HashMap::new(); self.sites.len()],
+            names: HashMap::new(),
+            series: HashMap::default(),
+        };
+        for (i, site) in self.sites.iter().enumerate() {
+            index.sites.insert(site.name.clone(), i as u32);
+        }
+        for (i, asset) in self.assets.iter().enumerate() {
+            index.assets[asset.site as usize].insert(asset.name.clone(), i as u32);
+        }
+        for (i, series) in self.series.iter().enumerate() {
+            let name = name_id(&mut index, &series.name);
+            index
+                .series
+                .insert(series_key(series.asset, name, series.kind), i as u32);
+        }
+        self.index = index;
+    }
+
+    fn site_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.index.sites.get(name) {
+            return id;
+        }
+        let id = self.sites.len() as u32;
+        self.sites.push(SiteState::new(name.to_string()));
+        self.index.sites.insert(name.to_string(), id);
+        self.index.assets.push(HashMap::new());
+        id
+    }
+
+    fn asset_id(&mut self, site: u32, name: &str) -> u32 {
+        if let Some(&id) = self.index.assets[site as usize].get(name) {
+            return id;
+        }
+        let id = self.assets.len() as u32;
+        self.assets.push(AssetState::new(site, name.to_string()));
+        self.sites[site as usize].assets.push(id);
+        self.index.assets[site as usize].insert(name.to_string(), id);
+        id
+    }
+
+    /// Gives every row a dense per-batch asset id (`s.row_asset`) and maps
+    /// those to detector asset ids (`s.batch_assets`), looking each distinct
+    /// (site, asset) dictionary pair up once.
+    fn batch_assets(&mut self, columns: &Columns, site_ids: &[u32], s: &mut Scratch) {
+        let (ns, na) = (site_ids.len(), columns.asset.entries());
+        s.batch_assets.clear();
+        s.row_asset.clear();
+        if ns.saturating_mul(na) <= (4 * columns.rows).max(1 << 16) {
+            s.asset_lut.clear();
+            s.asset_lut.resize(ns * na, SKIP);
+            for (&sk, &ak) in columns.site.keys.iter().zip(columns.asset.keys.iter()) {
+                let slot = sk as usize * na + ak as usize;
+                if s.asset_lut[slot] == SKIP {
+                    s.asset_lut[slot] = s.batch_assets.len() as u32;
+                    let id = self.asset_id(site_ids[sk as usize], columns.asset.value(ak as usize));
+                    s.batch_assets.push(id);
+                }
+                s.row_asset.push(s.asset_lut[slot]);
+            }
+        } else {
+            // Oversized dictionaries (not deduplicated by their writer).
+            let mut seen: HashMap<(u32, &str), u32> = HashMap::new();
+            for (&sk, &ak) in columns.site.keys.iter().zip(columns.asset.keys.iter()) {
+                let site = site_ids[sk as usize];
+                let name = columns.asset.value(ak as usize);
+                let local = *seen.entry((site, name)).or_insert_with(|| {
+                    let id = self.asset_id(site, name);
+                    s.batch_assets.push(id);
+                    s.batch_assets.len() as u32 - 1
+                });
+                s.row_asset.push(local);
+            }
+        }
+    }
+}
+
+fn name_id(index: &mut Index, name: &str) -> u32 {
+    if let Some(&id) = index.names.get(name) {
+        return id;
+    }
+    let id = index.names.len() as u32;
+    index.names.insert(name.to_string(), id);
+    id
+}
+
+fn series_id(
+    series: &mut Vec<Series>,
+    index: &mut Index,
+    asset: u32,
+    kind: SeriesKind,
+    name_id: u32,
+    name: &str,
+) -> u32 {
+    let next = series.len() as u32;
+    let id = *index
+        .series
+        .entry(series_key(asset, name_id, kind))
+        .or_insert(next);
+    if id == next {
+        series.push(Series::new(asset, kind, name.to_string()));
+    }
+    id
+}
