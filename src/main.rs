@@ -1,1 +1,194 @@
-fn main() {}
+//! `otwatch`: the central binary. Argument parsing only; the wiring lives in
+//! the `otwatch` library (`central`, `demo`).
+
+use otwatch::{central, config, demo};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// otwatch: collects controller events from factory sites, learns how each
+/// machine normally cycles, and alerts the SOC when something deviates.
+///
+/// Start with `otwatch demo`: simulated sites stream events to an embedded
+/// central service, which learns, catches a scripted attack schedule and
+/// prints a scorecard. Then query what it stored with `otwatch sql`.
+#[derive(Parser)]
+#[command(name = "otwatch", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the central service for real agents: gRPC collector, event log,
+    /// Parquet history, detector and alert outputs, in one process.
+    ///
+    /// Agents connect to --listen. Data (event log, history, detector
+    /// checkpoints, alerts.jsonl) lives in --data-dir. Stops cleanly on
+    /// Ctrl-C or SIGTERM; everything resumes from disk at the next start.
+    ///
+    /// Example: otwatch serve --config /etc/otwatch/otwatch.toml
+    Serve {
+        /// Configuration file (TOML); every option is described in the README.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the config file). Default: ./otwatch-data
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Ingest address (overrides the config file). Default: 127.0.0.1:4317
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the whole pipeline with simulated factory sites and a labelled
+    /// attack schedule, print alerts live and a scorecard at the end.
+    ///
+    /// Each site is a real otwatch-agent talking gRPC over loopback. The
+    /// detector first learns normal behaviour (30 simulated minutes by
+    /// default), then seven scenarios play: cycle-time drift, an extreme
+    /// cycle, an unplanned STOP, a program download, a silent controller, a
+    /// polling burst from an unknown peer, and a tag pushed out of its normal
+    /// relationship with the cycle. With the defaults, `--duration 90s` holds
+    /// the learning phase and the whole schedule.
+    ///
+    /// Example: otwatch demo --duration 90s --report demo.json
+    Demo {
+        /// Stop after this much wall-clock time (e.g. 90s, 5m). Default: run
+        /// until Ctrl-C, then print the scorecard.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Simulated seconds per wall-clock second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Number of simulated factory sites (one agent each).
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Where the demo keeps its data; cleared at the start of each run.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-demo")]
+        data_dir: PathBuf,
+        /// Also write the scorecard as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Seed of the simulation: the same seed plays the same factory.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Learning window, in simulated time.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        learn: Duration,
+        /// Play normal operation only (no scenarios): shows the false-alarm rate.
+        #[arg(long)]
+        calm: bool,
+    },
+    /// Query the history with SQL (tables `events` and `alerts`).
+    ///
+    /// Examples:
+    ///   otwatch sql "SELECT site, count(*) FROM events GROUP BY site"
+    ///   otwatch sql --format csv "SELECT ts, site, asset, message FROM alerts ORDER BY ts"
+    ///   otwatch sql "SELECT asset, avg(value) FROM events WHERE kind = 'CYCLE' AND date = '2026-11-22' GROUP BY asset"
+    ///
+    /// `date` (YYYY-MM-DD) and `hour` (HH) are partition columns: filtering on
+    /// them skips whole directories.
+    #[command(verbatim_doc_comment)]
+    Sql {
+        /// Data directory of `otwatch serve` or `otwatch demo`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Output format: table, csv or json (one object per line).
+        #[arg(long, default_value = "table")]
+        format: otwatch_history::OutputFormat,
+        /// The query.
+        query: String,
+    },
+}
+
+fn init_logging(default: &str) {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .init();
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => {
+            init_logging("info");
+            let mut config = match config {
+                Some(path) => config::ServerConfig::load(&path)?,
+                None => config::ServerConfig::default(),
+            };
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(addr) = listen {
+                config.listen = addr;
+            }
+            let central = central::Central::start(config).await?;
+            shutdown_signal().await?;
+            tracing::info!("stopping");
+            central.stop(Duration::from_secs(30)).await
+        }
+        Command::Demo {
+            duration,
+            speed,
+            sites,
+            data_dir,
+            report,
+            seed,
+            learn,
+            calm,
+        } => {
+            init_logging("warn");
+            demo::run(demo::DemoOptions {
+                duration,
+                speed,
+                sites,
+                data_dir,
+                report,
+                seed,
+                scenarios: !calm,
+                learn,
+            })
+            .await
+            .map(|_| ())
+        }
+        Command::Sql {
+            data_dir,
+            format,
+            query,
+        } => {
+            init_logging("warn");
+            let history = central::history_dir(&data_dir);
+            anyhow::ensure!(
+                history.exists(),
+                "no history in {} (expected {}); run `otwatch serve` or `otwatch demo` first, or pass --data-dir",
+                data_dir.display(),
+                history.display()
+            );
+            let batches = otwatch_history::query(&history, &query).await?;
+            print!("{}", otwatch_history::format_batches(&batches, format)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! End to end, across processes: the `otwatch` and `otwatch-agent` binaries,
+//! real gRPC on loopback, Parquet read back by SQL and by independent readers
+//! (pyarrow, DuckDB).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn otwatch() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_otwatch"))
+}
+
+/// `otwatch-agent` is another package's binary: it sits next to `otwatch`
+/// once the workspace binaries are built (scripts/test.sh builds them).
+fn agent_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_otwatch")).with_file_name("otwatch-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn run_json(cmd: &mut Command) -> Value {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn sql(data_dir: &Path, query: &str) -> Vec<Value> {
+    let out = otwatch()
+        .args(["sql", "--format", "json", "--data-dir"])
+        .arg(data_dir)
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn read_with_python(history: &Path) -> Value {
+    run_json(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/read_history.py"
+            ))
+            .arg(history),
+    )
+}
+
+fn demo(dir: &Path, args: &[&str]) -> Value {
+    let report = dir.join("report.json");
+    let out = otwatch()
+        .arg("demo")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--report")
+        .arg(&report)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("scorecard"), "{stdout}");
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+#[test]
+fn demo_stores_every_event_once_and_detects_every_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo(
+        dir.path(),
+        &["--duration", "45s", "--speed", "120", "--sites", "3"],
+    );
+    let sent = report["events_sent"].as_u64().unwrap();
+    assert!(sent > 10_000, "{report}");
+    assert_eq!(report["events_stored"].as_u64().unwrap(), sent, "{report}");
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 7, "{report}");
+    for s in scenarios {
+        assert_eq!(s["detected"], true, "scenario not detected: {s}\n{report}");
+    }
+    assert_eq!(report["false_alerts"], 0, "{report}");
+
+    // Exactly once, by SQL.
+    let data = dir.path().join("data");
+    let rows = sql(
+        &data,
+        "SELECT count(*) AS n, count(DISTINCT concat(site, '/', agent, '/', CAST(seq AS VARCHAR))) AS d FROM events",
+    );
+    assert_eq!(rows[0]["n"].as_u64().unwrap(), sent);
+    assert_eq!(rows[0]["d"].as_u64().unwrap(), sent);
+    let alerts = sql(&data, "SELECT count(*) AS n FROM alerts");
+    assert_eq!(alerts[0]["n"], report["alerts"]);
+
+    // The same files, read by pyarrow and DuckDB.
+    let seen = read_with_python(&data.join("history"));
+    assert_eq!(
+        seen["events_pyarrow_rows"].as_u64().unwrap(),
+        sent,
+        "{seen}"
+    );
+    assert_eq!(seen["events_duckdb_rows"].as_u64().unwrap(), sent, "{seen}");
+    assert_eq!(
+        seen["events_duckdb_distinct"].as_u64().unwrap(),
+        sent,
+        "{seen}"
+    );
+    assert_eq!(seen["alerts_duckdb_rows"], report["alerts"], "{seen}");
+}
+
+#[test]
+fn a_calm_factory_raises_no_alert_after_learning() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = demo(
+        dir.path(),
+        &[
+            "--calm",
+            "--duration",
+            "30s",
+            "--speed",
+            "180",
+            "--sites",
+            "2",
+            "--seed",
+            "11",
+        ],
+    );
+    assert_eq!(report["scenarios"].as_array().unwrap().len(), 0);
+    assert_eq!(report["alerts"], 0, "{report}");
+    assert_eq!(report["events_sent"], report["events_stored"], "{report}");
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn event_line(i: u64, now_ns: i64) -> String {
+    format!(
+        r#"{{"asset":"line1/press-0{}","kind":"CYCLE","name":"cycle","ts_ns":{},"value":{}}}"#,
+        i % 3,
+        now_ns + i as i64 * 1_000_000,
+        1000 + i % 17
+    )
+}
+
+fn count_events(data: &Path) -> u64 {
+    if !data.join("history").exists() {
+        return 0;
+    }
+    sql(data, "SELECT count(*) AS n FROM events")[0]["n"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("central");
+    let port = free_port();
+    let _serve = Killed(
+        otwatch()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let input = dir.path().join("events.jsonl");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let mut text = String::new();
+    for i in 0..3000 {
+        text.push_str(&event_line(i, now));
+        text.push('\n');
+        if i == 1234 {
+            text.push_str("{\"asset\": \"broken\n"); // a bad line is skipped, not fatal
+        }
+    }
+    std::fs::write(&input, &text).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+site = "plant-test"
+agent = "gw-1"
+data_dir = "{}"
+[collector]
+url = "http://127.0.0.1:{port}"
+batch_max_events = 250
+[[sources]]
+type = "file"
+path = "{}"
+poll_interval = "50ms"
+"#,
+            dir.path().join("agent").display(),
+            input.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let agent = Killed(
+        Command::new(agent_binary())
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "3000 events in the history",
+        Duration::from_secs(60),
+        || count_events(&data) == 3000,
+    );
+    // SIGKILL the agent, feed more, restart: nothing lost, nothing twice.
+    drop(agent);
+    let mut more = String::new();
+    for i in 3000..5000 {
+        more.push_str(&event_line(i, now));
+        more.push('\n');
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, more.as_bytes()))
+        .unwrap();
+    let _agent = Killed(
+        Command::new(agent_binary())
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "5000 events in the history",
+        Duration::from_secs(60),
+        || count_events(&data) == 5000,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rows = sql(
+        &data,
+        "SELECT count(*) AS n, count(DISTINCT seq) AS d, min(seq) AS lo, max(seq) AS hi FROM events WHERE site = 'plant-test' AND agent = 'gw-1'",
+    );
+    assert_eq!(rows[0]["n"], 5000);
+    assert_eq!(rows[0]["d"], 5000);
+    assert_eq!(rows[0]["lo"], 1);
+    assert_eq!(rows[0]["hi"], 5000);
+}
+
+#[test]
+fn bad_configs_and_queries_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("otwatch.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\ndatadir = \"x\"\n").unwrap();
+    let out = otwatch()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `datadir`"), "{err}");
+
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_config,
+        "site = \"a\"\nagent = \"b\"\ndata_dir = \"/tmp/x\"\nsources = []\n",
+    )
+    .unwrap();
+    let out = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&agent_config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("configure at least one source"));
+
+    let out = otwatch()
+        .args(["sql", "--data-dir"])
+        .arg(dir.path())
+        .arg("SELECT 1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no history in"));
+}
