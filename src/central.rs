@@ -61,6 +61,7 @@ pub fn history_dir(data_dir: &Path) -> PathBuf {
 impl Central {
     /// Opens the data directory and starts every component.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Central> {
+        config.check_transport()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -72,24 +73,31 @@ impl Central {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let tls = match &config.collector.tls {
+            Some(tls) => Some(
+                tls.acceptor()
+                    .context("cannot set up TLS on the ingest port")?,
+            ),
+            None => None,
+        };
+        let secure = tls.is_some();
         let collector = Collector::new(log.clone(), config.collector.clone());
         let collector_metrics = collector.metrics();
         let (stop_server, server_stop) = watch::channel(false);
         let server = tokio::spawn(async move {
             let mut stop = server_stop;
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(collector.into_service())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|&s| s).await;
-                    },
-                )
+            collector
+                .serve(listener, tls, async move {
+                    let _ = stop.wait_for(|&s| s).await;
+                })
                 .await
                 .context("ingest server failed")
         });
-        tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening");
+        if secure {
+            tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening (TLS, client certificates required)");
+        } else {
+            tracing::warn!(%addr, data_dir = %data_dir.display(), "collector listening WITHOUT TLS on loopback (--insecure-loopback): agents are trusted by the names they give");
+        }
 
         let progress = Arc::new(Progress::default());
         let (alerts, _) = broadcast::channel(1024);

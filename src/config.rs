@@ -40,6 +40,12 @@ pub struct ServerConfig {
     pub history: HistoryConfig,
     /// Where alerts go besides the `alerts` table.
     pub alerts: AlertSinkConfig,
+    /// Serve plaintext gRPC (agents name themselves with headers) when
+    /// `[collector.tls]` is absent. Only ever set from the command line
+    /// (`--insecure-loopback`) or by the demo, never from a file, and only
+    /// honoured when `listen` is a loopback address.
+    #[serde(skip)]
+    pub insecure_loopback: bool,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +58,7 @@ impl Default for ServerConfig {
             detector: DetectorConfig::default(),
             history: HistoryConfig::default(),
             alerts: AlertSinkConfig::default(),
+            insecure_loopback: false,
         }
     }
 }
@@ -98,6 +105,35 @@ impl Default for AlertSinkConfig {
 }
 
 impl ServerConfig {
+    /// Checks that ingest is secured: TLS configured, or plaintext explicitly
+    /// allowed on a loopback address.
+    pub fn check_transport(&self) -> anyhow::Result<()> {
+        if self.collector.tls.is_some() {
+            return Ok(());
+        }
+        if !self.insecure_loopback {
+            anyhow::bail!(
+                "refusing to accept agents without TLS. Create certificates and configure them:\n\
+                 \x20 otwatch cert init --dir pki\n\
+                 \x20 otwatch cert issue --dir pki --collector $(hostname -f)\n\
+                 \x20 otwatch cert issue --dir pki --site SITE --agent AGENT   (one per agent)\n\
+                 then in otwatch.toml:\n\
+                 \x20 [collector.tls]\n\
+                 \x20 cert = \"pki/collector.pem\"\n\
+                 \x20 key = \"pki/collector-key.pem\"\n\
+                 \x20 client_ca = \"pki/ca.pem\"\n\
+                 (for a local trial only: --insecure-loopback with a loopback --listen address)"
+            );
+        }
+        if !self.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--insecure-loopback only works on a loopback address, not {}: configure [collector.tls] to listen on other interfaces",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+
     /// Reads a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

@@ -11,7 +11,9 @@ use crate::central::{history_dir, Central};
 use crate::config::ServerConfig;
 use crate::sinks::format_ts;
 use anyhow::Context;
-use otwatch_agent::config::{AgentConfig, SenderConfig, SimSourceConfig, SourceConfig};
+use otwatch_agent::config::{
+    AgentConfig, ClientTlsConfig, SenderConfig, SimSourceConfig, SourceConfig,
+};
 use otwatch_agent::sim::{ScenarioTruth, SimConfig, SimSite};
 use otwatch_agent::Agent;
 use otwatch_proto::Alert;
@@ -153,6 +155,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::default()
     };
+    // The demo runs the secure path a real deployment runs: its own CA, a
+    // collector certificate for loopback, one client certificate per site.
+    let pki = opts.data_dir.join("pki");
+    crate::cert::init(&pki)?;
+    crate::cert::issue(
+        &pki,
+        &crate::cert::Subject::Collector {
+            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+        },
+        crate::cert::LEAF_VALIDITY,
+    )?;
+    config.collector.tls = Some(otwatch_collector::tls::ServerTlsConfig {
+        cert: pki.join(crate::cert::COLLECTOR_CERT),
+        key: pki.join(crate::cert::COLLECTOR_KEY),
+        client_ca: pki.join(crate::cert::CA_CERT),
+        crl: None,
+    });
     // Simulated time runs ahead of the wall clock when the run is open-ended.
     config.collector.limits.max_future_skew_secs = 366 * 24 * 3600;
     config.detector = otwatch_detector::DetectorConfig {
@@ -160,7 +179,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         ..Default::default()
     };
     let central = Central::start(config).await?;
-    let url = format!("http://{}", central.addr);
+    let url = format!("https://{}", central.addr);
 
     // A bounded run ends at the wall clock's now, so its events are not in the future.
     let start_ns = match opts.duration {
@@ -189,12 +208,27 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
                 .iter()
                 .cloned(),
         );
+        crate::cert::issue(
+            &pki,
+            &crate::cert::Subject::Agent {
+                site: site.clone(),
+                agent: "gw-1".into(),
+            },
+            crate::cert::LEAF_VALIDITY,
+        )?;
+        let (cert, key) = crate::cert::agent_files(&site, "gw-1");
         let agent = AgentConfig {
             site: site.clone(),
             agent: "gw-1".into(),
             data_dir: opts.data_dir.join("agents").join(&site),
             collector: SenderConfig {
                 url: url.clone(),
+                tls: Some(ClientTlsConfig {
+                    ca: pki.join(crate::cert::CA_CERT),
+                    cert: pki.join(cert),
+                    key: pki.join(key),
+                    domain: None,
+                }),
                 ..SenderConfig::default()
             },
             queue: Default::default(),
@@ -215,7 +249,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     let sim_now =
         |wall: Instant| start_ns + (wall.elapsed().as_secs_f64() * opts.speed * 1e9) as i64;
     println!(
-        "otwatch demo: {} simulated site(s) streaming over gRPC to {}, simulated time {}x the wall clock",
+        "otwatch demo: {} simulated site(s) streaming over gRPC with mutual TLS to {}, simulated time {}x the wall clock",
         opts.sites, central.addr, opts.speed
     );
     println!(

@@ -1,7 +1,7 @@
 //! `otwatch`: the central binary. Argument parsing only; the wiring lives in
 //! the `otwatch` library (`central`, `demo`).
 
-use otwatch::{central, config, demo};
+use otwatch::{central, cert, config, demo};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -27,7 +27,10 @@ enum Command {
     /// Run the central service for real agents: gRPC collector, event log,
     /// Parquet history, detector and alert outputs, in one process.
     ///
-    /// Agents connect to --listen. Data (event log, history, detector
+    /// Agents connect to --listen over TLS with client certificates
+    /// ([collector.tls] in the config; make the files with `otwatch cert`).
+    /// Without TLS it refuses to start, unless told --insecure-loopback and
+    /// bound to a loopback address. Data (event log, history, detector
     /// checkpoints, alerts.jsonl) lives in --data-dir. Stops cleanly on
     /// Ctrl-C or SIGTERM; everything resumes from disk at the next start.
     ///
@@ -42,6 +45,28 @@ enum Command {
         /// Ingest address (overrides the config file). Default: 127.0.0.1:4317
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Accept agents over plaintext gRPC, trusting the site and agent
+        /// names they send. Only on a loopback --listen address; for local
+        /// trials, never for real sites.
+        #[arg(long)]
+        insecure_loopback: bool,
+    },
+    /// Make the certificates of a deployment: a CA, the collector's
+    /// certificate, one certificate per agent, and a revocation list.
+    ///
+    /// An agent certificate names its site and agent id
+    /// (otwatch://site/SITE/agent/AGENT); the collector takes the agent's
+    /// identity from it and refuses batches for any other site or agent.
+    ///
+    /// Example (files go to --dir, default the current directory):
+    ///   otwatch cert init --dir pki
+    ///   otwatch cert issue --dir pki --collector collector.example.com
+    ///   otwatch cert issue --dir pki --site plant-lyon --agent gw-1
+    ///   otwatch cert revoke --dir pki pki/agent-plant-lyon-gw-1.pem
+    #[command(verbatim_doc_comment)]
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
     },
     /// Run the whole pipeline with simulated factory sites and a labelled
     /// attack schedule, print alerts live and a scorecard at the end.
@@ -104,6 +129,71 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CertAction {
+    /// Create a new CA (ca.pem, ca-key.pem). Keep ca-key.pem offline or at
+    /// least readable by you only (it is written with mode 0600).
+    Init {
+        /// Directory of the CA and the certificates it issues.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Issue an agent certificate (--site and --agent) or the collector's
+    /// (--collector HOST, repeatable for several names or IP addresses).
+    #[command(group = clap::ArgGroup::new("subject").required(true).args(["site", "collector"]))]
+    Issue {
+        /// Directory of the CA (from `otwatch cert init`).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Site of the agent (letters, digits, '.', '_', '-').
+        #[arg(long, requires = "agent")]
+        site: Option<String>,
+        /// Agent id within its site.
+        #[arg(long, requires = "site")]
+        agent: Option<String>,
+        /// DNS name or IP address agents use to reach the collector.
+        #[arg(long, value_name = "HOST", conflicts_with_all = ["site", "agent"])]
+        collector: Vec<String>,
+        /// Validity of the certificate.
+        #[arg(long, default_value = "397days", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+    },
+    /// Revoke certificates: adds them to the CA's revocation list (crl.pem),
+    /// which the collector reads at startup ([collector.tls] crl). Without
+    /// certificates, re-issues the list (it is valid for 30 days).
+    Revoke {
+        /// Directory of the CA.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Certificate files (PEM) to revoke.
+        certs: Vec<PathBuf>,
+    },
+}
+
+fn run_cert(action: CertAction) -> anyhow::Result<()> {
+    let written = match action {
+        CertAction::Init { dir } => cert::init(&dir)?,
+        CertAction::Issue {
+            dir,
+            site,
+            agent,
+            collector,
+            valid_for,
+        } => {
+            let subject = match (site, agent) {
+                (Some(site), Some(agent)) => cert::Subject::Agent { site, agent },
+                _ => cert::Subject::Collector { hosts: collector },
+            };
+            cert::issue(&dir, &subject, valid_for)?
+        }
+        CertAction::Revoke { dir, certs } => vec![cert::revoke(&dir, &certs)?],
+    };
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -128,10 +218,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Cert { action } => run_cert(action),
         Command::Serve {
             config,
             data_dir,
             listen,
+            insecure_loopback,
         } => {
             init_logging("info");
             let mut config = match config {
@@ -144,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = listen {
                 config.listen = addr;
             }
+            config.insecure_loopback = insecure_loopback;
             let central = central::Central::start(config).await?;
             shutdown_signal().await?;
             tracing::info!("stopping");

@@ -209,6 +209,7 @@ fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
         otwatch()
             .args([
                 "serve",
+                "--insecure-loopback",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--data-dir",

@@ -2,16 +2,15 @@
 //! event log holds a batch, duplicates dropped, bad input refused with a
 //! status that names the problem, other agents unaffected.
 
-use otwatch_collector::{Collector, CollectorConfig, AGENT_HEADER, SITE_HEADER};
-use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
-use otwatch_proto::v1::ingest_client::IngestClient;
-use otwatch_proto::{Ack, ControllerEvent, EventBatch, EventKind};
+mod common;
+
+use common::{batch, open_on, stored, Stream};
+use otwatch_collector::{Collector, CollectorConfig};
+use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 async fn start_collector(dir: &std::path::Path) -> (SocketAddr, Arc<LocalLog>) {
     let log = Arc::new(LocalLog::open(dir, LocalLogConfig::default()).unwrap());
@@ -26,83 +25,13 @@ async fn start_collector(dir: &std::path::Path) -> (SocketAddr, Arc<LocalLog>) {
     (addr, log)
 }
 
-struct Stream {
-    tx: mpsc::Sender<EventBatch>,
-    acks: Streaming<Ack>,
-}
-
 async fn open(addr: SocketAddr, site: Option<&str>, agent: &str) -> Result<Stream, tonic::Status> {
-    let mut client = IngestClient::connect(format!("http://{addr}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
-    let (tx, rx) = mpsc::channel(4);
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    if let Some(site) = site {
-        request
-            .metadata_mut()
-            .insert(SITE_HEADER, site.parse().unwrap());
-    }
-    request
-        .metadata_mut()
-        .insert(AGENT_HEADER, agent.parse().unwrap());
-    let acks = client.stream(request).await?.into_inner();
-    Ok(Stream { tx, acks })
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
-
-fn batch(site: &str, agent: &str, seqs: std::ops::RangeInclusive<u64>) -> EventBatch {
-    let now = now_ns();
-    EventBatch {
-        site: site.into(),
-        agent: agent.into(),
-        events: seqs
-            .map(|seq| ControllerEvent {
-                seq,
-                ts_ns: now,
-                asset: "line1/press-01".into(),
-                kind: EventKind::Cycle as i32,
-                name: "cycle".into(),
-                value: Some(1000.0 + seq as f64),
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
-
-impl Stream {
-    async fn send(&mut self, batch: EventBatch) -> Result<Ack, tonic::Status> {
-        self.tx.send(batch).await.unwrap();
-        match self.acks.message().await {
-            Ok(Some(ack)) => Ok(ack),
-            Ok(None) => panic!("stream closed without a status"),
-            Err(status) => Err(status),
-        }
-    }
-}
-
-async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
-    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = consumer
-            .poll(1000, Duration::from_millis(10))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for d in got {
-            for e in otwatch_proto::arrow::batch_to_events(&d.batch).unwrap() {
-                out.push((format!("{}/{}", e.site, e.agent), e.seq));
-            }
-        }
-    }
+    open_on(channel, site, agent).await
 }
 
 #[tokio::test]

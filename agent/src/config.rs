@@ -9,7 +9,12 @@
 //! data_dir = "/var/lib/otwatch-agent"
 //!
 //! [collector]
-//! url = "http://collector.example:4317"
+//! url = "https://collector.example:4317"
+//!
+//! [collector.tls]
+//! ca = "/etc/otwatch-agent/ca.pem"
+//! cert = "/etc/otwatch-agent/agent-plant-lyon-gw-1.pem"
+//! key = "/etc/otwatch-agent/agent-plant-lyon-gw-1-key.pem"
 //!
 //! [[sources]]
 //! type = "file"
@@ -63,8 +68,11 @@ pub enum Compression {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SenderConfig {
-    /// Collector address, e.g. "http://127.0.0.1:4317".
+    /// Collector address: "https://HOST:4317" with `[collector.tls]`, or
+    /// "http://127.0.0.1:4317" for a collector running `--insecure-loopback`.
     pub url: String,
+    /// TLS with a client certificate. Required for an `https://` url.
+    pub tls: Option<ClientTlsConfig>,
     /// Most events in one batch.
     pub batch_max_events: usize,
     /// Longest time an event waits for its batch to fill before it is sent.
@@ -91,6 +99,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             url: "http://127.0.0.1:4317".into(),
+            tls: None,
             batch_max_events: 1000,
             batch_max_delay: Duration::from_millis(200),
             max_in_flight: 4,
@@ -100,6 +109,23 @@ impl Default for SenderConfig {
             connect_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// The `[collector.tls]` section: the files `otwatch cert init` and `otwatch
+/// cert issue --site S --agent A` write. The certificate names this agent's
+/// site and id; the agent refuses to start when they differ from `site` and
+/// `agent` above, and the collector takes the identity from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// CA certificate (PEM) the collector's certificate must chain to (`ca.pem`).
+    pub ca: PathBuf,
+    /// This agent's certificate (PEM), e.g. `agent-plant-lyon-gw-1.pem`.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM). Keep it readable by the agent's user only.
+    pub key: PathBuf,
+    /// Name to check the collector's certificate against. Default: the host of `url`.
+    pub domain: Option<String>,
 }
 
 /// One source of events.
@@ -203,19 +229,8 @@ impl AgentConfig {
     }
 
     fn check(&self) -> Result<(), String> {
-        for (key, value) in [("site", &self.site), ("agent", &self.agent)] {
-            if value.is_empty() || value.len() > self.limits.max_id_len {
-                return Err(format!(
-                    "{key} must be 1 to {} bytes",
-                    self.limits.max_id_len
-                ));
-            }
-            if value.contains('/') || value.chars().any(char::is_control) {
-                return Err(format!(
-                    "{key} {value:?} must not contain '/' or control characters"
-                ));
-            }
-        }
+        otwatch_proto::identity::check_id("site", &self.site)?;
+        otwatch_proto::identity::check_id("agent", &self.agent)?;
         if self.sources.is_empty() {
             return Err(
                 "no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into(),
@@ -231,11 +246,26 @@ impl AgentConfig {
         if c.max_in_flight == 0 {
             return Err("collector.max_in_flight must be at least 1".into());
         }
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-            return Err(format!(
-                "collector.url {:?} must start with http:// or https://",
-                c.url
-            ));
+        match (c.url.split_once("://").map(|(scheme, _)| scheme), &c.tls) {
+            (Some("https"), Some(_)) | (Some("http"), None) => {}
+            (Some("https"), None) => {
+                return Err(format!(
+                    "collector.url {:?} is https but [collector.tls] is missing: set ca, cert and key (see `otwatch cert issue`)",
+                    c.url
+                ))
+            }
+            (Some("http"), Some(_)) => {
+                return Err(format!(
+                    "[collector.tls] is set but collector.url {:?} is plain http: use https://",
+                    c.url
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "collector.url {:?} must start with https:// (or http:// for a loopback trial)",
+                    c.url
+                ))
+            }
         }
         if self.queue.max_bytes < 2 * self.queue.segment_bytes {
             return Err("queue.max_bytes must be at least twice queue.segment_bytes".into());
@@ -303,11 +333,23 @@ path = "/tmp/events.jsonl"
         let err = AgentConfig::parse(&text, "agent.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("must not contain '/'"), "{err}");
+        assert!(err.contains("site id \"a/b\" is not valid"), "{err}");
         let text = format!("{MINIMAL}\n[collector]\nurl = \"collector:4317\"\n");
         let err = AgentConfig::parse(&text, "agent.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("must start with http://"), "{err}");
+        assert!(err.contains("must start with https://"), "{err}");
+        let text = format!("{MINIMAL}\n[collector]\nurl = \"https://collector:4317\"\n");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[collector.tls] is missing"), "{err}");
+        let text = format!(
+            "{MINIMAL}\n[collector]\nurl = \"http://collector:4317\"\n[collector.tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n"
+        );
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use https://"), "{err}");
     }
 }

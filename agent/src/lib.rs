@@ -9,7 +9,8 @@
 //! - [`queue`]: the on-disk queue and its format;
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
-//! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site.
+//! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site;
+//! - [`tls`]: the client certificate and its identity check.
 
 pub mod sim;
 
@@ -18,6 +19,7 @@ pub mod handle;
 pub mod queue;
 pub mod sender;
 pub mod source;
+pub mod tls;
 
 use config::{AgentConfig, SourceConfig};
 use handle::QueueHandle;
@@ -85,11 +87,17 @@ impl Agent {
     /// Opens the queue and starts the sources and the sender.
     pub fn start(config: AgentConfig) -> anyhow::Result<Agent> {
         use anyhow::Context;
+        if let Some(tls) = &config.collector.tls {
+            tls::check_identity(tls, &config.site, &config.agent).map_err(anyhow::Error::msg)?;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         let queue = DiskQueue::open(config.data_dir.join("queue"), config.queue.clone())
             .context("cannot open the queue")?;
         let queue = QueueHandle::new(queue);
+        // File sources decide where to resume from what the queue held when
+        // it opened, before any source appends again.
+        let seq_at_open = queue.last_seq();
         let (stop_sources, stop) = watch::channel(false);
         let (stop_sender, sender_stop) = watch::channel(false);
         let span = tracing::info_span!("agent", site = %config.site, agent = %config.agent);
@@ -112,6 +120,7 @@ impl Agent {
                 SourceConfig::File(file) => tokio::spawn(
                     source::file::run(
                         file,
+                        seq_at_open,
                         config.data_dir.join("sources"),
                         config.limits.clone(),
                         queue.clone(),

@@ -8,6 +8,7 @@
 //! ```text
 //! <dir>/<first seq, 20 digits>.q     segments, in sequence order
 //! <dir>/acked                         highest acked seq (decimal text), replaced atomically
+//! <dir>/quarantine/                   copies of damaged segments, for inspection
 //!
 //! record := len: u32 LE | crc: u32 LE (CRC32C of body) | body: protobuf ControllerEvent
 //! ```
@@ -18,16 +19,27 @@
 //!
 //! # Invariants
 //!
-//! - Sequence numbers are dense and strictly increasing across segments: the
-//!   k-th record of segment `<first>` has seq `first + k`, and the next
-//!   segment starts one past the previous one's last record.
+//! - Sequence numbers are strictly increasing across segments: the k-th
+//!   record of segment `<first>` has seq `first + k`, and the next segment
+//!   starts one past the previous one's last record (or later, after damage
+//!   was quarantined).
 //! - The newest segment is never deleted, so the next sequence number is
 //!   always recoverable from it (its name plus its record count), and
 //!   sequence numbers survive restarts even when everything was acked.
-//! - `append` returns only after the records are written and fsync'd.
+//! - An append is *durable* once fsync'd: at once with `fsync = "always"`,
+//!   at the next [`DiskQueue::sync`] with `fsync = "group"` (the handle runs
+//!   one every `group_commit_interval` and makes appenders wait for it).
+//!   Sources are told "taken" and the sender reads an event only once it is
+//!   durable, so a crash can only lose appends nobody was told about.
 //! - A crash may leave a torn append at the end of the newest segment; opening
 //!   the queue cuts it back to the last complete append (that append was never
 //!   reported as taken) and keeps everything before it.
+//! - Damage anywhere else (a sealed segment that does not read back whole,
+//!   e.g. after a disk error) never stops the agent: the segment's readable
+//!   prefix is kept, the original file is copied to `quarantine/` for
+//!   inspection, and the events lost are counted (`quarantined`) and logged
+//!   as an error with their sequence range. Later segments carry on after the
+//!   gap; the collector accepts sequence numbers that skip.
 //! - A segment is deleted only once every record in it is acked (`acked` is
 //!   written first, so a crash between the two leaves a deletable segment,
 //!   never a gap), or when `when_full = "drop_oldest"` sacrifices it, which is
@@ -56,6 +68,22 @@ pub enum WhenFull {
     DropOldest,
 }
 
+/// When appends are fsync'd (the `fsync` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Every append is fsync'd before it returns. Sources already hand over
+    /// whole chunks (a tick of the simulator, up to `max_lines_per_read`
+    /// lines of a file), so this is one fsync per chunk, not per event.
+    #[default]
+    Always,
+    /// Group commit: appends are written at once and fsync'd together every
+    /// `group_commit_interval`; each append still returns only once its
+    /// group is durable. Fewer fsyncs when many sources append small chunks,
+    /// at the cost of up to one interval of latency per append.
+    Group,
+}
+
 /// Queue settings (the `[queue]` config section).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +95,13 @@ pub struct QueueConfig {
     /// Size at which a segment is closed and a new one started, in bytes.
     /// Acked space is reclaimed a segment at a time.
     pub segment_bytes: u64,
+    /// "always" (default: each append fsync'd before the source is told it
+    /// was taken) or "group" (appends fsync'd together every
+    /// `group_commit_interval`, still before the source is told).
+    pub fsync: FsyncPolicy,
+    /// Longest wait for a group commit with `fsync = "group"`.
+    #[serde(with = "humantime_serde")]
+    pub group_commit_interval: std::time::Duration,
 }
 
 impl Default for QueueConfig {
@@ -75,6 +110,8 @@ impl Default for QueueConfig {
             max_bytes: 512 * 1024 * 1024,
             when_full: WhenFull::Block,
             segment_bytes: 8 * 1024 * 1024,
+            fsync: FsyncPolicy::Always,
+            group_commit_interval: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -109,8 +146,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError + '_ {
 pub struct QueueMetrics {
     pub appended: AtomicU64,
     pub acked_seq: AtomicU64,
+    /// Events dropped by `when_full = "drop_oldest"`.
     pub dropped: AtomicU64,
+    /// Events lost to damaged segments (see the module documentation).
+    pub quarantined: AtomicU64,
     pub bytes: AtomicU64,
+    /// fsyncs of queue data.
+    pub fsyncs: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -130,6 +172,8 @@ pub struct DiskQueue {
     segments: VecDeque<Segment>,
     active: File,
     acked: u64,
+    /// One past the last durable (fsync'd) sequence number.
+    durable_end: u64,
     metrics: Arc<QueueMetrics>,
     /// Where the last `read` stopped: (segment first seq, byte position, seq
     /// at that position). The sender reads forward in batches, so this turns
@@ -220,11 +264,12 @@ impl DiskQueue {
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let acked_path = dir.join("acked");
         let acked: u64 = match fs::read_to_string(&acked_path) {
-            Ok(t) => t.trim().parse().map_err(|e| QueueError::Corrupt {
-                path: acked_path.display().to_string(),
-                seq: 0,
-                reason: format!("not a number: {e}"),
-            })?,
+            Ok(t) => t.trim().parse().unwrap_or_else(|e| {
+                // Forgetting acks only means resending: the collector drops
+                // what it already holds.
+                tracing::error!(path = %acked_path.display(), error = %e, "unreadable ack mark; resending everything queued");
+                0
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&acked_path)(e)),
         };
@@ -239,24 +284,49 @@ impl DiskQueue {
             File::create(segment_path(&dir, acked + 1)).map_err(io_err(&dir))?;
             fsync_dir(&dir)?;
         }
-        let mut segments = VecDeque::new();
+        let metrics = Arc::new(QueueMetrics::default());
+        let mut segments: VecDeque<Segment> = VecDeque::new();
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(&dir, first);
-            let newest = i + 1 == firsts.len();
+            let next_first = firsts.get(i + 1).copied();
             let (count, valid_len, total) = Self::scan(&path)?;
-            if valid_len < total {
-                if !newest {
-                    return Err(QueueError::Corrupt {
-                        path: path.display().to_string(),
-                        seq: first + count,
-                        reason: "damaged record in a sealed segment".into(),
-                    });
+            if let Some(prev) = segments.back() {
+                if prev.end > first {
+                    // Overlapping names cannot come from this queue: keep the
+                    // older segment, set the newer one aside.
+                    Self::quarantine(
+                        &dir,
+                        &path,
+                        &metrics,
+                        first,
+                        first + count,
+                        "overlaps the previous segment",
+                    )?;
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                    continue;
                 }
-                tracing::warn!(
-                    path = %path.display(),
-                    cut_bytes = total - valid_len,
-                    "cutting a torn record off the end of the queue (it was never reported taken)"
-                );
+                if prev.end < first {
+                    tracing::error!(
+                        first_missing = prev.end,
+                        last_missing = first - 1,
+                        "queue segments are missing events (a segment file was removed or damaged); carrying on after the gap"
+                    );
+                }
+            }
+            if valid_len < total {
+                match next_first {
+                    None => {
+                        tracing::warn!(
+                            path = %path.display(),
+                            cut_bytes = total - valid_len,
+                            "cutting a torn append off the end of the queue (it was never reported taken)"
+                        );
+                    }
+                    Some(next) => {
+                        let reason = "damaged record in a sealed segment";
+                        Self::quarantine(&dir, &path, &metrics, first + count, next, reason)?;
+                    }
+                }
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -264,16 +334,6 @@ impl DiskQueue {
                 f.set_len(valid_len)
                     .and_then(|_| f.sync_all())
                     .map_err(io_err(&path))?;
-            }
-            if let Some(prev) = segments.back() {
-                let prev: &Segment = prev;
-                if prev.end != first {
-                    return Err(QueueError::Corrupt {
-                        path: path.display().to_string(),
-                        seq: first,
-                        reason: format!("gap: previous segment ends at seq {}", prev.end - 1),
-                    });
-                }
             }
             segments.push_back(Segment {
                 first,
@@ -287,14 +347,17 @@ impl DiskQueue {
             .append(true)
             .open(&active_path)
             .map_err(io_err(&active_path))?;
-        let metrics = Arc::new(QueueMetrics::default());
+        // What survived a process crash may still sit in the page cache.
+        active.sync_data().map_err(io_err(&active_path))?;
         metrics.acked_seq.store(acked, Ordering::Relaxed);
+        let durable_end = segments.back().unwrap().end;
         let mut queue = DiskQueue {
             dir,
             config,
             segments,
             active,
             acked,
+            durable_end,
             metrics,
             cursor: Cell::new(None),
         };
@@ -308,6 +371,40 @@ impl DiskQueue {
             "queue opened"
         );
         Ok(queue)
+    }
+
+    /// Copies a damaged segment to `quarantine/` and accounts for the events
+    /// `lost_from..lost_end` it can no longer give back.
+    fn quarantine(
+        dir: &Path,
+        path: &Path,
+        metrics: &QueueMetrics,
+        lost_from: u64,
+        lost_end: u64,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let qdir = dir.join("quarantine");
+        fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+        let name = path.file_name().expect("segment file name");
+        let mut target = qdir.join(name);
+        let mut n = 1;
+        while target.exists() {
+            target = qdir.join(format!("{}.{n}", name.to_string_lossy()));
+            n += 1;
+        }
+        fs::copy(path, &target).map_err(io_err(&target))?;
+        fsync_dir(&qdir)?;
+        let lost = lost_end.saturating_sub(lost_from);
+        metrics.quarantined.fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            segment = %path.display(),
+            copy = %target.display(),
+            first_lost_seq = lost_from,
+            lost,
+            reason,
+            "queue segment damaged: kept what reads back, quarantined a copy, events lost"
+        );
+        Ok(())
     }
 
     /// Counts valid records of a segment: (records, valid bytes, file bytes).
@@ -332,6 +429,10 @@ impl DiskQueue {
         self.metrics.clone()
     }
 
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
     /// The sequence number the next appended event gets.
     pub fn next_seq(&self) -> u64 {
         self.segments.back().unwrap().end
@@ -340,6 +441,24 @@ impl DiskQueue {
     /// Highest acked sequence number.
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+
+    /// Highest durable (fsync'd) sequence number: what sources may be told
+    /// is taken and what the sender may read.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_end - 1
+    }
+
+    /// Makes every append so far durable; returns [`durable_seq`](Self::durable_seq).
+    pub fn sync(&mut self) -> Result<u64, QueueError> {
+        let end = self.next_seq();
+        if self.durable_end < end {
+            let path = self.segments.back().unwrap().path.clone();
+            self.active.sync_data().map_err(io_err(&path))?;
+            self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.durable_end = end;
+        }
+        Ok(self.durable_seq())
     }
 
     /// Events in the queue not yet acked.
@@ -413,18 +532,27 @@ impl DiskQueue {
             }
         }
         before_write(next - count as u64, next - 1)?;
-        let active_path = self.segments.back().unwrap().path.clone();
-        self.active
-            .write_all(&buf)
-            .and_then(|_| self.active.sync_data())
-            .map_err(io_err(&active_path))?;
+        let (active_path, before) = {
+            let seg = self.segments.back().unwrap();
+            (seg.path.clone(), seg.bytes)
+        };
+        if let Err(e) = self.active.write_all(&buf) {
+            // A partial write (disk full) must not stay in front of the
+            // next append: cut the segment back to its last whole append.
+            let _ = self.active.set_len(before);
+            return Err(io_err(&active_path)(e));
+        }
         let seg = self.segments.back_mut().unwrap();
         seg.end = next;
         seg.bytes += incoming;
+        let full = seg.bytes >= self.config.segment_bytes;
+        if self.config.fsync == FsyncPolicy::Always {
+            self.sync()?;
+        }
         self.metrics
             .appended
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        if seg.bytes >= self.config.segment_bytes {
+        if full {
             self.roll()?;
         }
         self.update_bytes();
@@ -436,6 +564,9 @@ impl DiskQueue {
         if self.segments.back().unwrap().first == first {
             return Ok(()); // the active segment is still empty
         }
+        // The segment being sealed must be durable before the next one
+        // exists: a group commit syncs only the active file.
+        self.sync()?;
         let path = segment_path(&self.dir, first);
         self.active = OpenOptions::new()
             .create_new(true)
@@ -455,6 +586,11 @@ impl DiskQueue {
     fn drop_oldest(&mut self) -> Result<(), QueueError> {
         let seg = self.segments.pop_front().expect("a sealed segment");
         let lost = seg.end.saturating_sub(seg.first.max(self.acked + 1));
+        // The mark moves first, so a crash before the deletion leaves a
+        // segment that opening reclaims, never a gap.
+        if self.acked < seg.end - 1 {
+            self.set_acked(seg.end - 1)?;
+        }
         fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
         self.metrics.dropped.fetch_add(lost, Ordering::Relaxed);
         tracing::warn!(
@@ -463,9 +599,6 @@ impl DiskQueue {
             dropped = lost,
             "queue full: dropped the oldest unacknowledged events (when_full = \"drop_oldest\")"
         );
-        if self.acked < seg.end - 1 {
-            self.set_acked(seg.end - 1)?;
-        }
         self.update_bytes();
         Ok(())
     }
@@ -497,11 +630,12 @@ impl DiskQueue {
         Ok(())
     }
 
-    /// Reads up to `max` events starting at sequence `from` (events below the
-    /// oldest kept one are skipped: they were acked or dropped).
+    /// Reads up to `max` durable events starting at sequence `from` (events
+    /// below the oldest kept one are skipped: they were acked or dropped).
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<ControllerEvent>, QueueError> {
         let mut out = Vec::new();
         let from = from.max(self.acked + 1);
+        let max = max.min(self.durable_end.saturating_sub(from) as usize);
         for seg in &self.segments {
             if seg.end <= from || out.len() >= max {
                 continue;
@@ -574,6 +708,7 @@ mod tests {
             max_bytes: 1 << 20,
             when_full: WhenFull::Block,
             segment_bytes: 512,
+            ..QueueConfig::default()
         }
     }
 
@@ -653,6 +788,7 @@ mod tests {
             max_bytes: 2000,
             when_full: WhenFull::Block,
             segment_bytes: 400,
+            ..QueueConfig::default()
         };
         let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
         let mut taken = 0;
@@ -686,5 +822,188 @@ mod tests {
         let kept = q.read(0, 10_000).unwrap();
         assert_eq!(kept.len() as u64 + dropped, 500);
         assert_eq!(kept.last().unwrap().seq, 500);
+    }
+
+    #[test]
+    fn a_damaged_sealed_segment_is_quarantined_and_the_rest_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut q = DiskQueue::open(dir.path(), small()).unwrap();
+            for _ in 0..6 {
+                q.append(&mut events(5)).unwrap();
+            }
+            assert!(q.segment_count() >= 3);
+        }
+        // Flip a byte in the middle of the oldest segment.
+        let oldest = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&oldest).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        fs::write(&oldest, &bytes).unwrap();
+
+        let q = DiskQueue::open(dir.path(), small()).unwrap();
+        let lost = q.metrics().quarantined.load(Ordering::Relaxed);
+        assert!(lost > 0);
+        let kept = q.read(0, 1000).unwrap();
+        assert_eq!(kept.len() as u64 + lost, 30);
+        assert_eq!(kept.last().unwrap().seq, 30);
+        assert!(kept.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
+        // Opening again finds nothing new to quarantine.
+        drop(q);
+        let q = DiskQueue::open(dir.path(), small()).unwrap();
+        assert_eq!(q.metrics().quarantined.load(Ordering::Relaxed), 0);
+        assert_eq!(q.read(0, 1000).unwrap().len(), kept.len());
+    }
+
+    #[test]
+    fn group_commit_reads_only_what_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            fsync: FsyncPolicy::Group,
+            ..small()
+        };
+        let mut q = DiskQueue::open(dir.path(), config).unwrap();
+        q.append(&mut events(3)).unwrap();
+        assert_eq!(q.durable_seq(), 0);
+        assert!(q.read(0, 10).unwrap().is_empty());
+        assert_eq!(q.sync().unwrap(), 3);
+        assert_eq!(q.read(0, 10).unwrap().len(), 3);
+    }
+
+    /// Property test: the queue against a model (a map of the unacked events
+    /// by seq, the next seq and the ack mark), through appends, acks, clean
+    /// reopens and crashes: an append torn at a random byte, and a crash
+    /// between writing the ack mark and deleting acked segments.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Append(usize),
+            Ack(f64),
+            Reopen,
+            TornAppend(usize, f64),
+            AckThenCrash(f64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1usize..12).prop_map(Op::Append),
+                2 => (0.0f64..=1.0).prop_map(Op::Ack),
+                1 => Just(Op::Reopen),
+                1 => ((1usize..12), (0.0f64..1.0)).prop_map(|(n, f)| Op::TornAppend(n, f)),
+                1 => (0.0f64..=1.0).prop_map(Op::AckThenCrash),
+            ]
+        }
+
+        struct Model {
+            next: u64,
+            acked: u64,
+            events: BTreeMap<u64, f64>,
+            counter: f64,
+        }
+
+        impl Model {
+            fn batch(&mut self, n: usize) -> Vec<ControllerEvent> {
+                let mut out = events(n);
+                for e in &mut out {
+                    self.counter += 1.0;
+                    e.value = Some(self.counter);
+                }
+                out
+            }
+
+            fn ack_target(&self, frac: f64) -> u64 {
+                self.acked + ((self.next - 1 - self.acked) as f64 * frac) as u64
+            }
+
+            fn ack(&mut self, seq: u64) {
+                self.acked = self.acked.max(seq);
+                self.events = self.events.split_off(&(self.acked + 1));
+            }
+        }
+
+        fn check(q: &DiskQueue, m: &Model) -> Result<(), TestCaseError> {
+            prop_assert_eq!(q.next_seq(), m.next);
+            prop_assert_eq!(q.acked(), m.acked);
+            let got: Vec<(u64, f64)> = q
+                .read(0, usize::MAX)
+                .unwrap()
+                .iter()
+                .map(|e| (e.seq, e.value.unwrap()))
+                .collect();
+            let want: Vec<(u64, f64)> = m.events.iter().map(|(&s, &v)| (s, v)).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(q.metrics().quarantined.load(Ordering::Relaxed), 0);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn queue_matches_its_model_through_crashes(ops in proptest::collection::vec(op(), 1..60)) {
+                let dir = tempfile::tempdir().unwrap();
+                let config = QueueConfig { segment_bytes: 700, ..small() };
+                let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+                let mut m = Model { next: 1, acked: 0, events: BTreeMap::new(), counter: 0.0 };
+                for op in ops {
+                    match op {
+                        Op::Append(n) => {
+                            let mut batch = m.batch(n);
+                            let last = q.append(&mut batch).unwrap();
+                            for e in &batch {
+                                m.events.insert(e.seq, e.value.unwrap());
+                            }
+                            m.next += n as u64;
+                            prop_assert_eq!(last, m.next - 1);
+                        }
+                        Op::Ack(frac) => {
+                            let seq = m.ack_target(frac);
+                            q.ack(seq).unwrap();
+                            m.ack(seq);
+                        }
+                        Op::Reopen => {
+                            drop(q);
+                            q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+                        }
+                        Op::TornAppend(n, frac) => {
+                            // The write dies part-way: only a prefix of its
+                            // bytes reaches the file and nothing after it runs.
+                            let (path, before) = {
+                                let seg = q.segments.back().unwrap();
+                                (seg.path.clone(), seg.bytes)
+                            };
+                            let segments = q.segment_count();
+                            let mut batch = m.batch(n);
+                            q.append(&mut batch).unwrap();
+                            if q.segment_count() > segments {
+                                fs::remove_file(&q.segments.back().unwrap().path).unwrap();
+                            }
+                            let after = fs::metadata(&path).unwrap().len();
+                            let keep = before + ((after - before) as f64 * frac) as u64;
+                            drop(q);
+                            OpenOptions::new().write(true).open(&path).unwrap().set_len(keep).unwrap();
+                            q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+                        }
+                        Op::AckThenCrash(frac) => {
+                            let seq = m.ack_target(frac);
+                            if seq > q.acked() {
+                                q.set_acked(seq).unwrap();
+                            }
+                            m.ack(seq);
+                            drop(q);
+                            q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+                        }
+                    }
+                    check(&q, &m)?;
+                }
+            }
+        }
     }
 }

@@ -22,9 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Endpoint;
 
-/// Metadata keys naming the agent on a connection (see the collector).
-pub const SITE_HEADER: &str = "x-otwatch-site";
-pub const AGENT_HEADER: &str = "x-otwatch-agent";
+use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 
 /// Counters of the sender.
 #[derive(Debug, Default)]
@@ -95,12 +93,18 @@ impl Sender {
 
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
         let cfg = &self.config;
-        let endpoint = Endpoint::from_shared(cfg.url.clone())
+        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
             .map_err(|e| SessionError::Config(format!("collector.url {:?}: {e}", cfg.url)))?
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
+        if let Some(tls) = &cfg.tls {
+            let tls = crate::tls::client_config(tls, &cfg.url).map_err(SessionError::Config)?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| SessionError::Config(format!("collector.tls: {e}")))?;
+        }
         let channel = endpoint
             .connect()
             .await
@@ -126,6 +130,18 @@ impl Sender {
         }
         let mut acks = client.stream(request).await?.into_inner();
         let greeting = acks.message().await?.ok_or(SessionError::Closed)?;
+        let last = self.queue.last_seq();
+        if greeting.durable_seq > last {
+            // Never silent: these sequence numbers were given out before and
+            // the collector will drop new events carrying them.
+            tracing::error!(
+                collector_holds = greeting.durable_seq,
+                queue_last_seq = last,
+                "the collector already holds higher sequence numbers for this agent than its queue ever gave out: \
+                 data_dir was reset or restored from an old copy; events up to the collector's sequence will be \
+                 dropped as duplicates. Give this gateway a new agent id (and certificate)."
+            );
+        }
         self.queue.ack(greeting.durable_seq).await?;
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);

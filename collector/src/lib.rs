@@ -12,7 +12,13 @@
 //!   itself, and appends of one agent are serialized;
 //! - a bad batch is answered with `INVALID_ARGUMENT` naming the broken limit, a
 //!   batch that claims another site or agent with `PERMISSION_DENIED`; both
-//!   are counted and logged and affect no other agent.
+//!   are counted and logged and affect no other agent;
+//! - with TLS ([`tls`]), the agent's identity is its verified client
+//!   certificate's; headers and payload cannot change it. Plaintext, where
+//!   agents name themselves with headers, is for loopback trials only (the
+//!   central binary refuses it elsewhere).
+
+pub mod tls;
 
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
 use otwatch_proto::limits::Limits;
@@ -27,10 +33,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-/// Metadata keys an agent uses to name itself on a plaintext connection.
-/// With TLS, the identity comes from the client certificate instead.
-pub const SITE_HEADER: &str = "x-otwatch-site";
-pub const AGENT_HEADER: &str = "x-otwatch-agent";
+pub use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 
 /// Settings of the ingest server (the `[collector]` config section).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -38,6 +41,9 @@ pub const AGENT_HEADER: &str = "x-otwatch-agent";
 pub struct CollectorConfig {
     /// Limits on what agents may send.
     pub limits: Limits,
+    /// TLS with client certificates. Required by `otwatch serve` unless it is
+    /// told `--insecure-loopback` and listens on loopback only.
+    pub tls: Option<tls::ServerTlsConfig>,
 }
 
 /// Counters of the ingest server, for logs, metrics and the demo scorecard.
@@ -50,6 +56,11 @@ pub struct CollectorMetrics {
     pub batches_invalid: AtomicU64,
     pub batches_denied: AtomicU64,
     pub append_failures: AtomicU64,
+    /// Streams refused because the peer had no usable identity.
+    pub streams_unauthenticated: AtomicU64,
+    /// TLS handshakes that failed (unknown CA, expired or revoked
+    /// certificate, no certificate, timeout).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -62,6 +73,8 @@ pub struct CollectorCounts {
     pub batches_invalid: u64,
     pub batches_denied: u64,
     pub append_failures: u64,
+    pub streams_unauthenticated: u64,
+    pub tls_handshake_failures: u64,
 }
 
 impl CollectorMetrics {
@@ -75,6 +88,8 @@ impl CollectorMetrics {
             batches_invalid: g(&self.batches_invalid),
             batches_denied: g(&self.batches_denied),
             append_failures: g(&self.append_failures),
+            streams_unauthenticated: g(&self.streams_unauthenticated),
+            tls_handshake_failures: g(&self.tls_handshake_failures),
         }
     }
 }
@@ -216,7 +231,52 @@ impl Collector {
         })
     }
 
+    /// Serves the ingest service on `listener` until `shutdown` completes:
+    /// over TLS with client certificates when `tls` is given, else plaintext
+    /// (agents then name themselves with headers).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let metrics = self.metrics();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(self.into_service());
+        match tls {
+            Some(acceptor) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tls::tls_incoming(listener, acceptor, metrics),
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Who is on the other end: the verified certificate's identity on a TLS
+    /// connection, the headers on a plaintext one.
     fn identity<T>(&self, request: &Request<T>) -> Result<AgentIdentity, Status> {
+        if let Some(peer) = request.extensions().get::<tls::PeerInfo>() {
+            return peer.identity.clone().map_err(|reason| {
+                self.inner
+                    .metrics
+                    .streams_unauthenticated
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(remote = ?peer.remote, %reason, "client certificate names no agent; stream refused");
+                Status::unauthenticated(reason)
+            });
+        }
         let get = |key: &str| -> Result<String, Status> {
             let value = request
                 .metadata()
@@ -228,18 +288,22 @@ impl Collector {
                 })?
                 .to_str()
                 .map_err(|_| Status::invalid_argument(format!("{key} is not ASCII")))?;
-            let limit = self.inner.config.limits.max_id_len;
-            if value.is_empty() || value.len() > limit {
-                return Err(Status::invalid_argument(format!(
-                    "{key} must be 1 to {limit} bytes (max_id_len)"
-                )));
-            }
+            otwatch_proto::identity::check_id(key, value).map_err(Status::invalid_argument)?;
             Ok(value.to_string())
         };
-        Ok(AgentIdentity {
-            site: get(SITE_HEADER)?,
-            agent: get(AGENT_HEADER)?,
-        })
+        let identity = get(SITE_HEADER).and_then(|site| {
+            Ok(AgentIdentity {
+                site,
+                agent: get(AGENT_HEADER)?,
+            })
+        });
+        if identity.is_err() {
+            self.inner
+                .metrics
+                .streams_unauthenticated
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        identity
     }
 }
 
@@ -261,7 +325,11 @@ impl Ingest for Collector {
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let identity = self.identity(&request)?;
-        let peer = request.remote_addr();
+        let peer = request
+            .extensions()
+            .get::<tls::PeerInfo>()
+            .and_then(|p| p.remote)
+            .or_else(|| request.remote_addr());
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent);
         self.inner

@@ -2,6 +2,7 @@
 //!
 //! - [`v1`]: the generated protobuf messages and the `Ingest` gRPC service
 //!   (package `otwatch.v1`, see `proto/otwatch/v1/otwatch.proto`).
+//! - [`identity`]: who an agent is and how its certificate says so;
 //! - [`limits`]: the limits on everything an agent may send, and the one
 //!   validation function that both the agent (before it queues) and the
 //!   collector (before it appends) run, so a well-configured agent never
@@ -12,6 +13,7 @@
 
 #[cfg(feature = "arrow")]
 pub mod arrow;
+pub mod identity;
 pub mod limits;
 
 /// Generated protobuf types and gRPC stubs of `otwatch.v1`.

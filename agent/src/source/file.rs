@@ -78,9 +78,12 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs the source until `shutdown` turns true.
+/// Runs the source until `shutdown` turns true. `seq_at_open` is the
+/// queue's last sequence number when it was opened, before any source of
+/// this run appended: it says whether the last checkpointed chunk made it.
 pub async fn run(
     config: FileSourceConfig,
+    seq_at_open: u64,
     state_dir: PathBuf,
     limits: Limits,
     queue: QueueHandle,
@@ -90,7 +93,7 @@ pub async fn run(
     std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let cp_path = Checkpoint::path_for(&state_dir, &config.path);
     let (mut inode, mut offset, mut line) = match Checkpoint::load(&cp_path)? {
-        Some(cp) => resume_point(&cp, queue.last_seq()),
+        Some(cp) => resume_point(&cp, seq_at_open),
         None => (0, 0, 1),
     };
     let span = tracing::info_span!("file_source", path = %config.path.display());

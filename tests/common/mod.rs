@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests that talk gRPC to a collector.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use otwatch_eventlog::{EventLog, LocalLog, Topic};
+use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
+use otwatch_proto::v1::ingest_client::IngestClient;
+use otwatch_proto::{Ack, ControllerEvent, EventBatch, EventKind};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// A batch of CYCLE events with the given sequence numbers, stamped now.
+pub fn batch(site: &str, agent: &str, seqs: std::ops::RangeInclusive<u64>) -> EventBatch {
+    let now = now_ns();
+    EventBatch {
+        site: site.into(),
+        agent: agent.into(),
+        events: seqs
+            .map(|seq| ControllerEvent {
+                seq,
+                ts_ns: now,
+                asset: "line1/press-01".into(),
+                kind: EventKind::Cycle as i32,
+                name: "cycle".into(),
+                value: Some(1000.0 + seq as f64),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// One ingest stream: batches go in, acks come back.
+pub struct Stream {
+    pub tx: mpsc::Sender<EventBatch>,
+    pub acks: Streaming<Ack>,
+}
+
+/// Opens an ingest stream on `channel`, naming the agent with headers
+/// (`site` may be left out to test refusals).
+pub async fn open_on(
+    channel: Channel,
+    site: Option<&str>,
+    agent: &str,
+) -> Result<Stream, tonic::Status> {
+    let mut client = IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(site) = site {
+        request
+            .metadata_mut()
+            .insert(SITE_HEADER, site.parse().unwrap());
+    }
+    request
+        .metadata_mut()
+        .insert(AGENT_HEADER, agent.parse().unwrap());
+    let acks = client.stream(request).await?.into_inner();
+    Ok(Stream { tx, acks })
+}
+
+impl Stream {
+    /// Sends a batch and returns its ack or the status that ended the stream.
+    pub async fn send(&mut self, batch: EventBatch) -> Result<Ack, tonic::Status> {
+        self.tx.send(batch).await.unwrap();
+        match self.acks.message().await {
+            Ok(Some(ack)) => Ok(ack),
+            Ok(None) => panic!("stream closed without a status"),
+            Err(status) => Err(status),
+        }
+    }
+}
+
+/// Every (site/agent, seq) in the log's events topic.
+pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
+    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let got = consumer
+            .poll(1000, Duration::from_millis(10))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        for d in got {
+            for e in otwatch_proto::arrow::batch_to_events(&d.batch).unwrap() {
+                out.push((format!("{}/{}", e.site, e.agent), e.seq));
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Mutual TLS on the ingest port, over real connections on loopback, with
+//! certificates made by `otwatch cert`: the identity comes from the client
+//! certificate, never from headers or payload; certificates from another
+//! CA, expired or revoked ones, and clients without one never get in; and
+//! `otwatch serve` will not start without TLS outside loopback trials.
+
+mod common;
+
+use common::{batch, open_on, stored, Stream};
+use otwatch::cert::{self, Subject, LEAF_VALIDITY};
+use otwatch_collector::tls::ServerTlsConfig;
+use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
+use otwatch_eventlog::{LocalLog, LocalLogConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+
+fn agent(dir: &Path, site: &str, agent: &str) -> (PathBuf, PathBuf) {
+    cert::issue(
+        dir,
+        &Subject::Agent {
+            site: site.into(),
+            agent: agent.into(),
+        },
+        LEAF_VALIDITY,
+    )
+    .unwrap();
+    let (c, k) = cert::agent_files(site, agent);
+    (dir.join(c), dir.join(k))
+}
+
+/// A CA with the collector's certificate for 127.0.0.1.
+fn pki(dir: &Path) {
+    cert::init(dir).unwrap();
+    cert::issue(
+        dir,
+        &Subject::Collector {
+            hosts: vec!["127.0.0.1".into()],
+        },
+        LEAF_VALIDITY,
+    )
+    .unwrap();
+}
+
+async fn start(
+    pki: &Path,
+    data: &Path,
+    crl: Option<PathBuf>,
+) -> (SocketAddr, Arc<LocalLog>, Arc<CollectorMetrics>) {
+    let tls = ServerTlsConfig {
+        cert: pki.join(cert::COLLECTOR_CERT),
+        key: pki.join(cert::COLLECTOR_KEY),
+        client_ca: pki.join(cert::CA_CERT),
+        crl,
+    };
+    let log = Arc::new(LocalLog::open(data, LocalLogConfig::default()).unwrap());
+    let collector = Collector::new(
+        log.clone(),
+        CollectorConfig {
+            tls: Some(tls.clone()),
+            ..Default::default()
+        },
+    );
+    let metrics = collector.metrics();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.acceptor().unwrap();
+    tokio::spawn(collector.serve(listener, Some(acceptor), std::future::pending()));
+    (addr, log, metrics)
+}
+
+/// Opens a stream over TLS as the holder of `cert`/`key` (or with no
+/// client certificate), trusting `ca` for the collector. Headers claim
+/// `claimed_site`/`gw-x`, which a TLS collector must ignore.
+async fn open_tls(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    claimed_site: &str,
+) -> Result<Stream, String> {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut stream = open_on(channel, Some(claimed_site), "gw-x")
+        .await
+        .map_err(|s| format!("open: {s}"))?;
+    // The greeting ack proves the stream was accepted.
+    match stream.acks.message().await {
+        Ok(Some(_)) => Ok(stream),
+        Ok(None) => Err("closed".into()),
+        Err(s) => Err(format!("greeting: {s}")),
+    }
+}
+
+#[tokio::test]
+async fn identity_comes_from_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki(&pki_dir);
+    let (cert_a, key_a) = agent(&pki_dir, "plant-a", "gw-1");
+    let (addr, log, metrics) = start(&pki_dir, &dir.path().join("log"), None).await;
+    let ca = pki_dir.join(cert::CA_CERT);
+
+    // Headers claim plant-b; the certificate says plant-a/gw-1, and wins.
+    let mut s = open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-b")
+        .await
+        .unwrap();
+    let ack = s.send(batch("plant-a", "gw-1", 1..=10)).await.unwrap();
+    assert_eq!(ack.durable_seq, 10);
+
+    // A batch claiming another site (or agent) is refused and counted.
+    let status = s.send(batch("plant-b", "gw-1", 11..=12)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("plant-b"), "{}", status.message());
+    let mut s = open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
+        .await
+        .unwrap();
+    let status = s.send(batch("plant-a", "gw-2", 11..=12)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(metrics.batches_denied.load(Ordering::Relaxed), 2);
+
+    let rows = stored(&log).await;
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(|(p, _)| p == "plant-a/gw-1"));
+}
+
+#[tokio::test]
+async fn strangers_are_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki(&pki_dir);
+    let ca = pki_dir.join(cert::CA_CERT);
+    let (good_cert, good_key) = agent(&pki_dir, "plant-a", "gw-1");
+    let (revoked_cert, revoked_key) = agent(&pki_dir, "plant-a", "gw-old");
+    let crl = cert::revoke(&pki_dir, std::slice::from_ref(&revoked_cert)).unwrap();
+    // Expired: valid for a day, two days ago.
+    let now = time::OffsetDateTime::now_utc();
+    cert::issue_between(
+        &pki_dir,
+        &Subject::Agent {
+            site: "plant-a".into(),
+            agent: "gw-expired".into(),
+        },
+        now - time::Duration::days(2),
+        now - time::Duration::days(1),
+    )
+    .unwrap();
+    let (expired_cert, expired_key) = cert::agent_files("plant-a", "gw-expired");
+    let (expired_cert, expired_key) = (pki_dir.join(expired_cert), pki_dir.join(expired_key));
+    // Another CA issuing the very same identity.
+    let other = dir.path().join("other");
+    cert::init(&other).unwrap();
+    let (other_cert, other_key) = agent(&other, "plant-a", "gw-1");
+
+    let (addr, log, metrics) = start(&pki_dir, &dir.path().join("log"), Some(crl)).await;
+    for (what, client) in [
+        (
+            "another CA",
+            Some((other_cert.as_path(), other_key.as_path())),
+        ),
+        (
+            "expired",
+            Some((expired_cert.as_path(), expired_key.as_path())),
+        ),
+        (
+            "revoked",
+            Some((revoked_cert.as_path(), revoked_key.as_path())),
+        ),
+        ("no certificate", None),
+    ] {
+        let result = open_tls(addr, &ca, client, "plant-a").await;
+        assert!(result.is_err(), "{what}: a stream was accepted");
+    }
+    assert!(
+        metrics.tls_handshake_failures.load(Ordering::Relaxed) >= 4,
+        "{:?}",
+        metrics.tls_handshake_failures
+    );
+    // The collector's own certificate is not a client certificate.
+    let collector = (
+        pki_dir.join(cert::COLLECTOR_CERT),
+        pki_dir.join(cert::COLLECTOR_KEY),
+    );
+    assert!(
+        open_tls(addr, &ca, Some((&collector.0, &collector.1)), "plant-a")
+            .await
+            .is_err()
+    );
+
+    // None of that disturbed a legitimate agent.
+    let mut s = open_tls(addr, &ca, Some((&good_cert, &good_key)), "plant-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send(batch("plant-a", "gw-1", 1..=5))
+            .await
+            .unwrap()
+            .durable_seq,
+        5
+    );
+    assert_eq!(stored(&log).await.len(), 5);
+}
+
+#[test]
+fn serve_refuses_to_run_without_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_otwatch"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to accept agents without TLS"),
+        "{err}"
+    );
+    assert!(err.contains("otwatch cert init"), "{err}");
+    let out = run(&["--listen", "0.0.0.0:0", "--insecure-loopback"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only works on a loopback address"), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the check"
+    );
+}
