@@ -32,8 +32,8 @@ fi
 step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build binaries"
-cargo build --workspace --bins
+step "build everything (binaries, tests, benches) with one feature set"
+cargo build --workspace --all-targets
 
 step "tests"
 cargo test --workspace --no-fail-fast
