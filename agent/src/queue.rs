@@ -282,6 +282,30 @@ impl DiskQueue {
                 bytes: valid_len,
             });
         }
+        if segments.back().unwrap().end <= acked {
+            // Everything queued is acked and the numbering fell behind the
+            // acked seq (the segments lost their tail, or are an older
+            // copy). New events must number above it: the collector drops
+            // sequence numbers it already holds as duplicates. Old segments
+            // go first, so a crash midway leaves no gap.
+            tracing::warn!(
+                acked,
+                next_seq = segments.back().unwrap().end,
+                "queue numbering is behind the acked seq: continuing after it"
+            );
+            for seg in segments.drain(..) {
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            }
+            let path = segment_path(&dir, acked + 1);
+            File::create(&path).map_err(io_err(&path))?;
+            fsync_dir(&dir)?;
+            segments.push_back(Segment {
+                first: acked + 1,
+                end: acked + 1,
+                path,
+                bytes: 0,
+            });
+        }
         let active_path = segments.back().unwrap().path.clone();
         let active = OpenOptions::new()
             .append(true)
@@ -644,6 +668,25 @@ mod tests {
         assert_eq!(q.read(1, 100).unwrap().len(), 5);
         q.append(&mut events(1)).unwrap();
         assert_eq!(q.read(1, 100).unwrap().last().unwrap().seq, 6);
+    }
+
+    #[test]
+    fn an_acked_seq_beyond_the_queue_moves_the_numbering_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        DiskQueue::open(dir.path(), small())
+            .unwrap()
+            .append(&mut events(5))
+            .unwrap();
+        // The segments end at seq 5 but the collector holds up to 8.
+        fs::write(dir.path().join("acked"), "8\n").unwrap();
+        let mut q = DiskQueue::open(dir.path(), small()).unwrap();
+        assert_eq!(q.next_seq(), 9);
+        assert_eq!(q.unacked(), 0);
+        assert_eq!(q.append(&mut events(1)).unwrap(), 9);
+        drop(q);
+        let q = DiskQueue::open(dir.path(), small()).unwrap();
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![9]);
     }
 
     #[test]
