@@ -213,6 +213,11 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadRecord> {
 /// Marks the last record of an append in the length word.
 const END_BIT: u32 = 1 << 31;
 
+/// Highest sequence number the queue accepts from disk (a million events a
+/// second would take 290,000 years to reach it). Anything above it, like seq
+/// 0, is corruption: numbering on from there would overflow or reuse seq 0.
+const MAX_SEQ: u64 = i64::MAX as u64;
+
 impl DiskQueue {
     /// Opens (creating) the queue in `dir`, recovering after a crash.
     pub fn open(dir: impl AsRef<Path>, config: QueueConfig) -> Result<Self, QueueError> {
@@ -228,6 +233,13 @@ impl DiskQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&acked_path)(e)),
         };
+        if acked > MAX_SEQ {
+            return Err(QueueError::Corrupt {
+                path: acked_path.display().to_string(),
+                seq: acked,
+                reason: format!("acked seq above the maximum {MAX_SEQ}"),
+            });
+        }
         let mut firsts: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
@@ -242,6 +254,13 @@ impl DiskQueue {
         let mut segments = VecDeque::new();
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(&dir, first);
+            if first == 0 || first > MAX_SEQ {
+                return Err(QueueError::Corrupt {
+                    path: path.display().to_string(),
+                    seq: first,
+                    reason: format!("first seq outside 1..={MAX_SEQ}"),
+                });
+            }
             let newest = i + 1 == firsts.len();
             let (count, valid_len, total) = Self::scan(&path)?;
             if valid_len < total {
@@ -687,6 +706,34 @@ mod tests {
         let q = DiskQueue::open(dir.path(), small()).unwrap();
         let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![9]);
+    }
+
+    #[test]
+    fn sequence_numbers_out_of_range_on_disk_are_refused() {
+        let corrupt = |dir: &Path| match DiskQueue::open(dir, small()) {
+            Err(QueueError::Corrupt { reason, .. }) => reason,
+            Err(e) => panic!("{e}"),
+            Ok(q) => panic!("opened with next seq {}", q.next_seq()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("acked"), format!("{}\n", u64::MAX)).unwrap();
+        assert!(corrupt(dir.path()).starts_with("acked seq above the maximum"));
+
+        // A segment numbered from 0, or from where one record overflows.
+        for first in [0, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let real = tempfile::tempdir().unwrap();
+            DiskQueue::open(real.path(), small())
+                .unwrap()
+                .append(&mut events(1))
+                .unwrap();
+            fs::copy(
+                segment_path(real.path(), 1),
+                segment_path(dir.path(), first),
+            )
+            .unwrap();
+            assert!(corrupt(dir.path()).starts_with("first seq outside"));
+        }
     }
 
     #[test]
