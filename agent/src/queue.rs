@@ -196,13 +196,12 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadRecord> {
             "record length {len} above the {MAX_RECORD_BYTES} byte maximum"
         )));
     }
-    let mut body = vec![0u8; len];
-    match reader.read_exact(&mut body) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Ok(ReadRecord::Bad("short record body".into()))
-        }
-        Err(e) => return Err(e),
+    // The buffer grows with the bytes actually read, so a corrupt length
+    // word at the end of a short file costs what the file holds, not `len`.
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    reader.by_ref().take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Ok(ReadRecord::Bad("short record body".into()));
     }
     if crc32c::crc32c(&body) != crc {
         return Ok(ReadRecord::Bad("CRC mismatch".into()));
