@@ -156,7 +156,7 @@ fn write_dir(dir: &Path, data: &[u8]) -> Setup {
             }
         }
         let name = name.unwrap_or_else(|| format!("{first:020}.q"));
-        if name.contains(['/', '\0']) {
+        if name.contains(['/', '\0']) || name.len() > 255 {
             continue;
         }
         std::fs::write(dir.join(name), &bytes).unwrap();
