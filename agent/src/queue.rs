@@ -242,7 +242,13 @@ impl DiskQueue {
         let mut firsts: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".q")?.parse().ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let first = name.to_str()?.strip_suffix(".q")?.parse().ok()?;
+                // Only names the queue writes: "5.q" or "+5.q" would be a
+                // second segment for seq 5, on the same path.
+                (segment_path(&dir, first).file_name()? == name).then_some(first)
+            })
             .collect();
         firsts.sort_unstable();
         if firsts.is_empty() {
@@ -753,6 +759,32 @@ mod tests {
         let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![11, 12, 13]);
         assert_eq!(q.read(12, 1).unwrap()[0].seq, 12);
+    }
+
+    #[test]
+    fn only_segment_names_the_queue_writes_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            segment_bytes: 1,
+            ..small()
+        };
+        {
+            // 1..=3 in a segment rolled and reclaimed; 4.q is the empty active one.
+            let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+            q.append(&mut events(3)).unwrap();
+            q.ack(3).unwrap();
+        }
+        for alias in ["4.q", "+4.q", "004.q"] {
+            fs::write(dir.path().join(alias), b"").unwrap();
+        }
+        let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+        assert_eq!(q.segment_count(), 1);
+        assert_eq!(q.append(&mut events(1)).unwrap(), 4);
+        drop(q);
+        let q = DiskQueue::open(dir.path(), config).unwrap();
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4]);
+        assert!(dir.path().join("4.q").exists());
     }
 
     #[test]
