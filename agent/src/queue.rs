@@ -232,11 +232,12 @@ impl DiskQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&acked_path)(e)),
         };
-        if acked > MAX_SEQ {
+        // acked + 1 numbers the next segment when all is acked.
+        if acked >= MAX_SEQ {
             return Err(QueueError::Corrupt {
                 path: acked_path.display().to_string(),
                 seq: acked,
-                reason: format!("acked seq above the maximum {MAX_SEQ}"),
+                reason: format!("acked seq not below the maximum {MAX_SEQ}"),
             });
         }
         let mut firsts: Vec<u64> = fs::read_dir(&dir)
@@ -723,9 +724,15 @@ mod tests {
             Err(e) => panic!("{e}"),
             Ok(q) => panic!("opened with next seq {}", q.next_seq()),
         };
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("acked"), format!("{}\n", u64::MAX)).unwrap();
-        assert!(corrupt(dir.path()).starts_with("acked seq above the maximum"));
+        // An acked seq the next segment could not be numbered after, with
+        // no segment or with segments behind it.
+        for acked in [u64::MAX, MAX_SEQ] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("acked"), format!("{acked}\n")).unwrap();
+            assert!(corrupt(dir.path()).starts_with("acked seq not below the maximum"));
+            File::create(segment_path(dir.path(), 1)).unwrap();
+            assert!(corrupt(dir.path()).starts_with("acked seq not below the maximum"));
+        }
 
         // A segment numbered from 0, or from where one record overflows.
         for first in [0, u64::MAX] {
