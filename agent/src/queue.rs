@@ -240,13 +240,12 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadRecord> {
             "record length {len} above the {MAX_RECORD_BYTES} byte maximum"
         )));
     }
-    let mut body = vec![0u8; len];
-    match reader.read_exact(&mut body) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Ok(ReadRecord::Bad("short record body".into()))
-        }
-        Err(e) => return Err(e),
+    // The buffer grows with the bytes actually read, so a corrupt length
+    // word at the end of a short file costs what the file holds, not `len`.
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    reader.by_ref().take(len as u64).read_to_end(&mut body)?;
+    if body.len() < len {
+        return Ok(ReadRecord::Bad("short record body".into()));
     }
     if crc32c::crc32c(&body) != crc {
         return Ok(ReadRecord::Bad("CRC mismatch".into()));
@@ -256,6 +255,11 @@ fn read_record(reader: &mut impl Read) -> std::io::Result<ReadRecord> {
 
 /// Marks the last record of an append in the length word.
 const END_BIT: u32 = 1 << 31;
+
+/// Highest sequence number the queue accepts from disk (a million events a
+/// second would take 290,000 years to reach it). Anything above it, like seq
+/// 0, is corruption: numbering on from there would overflow or reuse seq 0.
+const MAX_SEQ: u64 = i64::MAX as u64;
 
 impl DiskQueue {
     /// Opens (creating) the queue in `dir`, recovering after a crash.
@@ -273,10 +277,24 @@ impl DiskQueue {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err(&acked_path)(e)),
         };
+        // acked + 1 numbers the next segment when all is acked.
+        if acked >= MAX_SEQ {
+            return Err(QueueError::Corrupt {
+                path: acked_path.display().to_string(),
+                seq: acked,
+                reason: format!("acked seq not below the maximum {MAX_SEQ}"),
+            });
+        }
         let mut firsts: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".q")?.parse().ok())
+            .filter_map(|e| {
+                let name = e.file_name();
+                let first = name.to_str()?.strip_suffix(".q")?.parse().ok()?;
+                // Only names the queue writes: "5.q" or "+5.q" would be a
+                // second segment for seq 5, on the same path.
+                (segment_path(&dir, first).file_name()? == name).then_some(first)
+            })
             .collect();
         firsts.sort_unstable();
         if firsts.is_empty() {
@@ -288,6 +306,13 @@ impl DiskQueue {
         let mut segments: VecDeque<Segment> = VecDeque::new();
         for (i, &first) in firsts.iter().enumerate() {
             let path = segment_path(&dir, first);
+            if first == 0 || first > MAX_SEQ {
+                return Err(QueueError::Corrupt {
+                    path: path.display().to_string(),
+                    seq: first,
+                    reason: format!("first seq outside 1..={MAX_SEQ}"),
+                });
+            }
             let next_first = firsts.get(i + 1).copied();
             let (count, valid_len, total) = Self::scan(&path)?;
             if let Some(prev) = segments.back() {
@@ -340,6 +365,30 @@ impl DiskQueue {
                 end: first + count,
                 path,
                 bytes: valid_len,
+            });
+        }
+        if segments.back().unwrap().end <= acked {
+            // Everything queued is acked and the numbering fell behind the
+            // acked seq (the segments lost their tail, or are an older
+            // copy). New events must number above it: the collector drops
+            // sequence numbers it already holds as duplicates. Old segments
+            // go first, so a crash midway leaves no gap.
+            tracing::warn!(
+                acked,
+                next_seq = segments.back().unwrap().end,
+                "queue numbering is behind the acked seq: continuing after it"
+            );
+            for seg in segments.drain(..) {
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            }
+            let path = segment_path(&dir, acked + 1);
+            File::create(&path).map_err(io_err(&path))?;
+            fsync_dir(&dir)?;
+            segments.push_back(Segment {
+                first: acked + 1,
+                end: acked + 1,
+                path,
+                bytes: 0,
             });
         }
         let active_path = segments.back().unwrap().path.clone();
@@ -662,13 +711,16 @@ impl DiskQueue {
                     }
                 };
                 if seq >= from {
-                    let event = ControllerEvent::decode(body.as_slice()).map_err(|e| {
+                    let mut event = ControllerEvent::decode(body.as_slice()).map_err(|e| {
                         QueueError::Corrupt {
                             path: seg.path.display().to_string(),
                             seq,
                             reason: e.to_string(),
                         }
                     })?;
+                    // The record's position is its seq, as for next_seq,
+                    // acks and trimming; the copy in the body only echoes it.
+                    event.seq = seq;
                     out.push(event);
                 }
                 seq += 1;
@@ -779,6 +831,102 @@ mod tests {
         assert_eq!(q.read(1, 100).unwrap().len(), 5);
         q.append(&mut events(1)).unwrap();
         assert_eq!(q.read(1, 100).unwrap().last().unwrap().seq, 6);
+    }
+
+    #[test]
+    fn an_acked_seq_beyond_the_queue_moves_the_numbering_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        DiskQueue::open(dir.path(), small())
+            .unwrap()
+            .append(&mut events(5))
+            .unwrap();
+        // The segments end at seq 5 but the collector holds up to 8.
+        fs::write(dir.path().join("acked"), "8\n").unwrap();
+        let mut q = DiskQueue::open(dir.path(), small()).unwrap();
+        assert_eq!(q.next_seq(), 9);
+        assert_eq!(q.unacked(), 0);
+        assert_eq!(q.append(&mut events(1)).unwrap(), 9);
+        drop(q);
+        let q = DiskQueue::open(dir.path(), small()).unwrap();
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![9]);
+    }
+
+    #[test]
+    fn sequence_numbers_out_of_range_on_disk_are_refused() {
+        let corrupt = |dir: &Path| match DiskQueue::open(dir, small()) {
+            Err(QueueError::Corrupt { reason, .. }) => reason,
+            Err(e) => panic!("{e}"),
+            Ok(q) => panic!("opened with next seq {}", q.next_seq()),
+        };
+        // An acked seq the next segment could not be numbered after, with
+        // no segment or with segments behind it.
+        for acked in [u64::MAX, MAX_SEQ] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join("acked"), format!("{acked}\n")).unwrap();
+            assert!(corrupt(dir.path()).starts_with("acked seq not below the maximum"));
+            File::create(segment_path(dir.path(), 1)).unwrap();
+            assert!(corrupt(dir.path()).starts_with("acked seq not below the maximum"));
+        }
+
+        // A segment numbered from 0, or from where one record overflows.
+        for first in [0, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            let real = tempfile::tempdir().unwrap();
+            DiskQueue::open(real.path(), small())
+                .unwrap()
+                .append(&mut events(1))
+                .unwrap();
+            fs::copy(
+                segment_path(real.path(), 1),
+                segment_path(dir.path(), first),
+            )
+            .unwrap();
+            assert!(corrupt(dir.path()).starts_with("first seq outside"));
+        }
+    }
+
+    #[test]
+    fn reads_number_events_by_their_position() {
+        let dir = tempfile::tempdir().unwrap();
+        DiskQueue::open(dir.path(), small())
+            .unwrap()
+            .append(&mut events(3))
+            .unwrap();
+        // The same records, in a segment that starts at seq 11: their
+        // bodies still say 1, 2, 3.
+        fs::rename(segment_path(dir.path(), 1), segment_path(dir.path(), 11)).unwrap();
+        let q = DiskQueue::open(dir.path(), small()).unwrap();
+        assert_eq!(q.next_seq(), 14);
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![11, 12, 13]);
+        assert_eq!(q.read(12, 1).unwrap()[0].seq, 12);
+    }
+
+    #[test]
+    fn only_segment_names_the_queue_writes_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            segment_bytes: 1,
+            ..small()
+        };
+        {
+            // 1..=3 in a segment rolled and reclaimed; 4.q is the empty active one.
+            let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+            q.append(&mut events(3)).unwrap();
+            q.ack(3).unwrap();
+        }
+        for alias in ["4.q", "+4.q", "004.q"] {
+            fs::write(dir.path().join(alias), b"").unwrap();
+        }
+        let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+        assert_eq!(q.segment_count(), 1);
+        assert_eq!(q.append(&mut events(1)).unwrap(), 4);
+        drop(q);
+        let q = DiskQueue::open(dir.path(), config).unwrap();
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![4]);
+        assert!(dir.path().join("4.q").exists());
     }
 
     #[test]
