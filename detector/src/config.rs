@@ -100,6 +100,9 @@ pub struct DetectorConfig {
     pub process_limit_floor_z: f64,
     /// ... times this margin.
     pub process_margin: f64,
+    /// A process episode opens after this many consecutive observations
+    /// above a limit.
+    pub process_open_points: u32,
     /// An open process episode closes when both smoothed statistics are
     /// below this fraction of their limits (hysteresis).
     pub process_release: f64,
@@ -139,6 +142,7 @@ impl Default for DetectorConfig {
             process_quantile: 0.99,
             process_limit_floor_z: 4.0,
             process_margin: 1.5,
+            process_open_points: 3,
             process_release: 0.8,
             process_top_tags: 3,
         }
@@ -225,6 +229,11 @@ impl DetectorConfig {
                 "process_margin must be a positive number, not {}",
                 self.process_margin
             )));
+        }
+        if self.process_open_points == 0 {
+            return Err(DetectorError::Config(
+                "process_open_points must be at least 1".into(),
+            ));
         }
         if self.process_min_tags < 2 {
             return Err(DetectorError::Config(

@@ -35,8 +35,8 @@
 //! mean plus `process_limit_floor_z` standard deviations of its EWMA were the
 //! observations independent, times `process_margin`.
 //!
-//! **Protecting.** An episode opens when either smoothed statistic exceeds
-//! its limit and closes when both fall below `process_release` × their limit
+//! **Protecting.** An episode opens when either smoothed statistic has
+//! exceeded its limit for `process_open_points` consecutive observations and closes when both fall below `process_release` × their limit
 //! (hysteresis). One alert per episode, at its opening, naming the tags that
 //! contribute most to the deviation with observed and expected values.
 //! Technique: when the residual (Q) dominates, tags disagree with each other,
@@ -67,9 +67,11 @@ pub(crate) struct ProcessModel {
     /// The observation being assembled.
     pending: Pending,
     /// Latest value of each variable (NaN before its first value).
+    #[serde(with = "nan_as_null")]
     last: Vec<f64>,
     /// Learning observations: the value of each variable known when each
     /// was stored (later variables are missing from earlier observations).
+    #[serde(with = "nan_rows")]
     learn: Vec<Vec<f64>>,
     fitted: Option<Fitted>,
     /// Observations to wait before fitting is tried again (fitting fails
@@ -83,6 +85,7 @@ pub(crate) struct ProcessModel {
 struct Pending {
     ts: Option<i64>,
     /// Value per variable at `ts`, NaN where none came yet.
+    #[serde(with = "nan_as_null")]
     values: Vec<f64>,
     /// Variables of the fitted model that have a value at `ts`.
     present: usize,
@@ -116,6 +119,9 @@ struct Fitted {
     /// The open episode: first sequence number of its first observation and
     /// the name its alert carries.
     open: Option<(u64, String)>,
+    /// Consecutive observations above a limit so far.
+    #[serde(default)]
+    above: u32,
 }
 
 /// One complete observation of a batch.
@@ -436,6 +442,7 @@ impl ProcessModel {
             q: 0.0,
             z: vec![0.0; d],
             open: None,
+            above: 0,
         };
         // The statistics over the learning observations, smoothed as when
         // protecting; the limits are their quantile after the warm-up.
@@ -528,8 +535,9 @@ impl ProcessModel {
             }
             let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
             let meta = scratch.meta[i];
+            f.above = if rt > 1.0 || rq > 1.0 { f.above + 1 } else { 0 };
             match f.open {
-                None if rt > 1.0 || rq > 1.0 => {
+                None if f.above >= config.process_open_points => {
                     let raw: Vec<f64> = (0..d)
                         .map(|j| f.centre[j] + f.scale[j] * obs[i * d + j])
                         .collect();
@@ -697,4 +705,40 @@ fn quantile(v: &mut [f64], p: f64) -> f64 {
     let lo = pos.floor() as usize;
     let hi = (lo + 1).min(v.len() - 1);
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// JSON has no NaN: missing values are written as `null` and read back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        let o: Vec<Option<f64>> = v.iter().map(|x| x.is_finite().then_some(*x)).collect();
+        o.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let o: Vec<Option<f64>> = Vec::deserialize(d)?;
+        Ok(o.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
+}
+
+/// [`nan_as_null`] for rows of values.
+mod nan_rows {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<f64>], s: S) -> Result<S::Ok, S::Error> {
+        let o: Vec<Vec<Option<f64>>> = v
+            .iter()
+            .map(|r| r.iter().map(|x| x.is_finite().then_some(*x)).collect())
+            .collect();
+        o.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
+        let o: Vec<Vec<Option<f64>>> = Vec::deserialize(d)?;
+        Ok(o
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+            .collect())
+    }
 }
