@@ -736,8 +736,7 @@ mod nan_rows {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
         let o: Vec<Vec<Option<f64>>> = Vec::deserialize(d)?;
-        Ok(o
-            .into_iter()
+        Ok(o.into_iter()
             .map(|r| r.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
             .collect())
     }

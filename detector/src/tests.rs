@@ -179,7 +179,10 @@ fn run(
 /// The alerts of every model but `process`, which also reports cycle-time
 /// changes (its observations include the cycle time) and is tested on its own.
 fn without_process(alerts: Vec<Alert>) -> Vec<Alert> {
-    alerts.into_iter().filter(|a| a.detector != "process").collect()
+    alerts
+        .into_iter()
+        .filter(|a| a.detector != "process")
+        .collect()
 }
 
 fn detect(events: &[ControllerEvent]) -> Vec<Alert> {
@@ -261,7 +264,11 @@ fn single_extreme_cycle_is_an_outlier() {
     let process: Vec<_> = all.iter().filter(|a| a.detector == "process").collect();
     assert_eq!(process.len(), 1, "{all:#?}");
     assert!(process[0].ts_ns >= at && process[0].ts_ns < at + MIN);
-    assert!(process[0].message.contains("cycle_ms"), "{}", process[0].message);
+    assert!(
+        process[0].message.contains("cycle_ms"),
+        "{}",
+        process[0].message
+    );
     let alerts = without_process(all);
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
@@ -660,16 +667,35 @@ impl Plant {
         let heat = 60.0 + 0.3 * self.noise.next();
         let tags = [
             ("flow_m3h", flow),
-            ("pressure_bar", 0.1 * flow + 0.02 * self.noise.next() + pressure_offset),
-            ("motor_current_a", 2.0 + 0.05 * flow + 0.01 * self.noise.next()),
+            (
+                "pressure_bar",
+                0.1 * flow + 0.02 * self.noise.next() + pressure_offset,
+            ),
+            (
+                "motor_current_a",
+                2.0 + 0.05 * flow + 0.01 * self.noise.next(),
+            ),
             ("temperature_c", heat + 0.05 * self.noise.next()),
         ];
         for (name, value) in tags {
-            out.push(ev(self.t, "line3/pump-01", EventKind::Sample, name, Some(value), None));
+            out.push(ev(
+                self.t,
+                "line3/pump-01",
+                EventKind::Sample,
+                name,
+                Some(value),
+                None,
+            ));
         }
     }
 
-    fn rows(&mut self, out: &mut Vec<ControllerEvent>, n: usize, pressure_offset: f64, flow_shift: f64) {
+    fn rows(
+        &mut self,
+        out: &mut Vec<ControllerEvent>,
+        n: usize,
+        pressure_offset: f64,
+        flow_shift: f64,
+    ) {
         for _ in 0..n {
             self.row(out, pressure_offset, flow_shift);
         }
@@ -713,8 +739,16 @@ fn process_model_names_a_tag_that_breaks_its_correlation() {
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
-    assert_eq!((a.name.as_str(), a.technique.as_str()), ("pressure_bar", "T0832"));
-    assert!(a.message.starts_with("tags left their learned relationship"), "{}", a.message);
+    assert_eq!(
+        (a.name.as_str(), a.technique.as_str()),
+        ("pressure_bar", "T0832")
+    );
+    assert!(
+        a.message
+            .starts_with("tags left their learned relationship"),
+        "{}",
+        a.message
+    );
     assert!(a.message.contains("pressure_bar 3."), "{}", a.message);
     assert!(a.observed > a.expected_low && a.expected_low < a.expected_high);
     assert_eq!(a.event_count, 4);
@@ -722,7 +756,10 @@ fn process_model_names_a_tag_that_breaks_its_correlation() {
     let ends = d.take_episode_ends();
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0].alert_id, a.id);
-    assert!(ends[0].ts_ns > end && ends[0].ts_ns < end + 2 * MIN, "{ends:?}");
+    assert!(
+        ends[0].ts_ns > end && ends[0].ts_ns < end + 2 * MIN,
+        "{ends:?}"
+    );
 }
 
 #[test]
@@ -756,7 +793,10 @@ fn process_model_resumes_from_a_checkpoint_mid_episode() {
         let alerts = run(&mut d, &events, 256, 0);
         (alerts, d.take_episode_ends())
     };
-    assert!(!straight.0.is_empty() && !straight.1.is_empty(), "{straight:#?}");
+    assert!(
+        !straight.0.is_empty() && !straight.1.is_empty(),
+        "{straight:#?}"
+    );
     // Cuts mid-learning, mid-episode and inside a row (a timestamp's tags
     // split over two batches).
     for cut in [1000, 2500, 2650, 2803] {
