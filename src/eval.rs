@@ -346,7 +346,6 @@ pub fn run_recording(
         progress.inc(1);
     }
     flush(&mut events, &mut detector)?;
-    drop(flush);
     // Alert episodes: [open, end) in event time.
     let mut episodes: Vec<(i64, i64)> = Vec::new();
     let mut messages = Vec::new();

@@ -399,6 +399,7 @@ impl Detector {
     }
 
     /// Step 2b: each asset's SAMPLE rows through its process model.
+    #[allow(clippy::needless_range_loop)] // parallel slot arrays, indexed together
     fn process_assets(
         &mut self,
         columns: &Columns,

@@ -45,6 +45,10 @@
 //! the process was never seen running, as after a changed setpoint: T0836
 //! Modify Parameter.
 
+// The linear algebra indexes several parallel arrays by the same variable
+// or component; index loops read closer to the formulas than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 use crate::alert::{num, Draft};
 use crate::config::DetectorConfig;
 use linfa_linalg::eigh::EighInto;
