@@ -108,6 +108,20 @@ pub struct DetectorConfig {
     pub process_release: f64,
     /// Tags named in a process alert, the largest contributors first.
     pub process_top_tags: usize,
+    /// Time constant with which the process model re-learns each
+    /// variable's centre from quiet observations (no open episode, both
+    /// smoothed statistics below `process_adapt_below` × their limits), so a
+    /// benign drift much slower than this is absorbed. 0 keeps the learned
+    /// centre for ever.
+    #[serde(with = "humantime_serde")]
+    pub process_adapt: Duration,
+    /// See `process_adapt`.
+    pub process_adapt_below: f64,
+    /// An episode open this long re-baselines the process model at the
+    /// level it has held lately and raises a low-severity notice saying so
+    /// (0: episodes stay open until the process comes back).
+    #[serde(with = "humantime_serde")]
+    pub process_rebaseline_after: Duration,
 }
 
 impl Default for DetectorConfig {
@@ -145,6 +159,9 @@ impl Default for DetectorConfig {
             process_open_points: 3,
             process_release: 0.8,
             process_top_tags: 3,
+            process_adapt: Duration::from_secs(5 * 60),
+            process_adapt_below: 0.5,
+            process_rebaseline_after: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -198,6 +215,7 @@ impl DetectorConfig {
             ("process_smoothing", self.process_smoothing),
             ("process_quantile", self.process_quantile),
             ("process_release", self.process_release),
+            ("process_adapt_below", self.process_adapt_below),
         ];
         for (name, value) in fractions {
             if !(value.is_finite() && value > 0.0 && value <= 1.0) {

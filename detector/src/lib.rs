@@ -458,6 +458,28 @@ impl Detector {
                             columns.agent.str(row as usize),
                         ));
                     }
+                    ProcessFinding::Rebaselined {
+                        row,
+                        draft,
+                        ts,
+                        first_seq,
+                        name,
+                    } => {
+                        alerts.push(draft.finish(
+                            site,
+                            &asset.name,
+                            columns.agent.str(row as usize),
+                        ));
+                        if let Some(ends) = &mut self.episode_ends {
+                            ends.push(EpisodeEnd {
+                                alert_id: alert_id(site, &asset.name, "process", &name, first_seq),
+                                site: site.clone(),
+                                asset: asset.name.clone(),
+                                detector: "process".into(),
+                                ts_ns: ts,
+                            });
+                        }
+                    }
                     ProcessFinding::Closed {
                         ts,
                         first_seq,

@@ -36,7 +36,8 @@
 //! observations independent, times `process_margin`.
 //!
 //! **Protecting.** An episode opens when either smoothed statistic has
-//! exceeded its limit for `process_open_points` consecutive observations and closes when both fall below `process_release` × their limit
+//! exceeded its limit for `process_open_points` consecutive observations and
+//! closes when both fall below `process_release` × their limit
 //! (hysteresis). One alert per episode, at its opening, naming the tags that
 //! contribute most to the deviation with observed and expected values.
 //! Technique: when the residual (Q) dominates, tags disagree with each other,
@@ -44,6 +45,33 @@
 //! Manipulation of View. When T² dominates, the tags moved together to where
 //! the process was never seen running, as after a changed setpoint: T0836
 //! Modify Parameter.
+//!
+//! **Following slow drift.** A learning window shows minutes or hours of a
+//! process; over days, vibration levels creep and temperatures follow the
+//! weather. Two mechanisms keep such benign drift from holding an episode
+//! open for ever, both causal and both visible:
+//!
+//! - *Re-learning while quiet.* While no episode is open and both smoothed
+//!   statistics are below `process_adapt_below` × their limits, each
+//!   observation pulls the centre towards itself with an exponential
+//!   forgetting of time constant `process_adapt` (event time). A drift much
+//!   slower than that is absorbed. An abrupt change is not: it crosses the
+//!   gate within a few observations and freezes the centre, and the episode
+//!   is judged against the centre from before the change.
+//! - *New normal.* An episode that has lasted `process_rebaseline_after`,
+//!   while the level the process holds (the smoothed observation itself,
+//!   not the smoothed statistics, which also remember a past spike) has
+//!   been beyond a limit for the last half of that time, is closed: the
+//!   model takes that level as its centre, widens the scale of each tag to
+//!   at least the size of its move (the same move is not reported again),
+//!   and raises a low-severity `process-baseline` notice naming the tags and
+//!   their old and new levels. The SOC sees the decision and can reverse it
+//!   by re-learning the asset. A changed setpoint held for that long is
+//!   reported twice: by the episode's alert when it happens, by the notice
+//!   when it is accepted.
+//!
+//! Both act observation by observation, so the result does not depend on
+//! how rows are cut into batches, and their state is checkpointed.
 
 // The linear algebra indexes several parallel arrays by the same variable
 // or component; index loops read closer to the formulas than zipped iterators.
@@ -126,6 +154,16 @@ struct Fitted {
     /// Consecutive observations above a limit so far.
     #[serde(default)]
     above: u32,
+    /// Time of the last scored observation.
+    #[serde(default)]
+    last_ts: Option<i64>,
+    /// Time of the observation that opened the current episode.
+    #[serde(default)]
+    open_since: i64,
+    /// During an episode, since when the level the process holds has been
+    /// beyond a limit without interruption.
+    #[serde(default)]
+    held_since: Option<i64>,
 }
 
 /// One complete observation of a batch.
@@ -146,6 +184,17 @@ pub(crate) enum ProcessFinding {
     /// The episode whose first evidence is `first_seq` closed at `ts`
     /// (the first observation back under the release limit).
     Closed {
+        ts: i64,
+        first_seq: u64,
+        name: String,
+    },
+    /// The episode whose first evidence is `first_seq` lasted
+    /// `process_rebaseline_after`: the model took the level the process
+    /// holds as its new normal, which closes the episode at `ts`; `draft` is
+    /// the notice saying so.
+    Rebaselined {
+        row: u32,
+        draft: Draft,
         ts: i64,
         first_seq: u64,
         name: String,
@@ -447,6 +496,9 @@ impl ProcessModel {
             z: vec![0.0; d],
             open: None,
             above: 0,
+            last_ts: None,
+            open_since: 0,
+            held_since: None,
         };
         // The statistics over the learning observations, smoothed as when
         // protecting; the limits are their quantile after the warm-up.
@@ -513,40 +565,40 @@ impl ProcessModel {
         if m == 0 {
             return;
         }
-        // Vectorized: all observations scaled, then both statistics, then
-        // the sequential EWMA and episode logic.
-        let obs = &mut scratch.obs[..m * d];
-        for row in obs.chunks_exact_mut(d) {
-            for j in 0..d {
-                row[j] = (row[j] - f.centre[j]) / f.scale[j];
-            }
-        }
-        scratch.t2.clear();
-        scratch.q.clear();
-        let mut tmp = vec![0.0; d + f.eigen.len()];
-        for row in obs.chunks_exact(d) {
-            let (a, b) = f.statistics(row, &mut tmp);
-            scratch.t2.push(a);
-            scratch.q.push(b);
-        }
+        // Observation by observation: each one may move the centre the next
+        // one is scaled by (re-learning while quiet), so the statistics do not
+        // depend on how the rows were cut into batches.
         let alpha = config.process_smoothing;
+        let tau = config.process_adapt.as_nanos() as f64;
+        let below = config.process_adapt_below;
+        let rebaseline_ns =
+            i64::try_from(config.process_rebaseline_after.as_nanos()).unwrap_or(i64::MAX);
+        let mut z = vec![0.0; d];
+        let mut tmp = vec![0.0; d + f.eigen.len()];
         for i in 0..m {
-            f.t2 += alpha * (scratch.t2[i] - f.t2);
-            f.q += alpha * (scratch.q[i] - f.q);
+            let x = &scratch.obs[i * d..(i + 1) * d];
             for j in 0..d {
-                let c = obs[i * d + j] - f.mean[j];
-                f.z[j] += alpha * (c - f.z[j]);
+                z[j] = (x[j] - f.centre[j]) / f.scale[j];
+            }
+            let (a, b) = f.statistics(&z, &mut tmp);
+            f.t2 += alpha * (a - f.t2);
+            f.q += alpha * (b - f.q);
+            for j in 0..d {
+                f.z[j] += alpha * (tmp[j] - f.z[j]);
             }
             let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
             let meta = scratch.meta[i];
             f.above = if rt > 1.0 || rq > 1.0 { f.above + 1 } else { 0 };
+            f.held_since = match f.held_since {
+                _ if f.open.is_none() || !f.holds_a_level(&mut tmp) => None,
+                None => Some(meta.ts),
+                since => since,
+            };
             match f.open {
                 None if f.above >= config.process_open_points => {
-                    let raw: Vec<f64> = (0..d)
-                        .map(|j| f.centre[j] + f.scale[j] * obs[i * d + j])
-                        .collect();
-                    let draft = f.draft(&self.tags, &raw, rt, rq, &meta, config);
+                    let draft = f.draft(&self.tags, x, rt, rq, &meta, config);
                     f.open = Some((meta.first_seq, draft.name.clone()));
+                    f.open_since = meta.ts;
                     out.push(ProcessFinding::Opened {
                         row: meta.row,
                         draft,
@@ -560,8 +612,36 @@ impl ProcessModel {
                         name,
                     });
                 }
+                Some(_)
+                    if rebaseline_ns > 0
+                        && meta.ts - f.open_since >= rebaseline_ns
+                        && f.held_since
+                            .is_some_and(|h| meta.ts - h >= rebaseline_ns / 2) =>
+                {
+                    let (first_seq, name) = f.open.take().expect("open");
+                    let draft = f.rebaseline(&self.tags, &meta, config);
+                    out.push(ProcessFinding::Rebaselined {
+                        row: meta.row,
+                        draft,
+                        ts: meta.ts,
+                        first_seq,
+                        name,
+                    });
+                }
                 _ => {}
             }
+            // Re-learning while quiet: the centre follows drifts much slower
+            // than `process_adapt`; an episode, or statistics already half
+            // way to their limits, freeze it.
+            if tau > 0.0 && f.open.is_none() && rt < below && rq < below {
+                let dt = f.last_ts.map_or(0, |l| meta.ts - l).max(0) as f64;
+                // A gap between observations counts as at most τ/20.
+                let w = -(-dt.min(tau / 20.0) / tau).exp_m1();
+                for j in 0..d {
+                    f.centre[j] += w * f.scale[j] * tmp[j];
+                }
+            }
+            f.last_ts = Some(meta.ts);
         }
         scratch.obs.clear();
         scratch.meta.clear();
@@ -617,6 +697,83 @@ impl Fitted {
                 (z[j] * inv).max(0.0) / self.t2_limit + r * r / self.q_limit
             })
             .collect()
+    }
+
+    /// Whether the level the process holds (the smoothed observation, not
+    /// the smoothed statistics, which also carry the decaying memory of a
+    /// past spike) is itself beyond a limit. `tmp` as in [`Fitted::statistics`].
+    fn holds_a_level(&self, tmp: &mut [f64]) -> bool {
+        let level: Vec<f64> = self.z.iter().zip(&self.mean).map(|(z, m)| z + m).collect();
+        let (t2, q) = self.statistics(&level, tmp);
+        t2 > self.t2_limit || q > self.q_limit
+    }
+
+    /// Takes the level the process has held lately (the smoothed
+    /// observation) as the new centre, widens the scale of each variable to
+    /// at least the size of its move (a move the SOC has now seen accepted is
+    /// not reported again), restarts the smoothed statistics, and drafts
+    /// the notice that says so.
+    fn rebaseline(&mut self, tags: &[String], meta: &ObsMeta, config: &DetectorConfig) -> Draft {
+        let d = self.centre.len();
+        let shift = std::mem::replace(&mut self.z, vec![0.0; d]);
+        let old: Vec<(f64, f64)> = (0..d)
+            .map(|j| {
+                let half = config.expected_band * self.spread[j];
+                (self.centre[j] - half, self.centre[j] + half)
+            })
+            .collect();
+        let old_centre = self.centre.clone();
+        let mut widen = vec![1.0; d];
+        for j in 0..d {
+            self.centre[j] += self.scale[j] * shift[j];
+            widen[j] = shift[j].abs().max(1.0);
+            self.scale[j] *= widen[j];
+            self.spread[j] *= widen[j];
+        }
+        self.t2 = 0.0;
+        self.q = 0.0;
+        self.above = 0;
+        self.held_since = None;
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| shift[b].abs().total_cmp(&shift[a].abs()).then(a.cmp(&b)));
+        let named: Vec<String> = order
+            .iter()
+            .take(config.process_top_tags.max(1))
+            .map(|&j| {
+                let mut s = format!(
+                    "{} {} → {}",
+                    tags[self.vars[j]],
+                    num(old_centre[j]),
+                    num(self.centre[j])
+                );
+                if widen[j] > 1.0 {
+                    s += &format!(" (tolerance ×{:.1})", widen[j]);
+                }
+                s
+            })
+            .collect();
+        let top = order[0];
+        let held = crate::alert::duration(meta.ts - self.open_since);
+        Draft {
+            ts_ns: meta.ts,
+            detector: "process-baseline",
+            name: tags[self.vars[top]].clone(),
+            severity: Severity::Low,
+            score: shift[top].abs(),
+            observed: self.centre[top],
+            expected_low: old[top].0,
+            expected_high: old[top].1,
+            message: format!(
+                "new normal accepted: the process held a level outside its learned region for {held}; \
+                 the process model now takes that level as normal (the episode is closed) and \
+                 watches for deviations from it: {}",
+                named.join(", ")
+            ),
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+            event_count: meta.count,
+            technique: "",
+        }
     }
 
     fn draft(
@@ -694,8 +851,6 @@ impl Fitted {
 pub(crate) struct ProcessScratch {
     obs: Vec<f64>,
     meta: Vec<ObsMeta>,
-    t2: Vec<f64>,
-    q: Vec<f64>,
 }
 
 /// The `p` quantile of `v` with linear interpolation between order
