@@ -168,6 +168,9 @@ pub struct FileResult {
     pub predicted: Vec<bool>,
     /// Alerts of the other models (not point-scored).
     pub other_alerts: u64,
+    /// `process-baseline` notices: episodes the process model closed by
+    /// taking the level the process held as its new normal.
+    pub new_normals: u64,
     /// Messages of the process alerts, in order.
     pub messages: Vec<String>,
 }
@@ -350,7 +353,13 @@ pub fn run_recording(
     let mut episodes: Vec<(i64, i64)> = Vec::new();
     let mut messages = Vec::new();
     let mut other_alerts = 0;
+    let mut new_normals = 0;
     for a in &alerts {
+        if a.detector == "process-baseline" {
+            new_normals += 1;
+            messages.push(format!("[new normal] {}", a.message));
+            continue;
+        }
         if a.detector != "process" {
             other_alerts += 1;
             continue;
@@ -424,6 +433,7 @@ pub fn run_recording(
         episodes: ep,
         predicted,
         other_alerts,
+        new_normals,
         messages,
     })
 }
@@ -435,11 +445,14 @@ pub struct Pooled {
     pub files: usize,
     pub counts: Counts,
     pub episodes: Episodes,
+    /// `process-baseline` notices.
+    pub new_normals: u64,
 }
 
 impl Pooled {
     pub fn add(&mut self, r: &FileResult) {
         self.files += 1;
+        self.new_normals += r.new_normals;
         self.counts.add(&r.counts);
         self.episodes.add(&r.episodes);
     }
@@ -464,6 +477,7 @@ impl Pooled {
         m.insert("delay_median_s".into(), e.median_delay().map(round).into());
         m.insert("alert_episodes".into(), e.alerts.into());
         m.insert("unmatched_alert_episodes".into(), e.unmatched_alerts.into());
+        m.insert("new_normals".into(), self.new_normals.into());
         for (k, v) in extra {
             m.insert((*k).into(), v.clone());
         }
@@ -636,16 +650,31 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
     }
     let mut extra = Vec::new();
     if let Some(r) = &free_result {
+        let rows = r.counts.fp + r.counts.tn;
         println!(
-            "\nanomaly-free.csv (learn on 400 rows, {} rows after): false-alarm rate {:.2} % ({} alert episodes)",
-            r.counts.fp + r.counts.tn,
+            "\nanomaly-free.csv (not pooled above; learn on its first 400 rows, watch the other {rows}):\n  \
+             false-alarm rate {:.2} % ({} of {rows} rows flagged), {} alert episode(s), {} new-normal notice(s)",
             r.counts.far(),
-            r.episodes.alerts
+            r.counts.fp,
+            r.episodes.alerts,
+            r.new_normals
         );
+        if verbose {
+            for m in &r.messages {
+                println!("    {m}");
+            }
+        }
         extra.push((
             "anomaly_free_far",
-            serde_json::json!((r.counts.far() * 100.0).round() / 100.0),
+            serde_json::json!((r.counts.far() * 1e4).round() / 1e4),
         ));
+        extra.push(("anomaly_free_flagged", serde_json::json!(r.counts.fp)));
+        extra.push(("anomaly_free_rows", serde_json::json!(rows)));
+        extra.push((
+            "anomaly_free_episodes",
+            serde_json::json!(r.episodes.alerts),
+        ));
+        extra.push(("anomaly_free_new_normals", serde_json::json!(r.new_normals)));
     }
     if json {
         println!("{}", pooled.json(&extra));
@@ -662,11 +691,16 @@ fn short(name: &str) -> String {
 fn file_line(label: &str, r: &FileResult, verbose: bool) -> String {
     let c = &r.counts;
     let mut s = format!(
-        "{label:<20} F1 {:.3} FAR {:>6.2} % MAR {:>6.2} %  alert episodes {}\n",
+        "{label:<20} F1 {:.3} FAR {:>6.2} % MAR {:>6.2} %  alert episodes {}{}\n",
         c.f1(),
         c.far(),
         c.mar(),
-        r.episodes.alerts
+        r.episodes.alerts,
+        if r.new_normals > 0 {
+            format!(", new normals {}", r.new_normals)
+        } else {
+            String::new()
+        }
     );
     if verbose {
         for m in &r.messages {

@@ -65,8 +65,8 @@
 //!   model takes that level as its centre, widens the scale of each tag to
 //!   at least the size of its move (the same move is not reported again),
 //!   and raises a low-severity `process-baseline` notice naming the tags and
-//!   their old and new levels. The SOC sees the decision and can reverse it
-//!   by re-learning the asset. A changed setpoint held for that long is
+//!   their old and new levels, so the decision is the SOC's to see, not
+//!   silent. A changed setpoint held for that long is
 //!   reported twice: by the episode's alert when it happens, by the notice
 //!   when it is accepted.
 //!
@@ -86,6 +86,10 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the pseudo-tag carrying the asset's latest cycle duration.
 pub(crate) const CYCLE_TAG: &str = "cycle_ms";
+
+/// Largest step, in scaled units, that one observation moves the level the
+/// new-normal decision is based on (a robust, clipped EWMA).
+const LEVEL_STEP: f64 = 3.0;
 
 /// Smallest eigenvalue kept, relative to the largest, so that a direction
 /// the learning data never moved in does not divide by zero.
@@ -164,6 +168,11 @@ struct Fitted {
     /// beyond a limit without interruption.
     #[serde(default)]
     held_since: Option<i64>,
+    /// The level the process holds: an EWMA of the centred, scaled
+    /// observation whose steps are clipped to [`LEVEL_STEP`], so a spike,
+    /// however large, barely moves it.
+    #[serde(default)]
+    level: Vec<f64>,
 }
 
 /// One complete observation of a batch.
@@ -499,6 +508,7 @@ impl ProcessModel {
             last_ts: None,
             open_since: 0,
             held_since: None,
+            level: vec![0.0; d],
         };
         // The statistics over the learning observations, smoothed as when
         // protecting; the limits are their quantile after the warm-up.
@@ -575,6 +585,7 @@ impl ProcessModel {
             i64::try_from(config.process_rebaseline_after.as_nanos()).unwrap_or(i64::MAX);
         let mut z = vec![0.0; d];
         let mut tmp = vec![0.0; d + f.eigen.len()];
+        f.level.resize(d, 0.0);
         for i in 0..m {
             let x = &scratch.obs[i * d..(i + 1) * d];
             for j in 0..d {
@@ -585,6 +596,7 @@ impl ProcessModel {
             f.q += alpha * (b - f.q);
             for j in 0..d {
                 f.z[j] += alpha * (tmp[j] - f.z[j]);
+                f.level[j] += alpha * (tmp[j] - f.level[j]).clamp(-LEVEL_STEP, LEVEL_STEP);
             }
             let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
             let meta = scratch.meta[i];
@@ -699,11 +711,17 @@ impl Fitted {
             .collect()
     }
 
-    /// Whether the level the process holds (the smoothed observation, not
-    /// the smoothed statistics, which also carry the decaying memory of a
-    /// past spike) is itself beyond a limit. `tmp` as in [`Fitted::statistics`].
+    /// Whether the level the process holds (a robust smoothing of the
+    /// observations, not the smoothed statistics, which also carry the
+    /// decaying memory of a past spike) is itself beyond a limit. `tmp` as
+    /// in [`Fitted::statistics`].
     fn holds_a_level(&self, tmp: &mut [f64]) -> bool {
-        let level: Vec<f64> = self.z.iter().zip(&self.mean).map(|(z, m)| z + m).collect();
+        let level: Vec<f64> = self
+            .level
+            .iter()
+            .zip(&self.mean)
+            .map(|(l, m)| l + m)
+            .collect();
         let (t2, q) = self.statistics(&level, tmp);
         t2 > self.t2_limit || q > self.q_limit
     }
@@ -715,7 +733,8 @@ impl Fitted {
     /// the notice that says so.
     fn rebaseline(&mut self, tags: &[String], meta: &ObsMeta, config: &DetectorConfig) -> Draft {
         let d = self.centre.len();
-        let shift = std::mem::replace(&mut self.z, vec![0.0; d]);
+        let shift = std::mem::replace(&mut self.level, vec![0.0; d]);
+        self.z = vec![0.0; d];
         let old: Vec<(f64, f64)> = (0..d)
             .map(|j| {
                 let half = config.expected_band * self.spread[j];

@@ -181,7 +181,7 @@ fn run(
 fn without_process(alerts: Vec<Alert>) -> Vec<Alert> {
     alerts
         .into_iter()
-        .filter(|a| a.detector != "process")
+        .filter(|a| !a.detector.starts_with("process"))
         .collect()
 }
 
@@ -800,6 +800,157 @@ fn process_model_resumes_from_a_checkpoint_mid_episode() {
     // Cuts mid-learning, mid-episode and inside a row (a timestamp's tags
     // split over two batches).
     for cut in [1000, 2500, 2650, 2803] {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let mut alerts = run(&mut d, &events[..cut], 256, 0);
+        let mut ends = d.take_episode_ends();
+        let json = serde_json::to_string(&d).unwrap();
+        let mut resumed: Detector = serde_json::from_str(&json).unwrap();
+        resumed.record_episode_ends(true);
+        alerts.extend(run(&mut resumed, &events[cut..], 256, cut as u64));
+        ends.extend(resumed.take_episode_ends());
+        assert_eq!((alerts, ends), straight, "checkpoint at {cut}");
+    }
+}
+
+/// The process model's own alerts and notices.
+fn process_only(alerts: Vec<Alert>) -> Vec<Alert> {
+    alerts
+        .into_iter()
+        .filter(|a| a.detector.starts_with("process"))
+        .collect()
+}
+
+#[test]
+fn process_model_follows_a_slow_drift_but_not_an_abrupt_change() {
+    // Two hours over which the flow (and the pressure and current that
+    // follow it) creeps 3 units, six learning standard deviations.
+    let mut events = Vec::new();
+    let mut p = Plant::new(25);
+    p.rows(&mut events, 400, 0.0, 0.0);
+    let n = 7200;
+    for i in 0..n {
+        p.row(&mut events, 0.0, 3.0 * i as f64 / n as f64);
+    }
+    let start = p.t;
+    // Then the flow drops 4 units at once and stays there for 5 minutes.
+    p.rows(&mut events, 300, 0.0, -1.0);
+    let alerts = process_only(run(&mut Detector::new(process_config()), &events, 512, 0));
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.detector, "process");
+    assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
+    assert!(a.message.contains("flow_m3h"), "{}", a.message);
+
+    // The same drift against a model that never re-learns is reported long
+    // before the drop.
+    let frozen = DetectorConfig {
+        process_adapt: std::time::Duration::ZERO,
+        process_rebaseline_after: std::time::Duration::ZERO,
+        ..process_config()
+    };
+    let alerts = process_only(run(&mut Detector::new(frozen), &events, 512, 0));
+    assert!(
+        alerts.first().is_some_and(|a| a.ts_ns < start - 30 * MIN),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn process_model_accepts_a_held_new_level_with_a_notice() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(26);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    let start = p.t;
+    // The pressure leaves its relation with the flow and stays there.
+    p.rows(&mut events, 1800, 0.3, 0.0);
+    let mut d = Detector::new(process_config());
+    d.record_episode_ends(true);
+    let alerts = process_only(run(&mut d, &events, 256, 0));
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let (alert, notice) = (&alerts[0], &alerts[1]);
+    assert_eq!(
+        (alert.detector.as_str(), alert.name.as_str()),
+        ("process", "pressure_bar")
+    );
+    assert!(alert.ts_ns > start && alert.ts_ns < start + 30 * SEC);
+    // Ten minutes later the level is taken as the new normal, once: a
+    // low-severity notice naming the tag with its old and new level, and
+    // the episode ends there.
+    assert_eq!(
+        (notice.detector.as_str(), notice.name.as_str()),
+        ("process-baseline", "pressure_bar")
+    );
+    assert_eq!(notice.severity(), otwatch_proto::Severity::Low);
+    assert!(
+        notice.ts_ns >= alert.ts_ns + 10 * MIN && notice.ts_ns < alert.ts_ns + 11 * MIN,
+        "{notice:?}"
+    );
+    assert!(
+        notice.message.starts_with("new normal accepted")
+            && notice.message.contains("pressure_bar 2.99")
+            && notice.message.contains("→ 3.3"),
+        "{}",
+        notice.message
+    );
+    assert!(
+        (notice.observed - 3.3).abs() < 0.05 && notice.observed > notice.expected_high,
+        "{notice:?}"
+    );
+    let ends = d.take_episode_ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(
+        (ends[0].alert_id.as_str(), ends[0].ts_ns),
+        (alert.id.as_str(), notice.ts_ns)
+    );
+
+    // A spike that decays slowly is not a level: with the time it takes
+    // the smoothed statistics to forget it, no notice.
+    let mut events = Vec::new();
+    let mut p = Plant::new(27);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    p.rows(&mut events, 5, 500.0, 0.0);
+    p.rows(&mut events, 1800, 0.0, 0.0);
+    let slow = DetectorConfig {
+        process_smoothing: 0.005,
+        ..process_config()
+    };
+    let alerts = process_only(run(&mut Detector::new(slow), &events, 256, 0));
+    assert!(
+        alerts.iter().all(|a| a.detector == "process"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn process_model_resumes_from_a_checkpoint_across_drift_and_a_new_normal() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(28);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    for i in 0..1200 {
+        p.row(&mut events, 0.0, i as f64 / 1200.0);
+    }
+    p.rows(&mut events, 1200, 0.3, 1.0);
+    p.rows(&mut events, 300, 0.3, 1.0);
+    let straight = {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let alerts = run(&mut d, &events, 256, 0);
+        (alerts, d.take_episode_ends())
+    };
+    assert!(
+        straight.0.iter().any(|a| a.detector == "process-baseline"),
+        "{straight:#?}"
+    );
+    // Cuts while the centre follows the drift, mid-episode, and right
+    // around the new normal.
+    let notice = straight
+        .0
+        .iter()
+        .find(|a| a.detector == "process-baseline")
+        .unwrap()
+        .last_seq as usize;
+    for cut in [4000, 8001, 9000, notice - 2, notice - 1, notice + 3] {
         let mut d = Detector::new(process_config());
         d.record_episode_ends(true);
         let mut alerts = run(&mut d, &events[..cut], 256, 0);
