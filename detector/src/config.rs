@@ -117,9 +117,12 @@ pub struct DetectorConfig {
     pub process_adapt: Duration,
     /// See `process_adapt`.
     pub process_adapt_below: f64,
-    /// An episode open this long re-baselines the process model at the
-    /// level it has held lately and raises a low-severity notice saying so
-    /// (0: episodes stay open until the process comes back).
+    /// New normal: an episode open this long, while the level the process
+    /// holds has stayed beyond a limit for the last half of it, is closed;
+    /// the process model takes that level as its centre, widens the
+    /// tolerance of each tag to at least the size of its move, and raises a
+    /// low-severity `process-baseline` notice saying so (0: episodes stay
+    /// open until the process comes back).
     #[serde(with = "humantime_serde")]
     pub process_rebaseline_after: Duration,
 }

@@ -584,6 +584,7 @@ impl ProcessModel {
         let rebaseline_ns =
             i64::try_from(config.process_rebaseline_after.as_nanos()).unwrap_or(i64::MAX);
         let mut z = vec![0.0; d];
+        let mut c = vec![0.0; d];
         let mut tmp = vec![0.0; d + f.eigen.len()];
         f.level.resize(d, 0.0);
         for i in 0..m {
@@ -592,11 +593,13 @@ impl ProcessModel {
                 z[j] = (x[j] - f.centre[j]) / f.scale[j];
             }
             let (a, b) = f.statistics(&z, &mut tmp);
+            // The centred observation (`tmp` is reused below).
+            c.copy_from_slice(&tmp[..d]);
             f.t2 += alpha * (a - f.t2);
             f.q += alpha * (b - f.q);
             for j in 0..d {
-                f.z[j] += alpha * (tmp[j] - f.z[j]);
-                f.level[j] += alpha * (tmp[j] - f.level[j]).clamp(-LEVEL_STEP, LEVEL_STEP);
+                f.z[j] += alpha * (c[j] - f.z[j]);
+                f.level[j] += alpha * (c[j] - f.level[j]).clamp(-LEVEL_STEP, LEVEL_STEP);
             }
             let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
             let meta = scratch.meta[i];
@@ -650,7 +653,7 @@ impl ProcessModel {
                 // A gap between observations counts as at most τ/20.
                 let w = -(-dt.min(tau / 20.0) / tau).exp_m1();
                 for j in 0..d {
-                    f.centre[j] += w * f.scale[j] * tmp[j];
+                    f.centre[j] += w * f.scale[j] * c[j];
                 }
             }
             f.last_ts = Some(meta.ts);
