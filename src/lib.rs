@@ -5,10 +5,12 @@
 //! - [`central`] runs collector, event log, history writers, detector and
 //!   alert sinks in one process (`otwatch serve`);
 //! - [`demo`] adds simulated sites, live alerts and the scorecard (`otwatch demo`);
+//! - [`eval`] scores the detector on labelled recordings (`otwatch eval`);
 //! - [`sinks`] are the alert outputs.
 
 pub mod central;
 pub mod cert;
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod sinks;

@@ -24,6 +24,7 @@
 use crate::alert::{duration, Draft};
 use crate::batch::{Columns, ACCESS, ALARM, CHANGE, CYCLE, SAMPLE, STATE};
 use crate::config::{DetectorConfig, Resolved};
+use crate::process::ProcessModel;
 use crate::stats::{Episode, RateWindow};
 use otwatch_proto::Severity;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,9 @@ pub(crate) struct AssetState {
     /// Unseen transitions alerted on, with the last time each was seen: one
     /// alert per transition until `episode_quiet` passes without it.
     unseen: BTreeMap<String, i64>,
+    /// The joint model of the asset's SAMPLE tags.
+    #[serde(default)]
+    pub process: ProcessModel,
 }
 
 /// A finding of an asset model, made at a batch row (whose agent is the evidence).
@@ -106,6 +110,7 @@ impl AssetState {
             burst_episode: Episode::default(),
             transitions: BTreeSet::new(),
             unseen: BTreeMap::new(),
+            process: ProcessModel::default(),
         }
     }
 

@@ -69,6 +69,62 @@ pub struct DetectorConfig {
     /// ... or after this much event time without an abnormal point.
     #[serde(with = "humantime_serde")]
     pub episode_quiet: Duration,
+    /// Run the `process` model: each asset's SAMPLE tags (and its cycle time)
+    /// modelled jointly with PCA, Hotelling T² and Q/SPE.
+    pub process: bool,
+    /// Variables (tags, plus the cycle time) an asset needs for a process model.
+    pub process_min_tags: usize,
+    /// Observations (rows of SAMPLE tags sharing a timestamp) the process
+    /// model needs before it is fitted; an asset that protects with fewer
+    /// keeps learning until it has them.
+    pub process_min_observations: usize,
+    /// Most learning observations kept per asset (the most recent ones).
+    pub process_max_learning_observations: usize,
+    /// Fraction of the scaled variance the kept principal components explain.
+    /// The rest is the residual that Q/SPE measures.
+    pub process_variance: f64,
+    /// How much a slowly wandering variable's scale is widened: its standard
+    /// deviation times `((1 + ρ) / (1 − ρ))^exponent`, ρ its lag-1
+    /// autocorrelation while learning. 0 scales by the standard deviation alone.
+    pub process_drift_exponent: f64,
+    /// Largest ρ used in that widening (caps it for near-constant ramps).
+    pub process_max_autocorrelation: f64,
+    /// EWMA weight of each new observation in the smoothed T² and Q
+    /// (1 = no smoothing).
+    pub process_smoothing: f64,
+    /// Control limits: this quantile of the smoothed statistics over the
+    /// learning observations ...
+    pub process_quantile: f64,
+    /// ... but at least the statistic's learning mean plus this many standard
+    /// deviations of its EWMA (as if observations were independent) ...
+    pub process_limit_floor_z: f64,
+    /// ... times this margin.
+    pub process_margin: f64,
+    /// A process episode opens after this many consecutive observations
+    /// above a limit.
+    pub process_open_points: u32,
+    /// An open process episode closes when both smoothed statistics are
+    /// below this fraction of their limits (hysteresis).
+    pub process_release: f64,
+    /// Tags named in a process alert, the largest contributors first.
+    pub process_top_tags: usize,
+    /// Time constant with which the process model re-learns each
+    /// variable's centre from quiet observations (no open episode, both
+    /// smoothed statistics below `process_adapt_below` × their limits), so a
+    /// benign drift much slower than this is absorbed. 0 keeps the learned
+    /// centre for ever.
+    #[serde(with = "humantime_serde")]
+    pub process_adapt: Duration,
+    /// See `process_adapt`.
+    pub process_adapt_below: f64,
+    /// New normal: an episode open this long, while the level the process
+    /// holds has stayed beyond a limit for the last half of it, is closed;
+    /// the process model takes that level as its centre, widens the
+    /// tolerance of each tag to at least the size of its move, and raises a
+    /// low-severity `process-baseline` notice saying so (0: episodes stay
+    /// open until the process comes back).
+    #[serde(with = "humantime_serde")]
+    pub process_rebaseline_after: Duration,
 }
 
 impl Default for DetectorConfig {
@@ -92,6 +148,23 @@ impl Default for DetectorConfig {
             burst_min_excess: 20,
             episode_close_points: 20,
             episode_quiet: Duration::from_secs(10 * 60),
+            process: true,
+            process_min_tags: 2,
+            process_min_observations: 30,
+            process_max_learning_observations: 20_000,
+            process_variance: 0.6,
+            process_drift_exponent: 1.5,
+            process_max_autocorrelation: 0.98,
+            process_smoothing: 0.1,
+            process_quantile: 0.99,
+            process_limit_floor_z: 4.0,
+            process_margin: 1.5,
+            process_open_points: 3,
+            process_release: 0.8,
+            process_top_tags: 3,
+            process_adapt: Duration::from_secs(5 * 60),
+            process_adapt_below: 0.5,
+            process_rebaseline_after: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -138,6 +211,65 @@ impl DetectorConfig {
         if self.max_learning_values < 2 * self.min_series_points {
             return Err(DetectorError::Config(
                 "max_learning_values must be at least twice min_series_points".into(),
+            ));
+        }
+        let fractions = [
+            ("process_variance", self.process_variance),
+            ("process_smoothing", self.process_smoothing),
+            ("process_quantile", self.process_quantile),
+            ("process_release", self.process_release),
+            ("process_adapt_below", self.process_adapt_below),
+        ];
+        for (name, value) in fractions {
+            if !(value.is_finite() && value > 0.0 && value <= 1.0) {
+                return Err(DetectorError::Config(format!(
+                    "{name} must be in (0, 1], not {value}"
+                )));
+            }
+        }
+        if !(self.process_max_autocorrelation >= 0.0 && self.process_max_autocorrelation < 1.0) {
+            return Err(DetectorError::Config(format!(
+                "process_max_autocorrelation must be in [0, 1), not {}",
+                self.process_max_autocorrelation
+            )));
+        }
+        if !(self.process_drift_exponent.is_finite() && self.process_drift_exponent >= 0.0) {
+            return Err(DetectorError::Config(format!(
+                "process_drift_exponent must be a number >= 0, not {}",
+                self.process_drift_exponent
+            )));
+        }
+        if !(self.process_limit_floor_z.is_finite() && self.process_limit_floor_z >= 0.0) {
+            return Err(DetectorError::Config(format!(
+                "process_limit_floor_z must be a number >= 0, not {}",
+                self.process_limit_floor_z
+            )));
+        }
+        if !(self.process_margin.is_finite() && self.process_margin > 0.0) {
+            return Err(DetectorError::Config(format!(
+                "process_margin must be a positive number, not {}",
+                self.process_margin
+            )));
+        }
+        if self.process_open_points == 0 {
+            return Err(DetectorError::Config(
+                "process_open_points must be at least 1".into(),
+            ));
+        }
+        if self.process_min_tags < 2 {
+            return Err(DetectorError::Config(
+                "process_min_tags must be at least 2".into(),
+            ));
+        }
+        if self.process_min_observations < 10 {
+            return Err(DetectorError::Config(
+                "process_min_observations must be at least 10".into(),
+            ));
+        }
+        if self.process_max_learning_observations < 2 * self.process_min_observations {
+            return Err(DetectorError::Config(
+                "process_max_learning_observations must be at least twice process_min_observations"
+                    .into(),
             ));
         }
         if self.episode_close_points == 0 {

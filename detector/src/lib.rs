@@ -35,6 +35,7 @@ mod alert;
 mod asset;
 mod batch;
 mod config;
+mod process;
 mod series;
 mod site;
 mod stats;
@@ -50,6 +51,7 @@ use arrow::record_batch::RecordBatch;
 use asset::{AssetFinding, AssetRows, AssetState, ScanContext};
 use batch::{slots, Columns, Groups, CYCLE, SAMPLE, SKIP};
 use otwatch_proto::Alert;
+use process::{ProcessFinding, ProcessRows, ProcessScratch, NO_VAR};
 use serde::{Deserialize, Serialize};
 use series::{Finding, Input, Series, SeriesKind};
 use site::SiteState;
@@ -66,6 +68,20 @@ pub enum DetectorError {
     /// The configuration cannot be used.
     #[error("invalid detector config: {0}")]
     Config(String),
+}
+
+/// The end of an alert episode: the episode that alert `alert_id` opened is
+/// over from `ts_ns` on (the first observation back to normal). Production
+/// alerts stay one per episode; the ends are there for scoring a detector
+/// point by point (see [`Detector::record_episode_ends`]). Reported by the
+/// `process` model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeEnd {
+    pub alert_id: String,
+    pub site: String,
+    pub asset: String,
+    pub detector: String,
+    pub ts_ns: i64,
 }
 
 /// Counters for dashboards and health checks.
@@ -98,6 +114,10 @@ pub struct Detector {
     /// Lookups by name, rebuilt from the tables after deserialization.
     #[serde(skip)]
     index: Index,
+    /// Episode ends recorded since the last [`Detector::take_episode_ends`],
+    /// when recording is on.
+    #[serde(skip)]
+    episode_ends: Option<Vec<EpisodeEnd>>,
     /// Per-batch buffers, kept to avoid allocating on every batch.
     #[serde(skip)]
     scratch: Scratch,
@@ -174,6 +194,12 @@ struct Scratch {
     access_rows: Vec<u32>,
     asset_findings: Vec<AssetFinding>,
     series_findings: Vec<(u32, Finding)>,
+    /// Process variable of each asset-ordered slot (`NO_VAR` when none).
+    p_var: Vec<u32>,
+    /// Name dictionary entry → process variable, for the asset at hand.
+    p_lut: Vec<u32>,
+    process: ProcessScratch,
+    process_findings: Vec<ProcessFinding>,
 }
 
 impl Detector {
@@ -187,8 +213,24 @@ impl Detector {
             batches_seen: 0,
             alerts_raised: 0,
             index: Index::default(),
+            episode_ends: None,
             scratch: Scratch::default(),
         }
+    }
+
+    /// Starts (or stops) recording when alert episodes end, for scoring a
+    /// detector point by point: a point is flagged while the episode of an
+    /// alert covering it is open. Off by default; not part of checkpoints.
+    pub fn record_episode_ends(&mut self, on: bool) {
+        self.episode_ends = on.then(Vec::new);
+    }
+
+    /// The episode ends recorded since the last call.
+    pub fn take_episode_ends(&mut self) -> Vec<EpisodeEnd> {
+        self.episode_ends
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// The configuration the detector runs with.
@@ -260,6 +302,9 @@ impl Detector {
 
         let first_new = alerts.len();
         let asset_findings = self.scan_assets(&columns, &mut s, names, &resolved);
+        if self.config.process {
+            self.process_assets(&columns, &mut s, names, alerts);
+        }
         self.score_series(&columns, &mut s, names, &resolved);
         self.access(&columns, &mut s, &resolved, alerts);
         self.silence(&site_ids, &resolved, alerts);
@@ -351,6 +396,108 @@ impl Detector {
             findings.extend(s.asset_findings.drain(..).map(|f| (id, f)));
         }
         findings
+    }
+
+    /// Step 2b: each asset's SAMPLE rows through its process model.
+    #[allow(clippy::needless_range_loop)] // parallel slot arrays, indexed together
+    fn process_assets(
+        &mut self,
+        columns: &Columns,
+        s: &mut Scratch,
+        names: usize,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let len = s.by_asset.len;
+        let p_var = slots(&mut s.p_var, len);
+        for &(local, a, b) in &s.by_asset.groups {
+            let id = s.batch_assets[local as usize];
+            let asset = &mut self.assets[id as usize];
+            s.p_lut.clear();
+            s.p_lut.resize(names, SKIP);
+            let mut any = false;
+            for i in a..b {
+                p_var[i] = NO_VAR;
+                if s.a_kind[i] != SAMPLE || !s.a_value[i].is_finite() {
+                    continue;
+                }
+                let key = columns.name.keys[s.a_row[i] as usize] as usize;
+                if s.p_lut[key] == SKIP {
+                    s.p_lut[key] = asset
+                        .process
+                        .var_index(columns.name.value(key))
+                        .unwrap_or(NO_VAR);
+                }
+                p_var[i] = s.p_lut[key];
+                any |= p_var[i] != NO_VAR;
+            }
+            if !any {
+                continue;
+            }
+            let rows = ProcessRows {
+                ts: &s.a_ts[a..b],
+                value: &s.a_value[a..b],
+                seq: &s.a_seq[a..b],
+                row: &s.a_row[a..b],
+                var: &p_var[a..b],
+                cycle: &s.a_ctx[a..b],
+            };
+            asset.process.process(
+                &rows,
+                asset.protect_from,
+                &self.config,
+                &mut s.process,
+                &mut s.process_findings,
+            );
+            let site = &self.sites[asset.site as usize].name;
+            for f in s.process_findings.drain(..) {
+                match f {
+                    ProcessFinding::Opened { row, draft } => {
+                        alerts.push(draft.finish(
+                            site,
+                            &asset.name,
+                            columns.agent.str(row as usize),
+                        ));
+                    }
+                    ProcessFinding::Rebaselined {
+                        row,
+                        draft,
+                        ts,
+                        first_seq,
+                        name,
+                    } => {
+                        alerts.push(draft.finish(
+                            site,
+                            &asset.name,
+                            columns.agent.str(row as usize),
+                        ));
+                        if let Some(ends) = &mut self.episode_ends {
+                            ends.push(EpisodeEnd {
+                                alert_id: alert_id(site, &asset.name, "process", &name, first_seq),
+                                site: site.clone(),
+                                asset: asset.name.clone(),
+                                detector: "process".into(),
+                                ts_ns: ts,
+                            });
+                        }
+                    }
+                    ProcessFinding::Closed {
+                        ts,
+                        first_seq,
+                        name,
+                    } => {
+                        if let Some(ends) = &mut self.episode_ends {
+                            ends.push(EpisodeEnd {
+                                alert_id: alert_id(site, &asset.name, "process", &name, first_seq),
+                                site: site.clone(),
+                                asset: asset.name.clone(),
+                                detector: "process".into(),
+                                ts_ns: ts,
+                            });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Step 3: lays the CYCLE and SAMPLE rows out by series and scores them.

@@ -176,6 +176,15 @@ fn run(
     alerts
 }
 
+/// The alerts of every model but `process`, which also reports cycle-time
+/// changes (its observations include the cycle time) and is tested on its own.
+fn without_process(alerts: Vec<Alert>) -> Vec<Alert> {
+    alerts
+        .into_iter()
+        .filter(|a| !a.detector.starts_with("process"))
+        .collect()
+}
+
 fn detect(events: &[ControllerEvent]) -> Vec<Alert> {
     run(
         &mut Detector::new(DetectorConfig::default()),
@@ -221,7 +230,10 @@ fn slow_drift_is_caught_by_cusum_and_tags_that_follow_it_stay_quiet() {
     }
     let drift_end = m.t;
     m.cycles(&mut events, 100);
-    let alerts = detect(&events);
+    let all = detect(&events);
+    // The process model sees the tags move with the cycle time: one episode.
+    assert!(all.iter().filter(|a| a.detector == "process").count() <= 1);
+    let alerts = without_process(all);
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert_eq!(
@@ -248,7 +260,16 @@ fn single_extreme_cycle_is_an_outlier() {
     );
     let at = m.t;
     m.cycles(&mut events, 30);
-    let alerts = detect(&events);
+    let all = detect(&events);
+    let process: Vec<_> = all.iter().filter(|a| a.detector == "process").collect();
+    assert_eq!(process.len(), 1, "{all:#?}");
+    assert!(process[0].ts_ns >= at && process[0].ts_ns < at + MIN);
+    assert!(
+        process[0].message.contains("cycle_ms"),
+        "{}",
+        process[0].message
+    );
+    let alerts = without_process(all);
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert_eq!(
@@ -311,7 +332,7 @@ fn sustained_outliers_are_one_episode_and_a_later_one_is_another() {
     m.cycle(&mut events, twist);
     let second = m.t;
     m.cycles(&mut events, 40);
-    let alerts = detect(&events);
+    let alerts = without_process(detect(&events));
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
     assert_eq!(alerts[1].ts_ns, second);
     assert_ne!(alerts[0].id, alerts[1].id);
@@ -565,7 +586,8 @@ fn replays_give_the_same_ids() {
         97,
         0,
     );
-    assert_eq!(a.len(), 1);
+    // The cycle model and the process model, each once.
+    assert_eq!(a.len(), 2, "{a:#?}");
     assert_eq!(a, b);
 }
 
@@ -620,4 +642,324 @@ fn config_reads_with_defaults_and_is_checked() {
     assert!(serde_json::from_str::<DetectorConfig>(r#"{"lern": "1h"}"#).is_err());
     let bad = DetectorConfig { cusum_h: 0.0, ..c };
     assert!(bad.validate().is_err());
+}
+
+/// A process of four tags driven by two hidden factors (flow and heat) plus
+/// noise, sampled every second with the same timestamp per row.
+struct Plant {
+    t: i64,
+    noise: Noise,
+}
+
+impl Plant {
+    fn new(seed: u64) -> Plant {
+        Plant {
+            t: T0,
+            noise: Noise(seed),
+        }
+    }
+
+    /// One row; `pressure_offset` pushes `pressure_bar` off its relation
+    /// with the flow, `flow_shift` moves the whole process.
+    fn row(&mut self, out: &mut Vec<ControllerEvent>, pressure_offset: f64, flow_shift: f64) {
+        self.t += SEC;
+        let flow = 30.0 + flow_shift + 0.5 * self.noise.next();
+        let heat = 60.0 + 0.3 * self.noise.next();
+        let tags = [
+            ("flow_m3h", flow),
+            (
+                "pressure_bar",
+                0.1 * flow + 0.02 * self.noise.next() + pressure_offset,
+            ),
+            (
+                "motor_current_a",
+                2.0 + 0.05 * flow + 0.01 * self.noise.next(),
+            ),
+            ("temperature_c", heat + 0.05 * self.noise.next()),
+        ];
+        for (name, value) in tags {
+            out.push(ev(
+                self.t,
+                "line3/pump-01",
+                EventKind::Sample,
+                name,
+                Some(value),
+                None,
+            ));
+        }
+    }
+
+    fn rows(
+        &mut self,
+        out: &mut Vec<ControllerEvent>,
+        n: usize,
+        pressure_offset: f64,
+        flow_shift: f64,
+    ) {
+        for _ in 0..n {
+            self.row(out, pressure_offset, flow_shift);
+        }
+    }
+}
+
+fn process_config() -> DetectorConfig {
+    DetectorConfig {
+        learn: std::time::Duration::from_secs(400),
+        ..DetectorConfig::default()
+    }
+}
+
+#[test]
+fn process_model_stays_quiet_on_normal_data() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(21);
+    p.rows(&mut events, 2000, 0.0, 0.0);
+    let mut d = Detector::new(process_config());
+    let alerts = run(&mut d, &events, 256, 0);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+#[test]
+fn process_model_names_a_tag_that_breaks_its_correlation() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(22);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    let start = p.t;
+    // Pressure 0.3 bar too high for the flow: within its own learned range
+    // (flow noise alone moves it ±0.15), but off its relation with the flow.
+    p.rows(&mut events, 100, 0.3, 0.0);
+    let end = p.t;
+    p.rows(&mut events, 300, 0.0, 0.0);
+    let mut d = Detector::new(process_config());
+    d.record_episode_ends(true);
+    let alerts: Vec<Alert> = run(&mut d, &events, 256, 0)
+        .into_iter()
+        .filter(|a| a.detector == "process")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
+    assert_eq!(
+        (a.name.as_str(), a.technique.as_str()),
+        ("pressure_bar", "T0832")
+    );
+    assert!(
+        a.message
+            .starts_with("tags left their learned relationship"),
+        "{}",
+        a.message
+    );
+    assert!(a.message.contains("pressure_bar 3."), "{}", a.message);
+    assert!(a.observed > a.expected_low && a.expected_low < a.expected_high);
+    assert_eq!(a.event_count, 4);
+    // The episode ends after the pressure is back, once.
+    let ends = d.take_episode_ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].alert_id, a.id);
+    assert!(
+        ends[0].ts_ns > end && ends[0].ts_ns < end + 2 * MIN,
+        "{ends:?}"
+    );
+}
+
+#[test]
+fn process_model_catches_the_process_moving_together() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(23);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    let start = p.t;
+    p.rows(&mut events, 100, 0.0, -4.0);
+    let alerts: Vec<Alert> = run(&mut Detector::new(process_config()), &events, 100, 0)
+        .into_iter()
+        .filter(|a| a.detector == "process")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
+    assert_eq!(a.technique, "T0836", "{}", a.message);
+    assert!(a.message.contains("flow_m3h"), "{}", a.message);
+}
+
+#[test]
+fn process_model_resumes_from_a_checkpoint_mid_episode() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(24);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    p.rows(&mut events, 100, 0.3, 0.0);
+    p.rows(&mut events, 200, 0.0, 0.0);
+    let straight = {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let alerts = run(&mut d, &events, 256, 0);
+        (alerts, d.take_episode_ends())
+    };
+    assert!(
+        !straight.0.is_empty() && !straight.1.is_empty(),
+        "{straight:#?}"
+    );
+    // Cuts mid-learning, mid-episode and inside a row (a timestamp's tags
+    // split over two batches).
+    for cut in [1000, 2500, 2650, 2803] {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let mut alerts = run(&mut d, &events[..cut], 256, 0);
+        let mut ends = d.take_episode_ends();
+        let json = serde_json::to_string(&d).unwrap();
+        let mut resumed: Detector = serde_json::from_str(&json).unwrap();
+        resumed.record_episode_ends(true);
+        alerts.extend(run(&mut resumed, &events[cut..], 256, cut as u64));
+        ends.extend(resumed.take_episode_ends());
+        assert_eq!((alerts, ends), straight, "checkpoint at {cut}");
+    }
+}
+
+/// The process model's own alerts and notices.
+fn process_only(alerts: Vec<Alert>) -> Vec<Alert> {
+    alerts
+        .into_iter()
+        .filter(|a| a.detector.starts_with("process"))
+        .collect()
+}
+
+#[test]
+fn process_model_follows_a_slow_drift_but_not_an_abrupt_change() {
+    // Two hours over which the flow (and the pressure and current that
+    // follow it) creeps 3 units, six learning standard deviations.
+    let mut events = Vec::new();
+    let mut p = Plant::new(25);
+    p.rows(&mut events, 400, 0.0, 0.0);
+    let n = 7200;
+    for i in 0..n {
+        p.row(&mut events, 0.0, 3.0 * i as f64 / n as f64);
+    }
+    let start = p.t;
+    // Then the flow drops 4 units at once and stays there for 5 minutes.
+    p.rows(&mut events, 300, 0.0, -1.0);
+    let alerts = process_only(run(&mut Detector::new(process_config()), &events, 512, 0));
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.detector, "process");
+    assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
+    assert!(a.message.contains("flow_m3h"), "{}", a.message);
+
+    // The same drift against a model that never re-learns is reported long
+    // before the drop.
+    let frozen = DetectorConfig {
+        process_adapt: std::time::Duration::ZERO,
+        process_rebaseline_after: std::time::Duration::ZERO,
+        ..process_config()
+    };
+    let alerts = process_only(run(&mut Detector::new(frozen), &events, 512, 0));
+    assert!(
+        alerts.first().is_some_and(|a| a.ts_ns < start - 30 * MIN),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn process_model_accepts_a_held_new_level_with_a_notice() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(26);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    let start = p.t;
+    // The pressure leaves its relation with the flow and stays there.
+    p.rows(&mut events, 1800, 0.3, 0.0);
+    let mut d = Detector::new(process_config());
+    d.record_episode_ends(true);
+    let alerts = process_only(run(&mut d, &events, 256, 0));
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let (alert, notice) = (&alerts[0], &alerts[1]);
+    assert_eq!(
+        (alert.detector.as_str(), alert.name.as_str()),
+        ("process", "pressure_bar")
+    );
+    assert!(alert.ts_ns > start && alert.ts_ns < start + 30 * SEC);
+    // Ten minutes later the level is taken as the new normal, once: a
+    // low-severity notice naming the tag with its old and new level, and
+    // the episode ends there.
+    assert_eq!(
+        (notice.detector.as_str(), notice.name.as_str()),
+        ("process-baseline", "pressure_bar")
+    );
+    assert_eq!(notice.severity(), otwatch_proto::Severity::Low);
+    assert!(
+        notice.ts_ns >= alert.ts_ns + 10 * MIN && notice.ts_ns < alert.ts_ns + 11 * MIN,
+        "{notice:?}"
+    );
+    assert!(
+        notice.message.starts_with("new normal accepted")
+            && notice.message.contains("pressure_bar 2.99")
+            && notice.message.contains("→ 3.3"),
+        "{}",
+        notice.message
+    );
+    assert!(
+        (notice.observed - 3.3).abs() < 0.05 && notice.observed > notice.expected_high,
+        "{notice:?}"
+    );
+    let ends = d.take_episode_ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(
+        (ends[0].alert_id.as_str(), ends[0].ts_ns),
+        (alert.id.as_str(), notice.ts_ns)
+    );
+
+    // A spike that decays slowly is not a level: with the time it takes
+    // the smoothed statistics to forget it, no notice.
+    let mut events = Vec::new();
+    let mut p = Plant::new(27);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    p.rows(&mut events, 5, 500.0, 0.0);
+    p.rows(&mut events, 1800, 0.0, 0.0);
+    let slow = DetectorConfig {
+        process_smoothing: 0.005,
+        ..process_config()
+    };
+    let alerts = process_only(run(&mut Detector::new(slow), &events, 256, 0));
+    assert!(
+        alerts.iter().all(|a| a.detector == "process"),
+        "{alerts:#?}"
+    );
+}
+
+#[test]
+fn process_model_resumes_from_a_checkpoint_across_drift_and_a_new_normal() {
+    let mut events = Vec::new();
+    let mut p = Plant::new(28);
+    p.rows(&mut events, 600, 0.0, 0.0);
+    for i in 0..1200 {
+        p.row(&mut events, 0.0, i as f64 / 1200.0);
+    }
+    p.rows(&mut events, 1200, 0.3, 1.0);
+    p.rows(&mut events, 300, 0.3, 1.0);
+    let straight = {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let alerts = run(&mut d, &events, 256, 0);
+        (alerts, d.take_episode_ends())
+    };
+    assert!(
+        straight.0.iter().any(|a| a.detector == "process-baseline"),
+        "{straight:#?}"
+    );
+    // Cuts while the centre follows the drift, mid-episode, and right
+    // around the new normal.
+    let notice = straight
+        .0
+        .iter()
+        .find(|a| a.detector == "process-baseline")
+        .unwrap()
+        .last_seq as usize;
+    for cut in [4000, 8001, 9000, notice - 2, notice - 1, notice + 3] {
+        let mut d = Detector::new(process_config());
+        d.record_episode_ends(true);
+        let mut alerts = run(&mut d, &events[..cut], 256, 0);
+        let mut ends = d.take_episode_ends();
+        let json = serde_json::to_string(&d).unwrap();
+        let mut resumed: Detector = serde_json::from_str(&json).unwrap();
+        resumed.record_episode_ends(true);
+        alerts.extend(run(&mut resumed, &events[cut..], 256, cut as u64));
+        ends.extend(resumed.take_episode_ends());
+        assert_eq!((alerts, ends), straight, "checkpoint at {cut}");
+    }
 }
