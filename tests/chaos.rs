@@ -11,6 +11,10 @@
 //! The figures (kills, events, outage drain rate, the agent's peak memory
 //! during the outage) are printed; run with `--nocapture` to see them.
 
+mod common;
+
+use common::agent_binary;
+
 use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -26,16 +30,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_otwatch")).with_file_name("otwatch-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
 }
 
 /// A child process that is SIGKILLed when dropped.

@@ -2,25 +2,17 @@
 //! real gRPC on loopback, Parquet read back by SQL and by independent readers
 //! (pyarrow, DuckDB).
 
+mod common;
+
+use common::agent_binary;
+
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn otwatch() -> Command {
     Command::new(env!("CARGO_BIN_EXE_otwatch"))
-}
-
-/// `otwatch-agent` is another package's binary: it sits next to `otwatch`
-/// once the workspace binaries are built (scripts/test.sh builds them).
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_otwatch")).with_file_name("otwatch-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
 }
 
 fn run_json(cmd: &mut Command) -> Value {

@@ -10,6 +10,18 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
+/// `otwatch-agent` is another package's binary: it sits next to `otwatch`
+/// once the workspace is built (scripts/test.sh builds it).
+pub fn agent_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_otwatch")).with_file_name("otwatch-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --all-targets` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
