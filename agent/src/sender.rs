@@ -53,6 +53,22 @@ enum SessionError {
     Config(String),
 }
 
+/// An error with its causes, `outer: inner: innermost`, so a log line says
+/// "connection refused" or "invalid peer certificate", not only "transport error".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 pub struct Sender {
     pub config: SenderConfig,
     pub site: String,
@@ -80,7 +96,7 @@ impl Sender {
                         backoff = self.config.reconnect_min;
                     }
                     let wait = rand::rng().random_range(backoff / 2..=backoff);
-                    tracing::warn!(error = %e, retry_in = ?wait, unacked = self.queue.last_seq() - self.queue.acked(), "connection to collector lost");
+                    tracing::warn!(error = %error_chain(&e), retry_in = ?wait, unacked = self.queue.last_seq() - self.queue.acked(), "connection to collector lost");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
