@@ -233,6 +233,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             },
             queue: Default::default(),
             limits: central_limits(),
+            metrics_listen: None,
             sources: vec![SourceConfig::Sim(SimSourceConfig {
                 speed: opts.speed,
                 start: Some(start_text.clone()),

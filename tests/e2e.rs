@@ -227,6 +227,7 @@ fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
     }
     std::fs::write(&input, &text).unwrap();
     let config = dir.path().join("agent.toml");
+    let metrics_port = free_port();
     std::fs::write(
         &config,
         format!(
@@ -234,6 +235,7 @@ fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
 site = "plant-test"
 agent = "gw-1"
 data_dir = "{}"
+metrics_listen = "127.0.0.1:{metrics_port}"
 [collector]
 url = "http://127.0.0.1:{port}"
 batch_max_events = 250
@@ -306,6 +308,32 @@ poll_interval = "50ms"
     assert_eq!(rows[0]["d"], 5000);
     assert_eq!(rows[0]["lo"], 1);
     assert_eq!(rows[0]["hi"], 5000);
+
+    // The agent's counters, as a Prometheus scraper sees them.
+    let metrics = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics");
+    let labels = r#"{site="plant-test",agent="gw-1"}"#;
+    for line in [
+        format!("otwatch_agent_acked_seq{labels} 5000"),
+        format!("otwatch_agent_last_seq{labels} 5000"),
+        format!("otwatch_agent_events_taken_total{labels} 2000"),
+        format!("otwatch_agent_dropped_total{labels} 0"),
+        format!("otwatch_agent_connected{labels} 1"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split("\r\n\r\n").nth(1).unwrap().to_string()
 }
 
 #[test]

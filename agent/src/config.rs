@@ -50,6 +50,11 @@ pub struct AgentConfig {
     /// enforces the same limits; keep them equal).
     #[serde(default)]
     pub limits: Limits,
+    /// Address for a Prometheus `/metrics` endpoint with the agent's
+    /// counters (events taken, rejected, dropped, quarantined, queue bytes,
+    /// acked sequence, connection state), e.g. "127.0.0.1:9464". Default: none.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where events come from. At least one.
     pub sources: Vec<SourceConfig>,
 }

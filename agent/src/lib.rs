@@ -10,12 +10,14 @@
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
 //! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site;
-//! - [`tls`]: the client certificate and its identity check.
+//! - [`tls`]: the client certificate and its identity check;
+//! - [`metrics`]: the counters on a Prometheus `/metrics` endpoint.
 
 pub mod sim;
 
 pub mod config;
 pub mod handle;
+pub mod metrics;
 pub mod queue;
 pub mod sender;
 pub mod source;
@@ -48,14 +50,20 @@ pub struct AgentCounts {
     pub inputs_rejected: u64,
     /// Highest sequence number the collector acked durably.
     pub acked_seq: u64,
+    /// Last sequence number taken into the queue.
+    pub last_seq: u64,
     /// Events dropped because the queue was full (`drop_oldest`).
     pub dropped: u64,
+    /// Events lost to damaged queue segments.
+    pub quarantined: u64,
     /// Bytes in the queue.
     pub queue_bytes: u64,
     /// Successful connections (the first one included).
     pub connects: u64,
     /// Failed connections or broken streams.
     pub failures: u64,
+    /// A stream to the collector is up.
+    pub connected: bool,
 }
 
 impl AgentMetrics {
@@ -65,11 +73,39 @@ impl AgentMetrics {
             events_taken: self.sources.iter().map(|s| s.events.load(r)).sum(),
             inputs_rejected: self.sources.iter().map(|s| s.rejected.load(r)).sum(),
             acked_seq: self.queue.acked_seq.load(r),
+            last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
+            quarantined: self.queue.quarantined.load(r),
             queue_bytes: self.queue.bytes.load(r),
             connects: self.sender.connects.load(r),
             failures: self.sender.failures.load(r),
+            connected: self.sender.connected.load(r),
         }
+    }
+}
+
+/// How often the agent logs its counters.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Logs the counters every [`STATUS_EVERY`], so losses and backlogs show in
+/// the logs even without a metrics scraper.
+async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let c = metrics.snapshot();
+        tracing::info!(
+            taken = c.events_taken,
+            unacked = c.last_seq.saturating_sub(c.acked_seq),
+            queue_bytes = c.queue_bytes,
+            rejected = c.inputs_rejected,
+            dropped = c.dropped,
+            quarantined = c.quarantined,
+            connected = c.connected,
+            "agent status"
+        );
     }
 }
 
@@ -141,13 +177,29 @@ impl Agent {
             queue: queue.clone(),
             metrics: sender_metrics.clone(),
         };
-        let sender = tokio::spawn(sender.run(sender_stop).instrument(span));
+        let sender = tokio::spawn(sender.run(sender_stop.clone()).instrument(span.clone()));
+        let metrics = AgentMetrics {
+            queue: queue.metrics(),
+            sender: sender_metrics,
+            sources: source_metrics,
+        };
+        if let Some(addr) = config.metrics_listen {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|_| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                config.site.clone(),
+                config.agent.clone(),
+                sender_stop.clone(),
+            ));
+        }
+        tokio::spawn(log_status(metrics.clone(), sender_stop).instrument(span));
         Ok(Agent {
-            metrics: AgentMetrics {
-                queue: queue.metrics(),
-                sender: sender_metrics,
-                sources: source_metrics,
-            },
+            metrics,
             queue,
             stop_sources,
             stop_sender,

@@ -153,6 +153,8 @@ pub struct QueueMetrics {
     pub bytes: AtomicU64,
     /// fsyncs of queue data.
     pub fsyncs: AtomicU64,
+    /// Highest durable sequence number.
+    pub durable_seq: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -400,6 +402,9 @@ impl DiskQueue {
         active.sync_data().map_err(io_err(&active_path))?;
         metrics.acked_seq.store(acked, Ordering::Relaxed);
         let durable_end = segments.back().unwrap().end;
+        metrics
+            .durable_seq
+            .store(durable_end - 1, Ordering::Relaxed);
         let mut queue = DiskQueue {
             dir,
             config,
@@ -506,6 +511,7 @@ impl DiskQueue {
             self.active.sync_data().map_err(io_err(&path))?;
             self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.durable_end = end;
+            self.metrics.durable_seq.store(end - 1, Ordering::Relaxed);
         }
         Ok(self.durable_seq())
     }
