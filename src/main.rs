@@ -51,8 +51,7 @@ enum Command {
         #[arg(long)]
         insecure_loopback: bool,
     },
-    /// Make the certificates of a deployment: a CA, the collector's
-    /// certificate, one certificate per agent, and a revocation list.
+    /// Make a deployment's certificates: CA, collector, agents, revocation list
     ///
     /// An agent certificate names its site and agent id
     /// (otwatch://site/SITE/agent/AGENT); the collector takes the agent's
