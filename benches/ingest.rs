@@ -12,15 +12,22 @@
 //! The load generator runs in the same process as the server, so both share
 //! the machine's cores: the figures are a floor for a dedicated collector.
 //!
-//! Run: cargo bench --bench ingest [-- --agents 8 --seconds 10 --batch 1000]
+//! With `--tls`, phase 1 runs as in production: a CA made with `otwatch cert`,
+//! one client certificate per agent, the collector's own TLS accept loop, and
+//! the identity taken from the certificate instead of headers.
+//!
+//! Run: cargo bench --bench ingest [-- --agents 8 --seconds 10 --batch 1000 --tls]
 
+use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch::central::Central;
 use otwatch::config::ServerConfig;
+use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, AGENT_HEADER, SITE_HEADER};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::{ControllerEvent, EventBatch, EventKind};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -30,6 +37,8 @@ struct Args {
     seconds: u64,
     batch: usize,
     window: usize,
+    /// Mutual TLS on the ingest port: the CA and certificates live here.
+    tls: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -38,6 +47,7 @@ fn args() -> Args {
         seconds: 10,
         batch: 1000,
         window: 4,
+        tls: None,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -48,6 +58,11 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().expect("--seconds N") as u64,
             "--batch" => a.batch = value().expect("--batch N"),
             "--window" => a.window = value().expect("--window N"),
+            "--tls" => {
+                a.tls = Some(PathBuf::new());
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -103,10 +118,29 @@ async fn agent(
     args: Arc<Args>,
     run_for: Duration,
 ) -> (u64, Vec<Duration>) {
-    let mut client = IngestClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap()
-        .send_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let channel = match &args.tls {
+        Some(pki) => {
+            let (cert, key) = cert::agent_files(&site, "load");
+            let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(cert::CA_CERT)))
+                .identity(tonic::transport::Identity::from_pem(read(&cert), read(&key)));
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        }
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    };
+    let mut client =
+        IngestClient::new(channel).send_compressed(tonic::codec::CompressionEncoding::Zstd);
     let (tx, rx) = mpsc::channel(args.window);
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     req.metadata_mut()
@@ -153,17 +187,49 @@ async fn agent(
     (acked, latencies)
 }
 
-async fn ingest_phase(args: Arc<Args>) {
+/// A CA, the collector's certificate for 127.0.0.1 and one agent
+/// certificate per load agent, as `otwatch cert` makes them.
+fn make_pki(dir: &Path, agents: usize) -> ServerTlsConfig {
+    cert::init(dir).unwrap();
+    let mut subjects = vec![Subject::Collector {
+        hosts: vec!["127.0.0.1".into()],
+    }];
+    subjects.extend((0..agents).map(|i| Subject::Agent {
+        site: format!("site-{i}"),
+        agent: "load".into(),
+    }));
+    for subject in &subjects {
+        cert::issue(dir, subject, LEAF_VALIDITY).unwrap();
+    }
+    ServerTlsConfig {
+        cert: dir.join(cert::COLLECTOR_CERT),
+        key: dir.join(cert::COLLECTOR_KEY),
+        client_ca: dir.join(cert::CA_CERT),
+        crl: None,
+    }
+}
+
+async fn ingest_phase(mut args: Args) {
     let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let tls = args.tls.is_some().then(|| {
+        std::fs::create_dir(&pki).unwrap();
+        args.tls = Some(pki.clone());
+        make_pki(&pki, args.agents)
+    });
+    let args = Arc::new(args);
     let log = Arc::new(LocalLog::open(dir.path(), LocalLogConfig::default()).unwrap());
-    let collector = Collector::new(log.clone(), CollectorConfig::default());
+    let collector = Collector::new(
+        log.clone(),
+        CollectorConfig {
+            tls: tls.clone(),
+            ..Default::default()
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(collector.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let acceptor = tls.map(|t| t.acceptor().unwrap());
+    tokio::spawn(collector.serve(listener, acceptor, std::future::pending()));
     let run_for = Duration::from_secs(args.seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..args.agents)
@@ -184,7 +250,8 @@ async fn ingest_phase(args: Arc<Args>) {
         .map(|m| m.len())
         .sum();
     println!(
-        "ingest: {} agents x {}-event batches, window {}: {} events durable in {:.1} s = {:.0} events/s ({:.1} MB/s to the log)",
+        "ingest ({}): {} agents x {}-event batches, window {}: {} events durable in {:.1} s = {:.0} events/s ({:.1} MB/s to the log)",
+        if args.tls.is_some() { "mutual TLS" } else { "plaintext" },
         args.agents,
         args.batch,
         args.window,
@@ -305,7 +372,7 @@ async fn alert_phase() {
 }
 
 fn main() {
-    let args = Arc::new(args());
+    let args = args();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         ingest_phase(args).await;
