@@ -18,8 +18,8 @@
 //!
 //! Run: cargo bench --bench ingest [-- --agents 8 --seconds 10 --batch 1000 --tls]
 
-use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch::central::Central;
+use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch::config::ServerConfig;
 use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, AGENT_HEADER, SITE_HEADER};
@@ -124,7 +124,10 @@ async fn agent(
             let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
             let tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(read(cert::CA_CERT)))
-                .identity(tonic::transport::Identity::from_pem(read(&cert), read(&key)));
+                .identity(tonic::transport::Identity::from_pem(
+                    read(&cert),
+                    read(&key),
+                ));
             tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
                 .unwrap()
                 .tls_config(tls)
