@@ -1,28 +1,37 @@
 //! The collector over a real gRPC connection on loopback: acks only after the
 //! event log holds a batch, duplicates dropped, bad input refused with a
-//! status that names the problem, other agents unaffected.
+//! status that names the problem, other agents unaffected, connections
+//! beyond the cap refused until a slot comes back.
 
 mod common;
 
 use common::{batch, open_on, stored, Stream};
-use otwatch_collector::{Collector, CollectorConfig};
+use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 
 async fn start_collector(dir: &std::path::Path) -> (SocketAddr, Arc<LocalLog>) {
+    let (addr, log, _) = start_with(dir, CollectorConfig::default()).await;
+    (addr, log)
+}
+
+/// The collector as `otwatch serve --insecure-loopback` runs it.
+async fn start_with(
+    dir: &std::path::Path,
+    config: CollectorConfig,
+) -> (SocketAddr, Arc<LocalLog>, Arc<CollectorMetrics>) {
     let log = Arc::new(LocalLog::open(dir, LocalLogConfig::default()).unwrap());
-    let collector = Collector::new(log.clone(), CollectorConfig::default());
+    let collector = Collector::new(log.clone(), config);
+    let metrics = collector.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(collector.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (addr, log)
+    tokio::spawn(collector.serve(listener, None, std::future::pending()));
+    (addr, log, metrics)
 }
 
 async fn open(addr: SocketAddr, site: Option<&str>, agent: &str) -> Result<Stream, tonic::Status> {
@@ -120,4 +129,58 @@ async fn bad_input_is_refused_by_name_and_other_agents_carry_on() {
     let rows = stored(&log).await;
     assert_eq!(rows.len(), 20);
     assert!(rows.iter().all(|(p, _)| p == "plant-b/gw-2"));
+}
+
+/// Opens a stream on a connection of its own and reads the greeting ack;
+/// any failure on the way comes back as text.
+async fn try_open(addr: SocketAddr, agent: &str) -> Result<Stream, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut s = open_on(channel, Some("plant-a"), agent)
+        .await
+        .map_err(|e| format!("open: {e}"))?;
+    match s.acks.message().await {
+        Ok(Some(_)) => Ok(s),
+        Ok(None) => Err("closed before the greeting".into()),
+        Err(e) => Err(format!("greeting: {e}")),
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CollectorConfig {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let (addr, log, metrics) = start_with(dir.path(), config).await;
+
+    let mut first = try_open(addr, "gw-1").await.unwrap();
+    let mut second = try_open(addr, "gw-2").await.unwrap();
+    let third = try_open(addr, "gw-3").await;
+    assert!(third.is_err(), "a third connection was served");
+    assert!(metrics.connections_refused.load(Ordering::Relaxed) >= 1);
+    assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 2);
+
+    // The admitted agents are unaffected.
+    first.send(batch("plant-a", "gw-1", 1..=5)).await.unwrap();
+    second.send(batch("plant-a", "gw-2", 1..=5)).await.unwrap();
+
+    // When an agent goes away its slot comes back and a waiting agent gets in.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut third = loop {
+        match try_open(addr, "gw-3").await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("no slot came back after the first agent left: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    third.send(batch("plant-a", "gw-3", 1..=5)).await.unwrap();
+    assert_eq!(stored(&log).await.len(), 15);
 }

@@ -18,6 +18,7 @@
 //!   agents name themselves with headers, is for loopback trials only (the
 //!   central binary refuses it elsewhere).
 
+pub mod connections;
 pub mod tls;
 
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
@@ -36,14 +37,30 @@ use tracing::Instrument;
 pub use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 
 /// Settings of the ingest server (the `[collector]` config section).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
+    /// Most agent connections served at once (TLS handshakes in progress
+    /// included); further connections are closed at once, logged and
+    /// counted, and their agents retry with backoff. With
+    /// `limits.max_message_bytes` this bounds the collector's memory: see
+    /// "Delivery guarantees" in the README.
+    pub max_connections: usize,
     /// Limits on what agents may send.
     pub limits: Limits,
     /// TLS with client certificates. Required by `otwatch serve` unless it is
     /// told `--insecure-loopback` and listens on loopback only.
     pub tls: Option<tls::ServerTlsConfig>,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            max_connections: connections::DEFAULT_MAX_CONNECTIONS,
+            limits: Limits::default(),
+            tls: None,
+        }
+    }
 }
 
 /// Counters of the ingest server, for logs, metrics and the demo scorecard.
@@ -61,6 +78,10 @@ pub struct CollectorMetrics {
     /// TLS handshakes that failed (unknown CA, expired or revoked
     /// certificate, no certificate, timeout).
     pub tls_handshake_failures: AtomicU64,
+    /// Connections open now (a gauge).
+    pub connections_open: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -75,6 +96,8 @@ pub struct CollectorCounts {
     pub append_failures: u64,
     pub streams_unauthenticated: u64,
     pub tls_handshake_failures: u64,
+    pub connections_open: u64,
+    pub connections_refused: u64,
 }
 
 impl CollectorMetrics {
@@ -90,6 +113,8 @@ impl CollectorMetrics {
             append_failures: g(&self.append_failures),
             streams_unauthenticated: g(&self.streams_unauthenticated),
             tls_handshake_failures: g(&self.tls_handshake_failures),
+            connections_open: g(&self.connections_open),
+            connections_refused: g(&self.connections_refused),
         }
     }
 }
@@ -233,7 +258,8 @@ impl Collector {
 
     /// Serves the ingest service on `listener` until `shutdown` completes:
     /// over TLS with client certificates when `tls` is given, else plaintext
-    /// (agents then name themselves with headers).
+    /// (agents then name themselves with headers). At most
+    /// `max_connections` connections at once (see [`connections`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -241,14 +267,17 @@ impl Collector {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let metrics = self.metrics();
+        let slots = connections::Slots::new(self.inner.config.max_connections, metrics.clone());
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
             .add_service(self.into_service());
         match tls {
             Some(acceptor) => {
                 router
                     .serve_with_incoming_shutdown(
-                        tls::tls_incoming(listener, acceptor, metrics),
+                        tls::tls_incoming(listener, acceptor, slots, metrics),
                         shutdown,
                     )
                     .await
@@ -256,7 +285,7 @@ impl Collector {
             None => {
                 router
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        connections::plain_incoming(listener, slots),
                         shutdown,
                     )
                     .await

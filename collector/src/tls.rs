@@ -18,23 +18,20 @@
 //!   [`HANDSHAKE_TIMEOUT`]; failures are logged with the peer address and
 //!   counted, never fatal.
 
+use crate::connections::{accept, Conn, Slots};
 use crate::{AgentIdentity, CollectorMetrics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::server::Connected;
 
 /// Longest a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,58 +154,7 @@ pub struct PeerInfo {
 }
 
 /// A verified TLS connection, as tonic serves it.
-pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
-    info: PeerInfo,
-}
-
-impl Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
+pub type TlsConn = Conn<TlsStream<TcpStream>, PeerInfo>;
 
 fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String> {
     let (_, session) = stream.get_ref();
@@ -220,11 +166,13 @@ fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String>
     Ok(AgentIdentity { site, agent })
 }
 
-/// Accepts TCP connections on `listener` and yields those that complete a
-/// verified TLS handshake. Runs until the returned stream is dropped.
+/// Accepts TCP connections on `listener` within `slots` and yields those
+/// that complete a verified TLS handshake. Runs until the returned stream is
+/// dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    slots: Slots,
     metrics: Arc<CollectorMetrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
@@ -235,18 +183,14 @@ pub fn tls_incoming(
                 return;
             };
             let (tcp, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, go on.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                pair = accept(&listener) => pair,
                 _ = tx.closed() => return,
             };
-            let _ = tcp.set_nodelay(true);
+            // The slot is taken before the handshake, so handshakes count
+            // against the cap too.
+            let Some(slot) = slots.admit(remote) else {
+                continue;
+            };
             let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 let _permit = permit;
@@ -272,7 +216,7 @@ pub fn tls_incoming(
                     remote: Some(remote),
                     identity: peer_identity(&stream),
                 };
-                let _ = tx.send(Ok(TlsConn { stream, info })).await;
+                let _ = tx.send(Ok(Conn::new(stream, info, slot))).await;
             });
         }
     });
