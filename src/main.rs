@@ -175,8 +175,9 @@ enum CertAction {
         #[arg(long, default_value = "397days", value_parser = humantime::parse_duration)]
         valid_for: Duration,
     },
-    /// Revoke certificates: adds them to the CA's revocation list (crl.pem),
-    /// which the collector reads at startup ([collector.tls] crl). Without
+    /// Revoke certificates: adds them to the CA's revocation list (crl.pem).
+    /// Copy it over the collector's [collector.tls] crl file: new handshakes
+    /// use it within seconds, open connections within the hour. Without
     /// certificates, re-issues the list (it is valid for 30 days).
     Revoke {
         /// Directory of the CA.

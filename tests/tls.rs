@@ -8,7 +8,7 @@ mod common;
 
 use common::{batch, open_on, stored, Stream};
 use otwatch::cert::{self, Subject, LEAF_VALIDITY};
-use otwatch_collector::tls::ServerTlsConfig;
+use otwatch_collector::tls::{ServerTlsConfig, RELOAD_CHECK_INTERVAL};
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use std::net::SocketAddr;
@@ -214,6 +214,51 @@ async fn strangers_are_refused_at_the_handshake() {
         5
     );
     assert_eq!(stored(&log).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_replaced_revocation_list_applies_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    pki(&pki_dir);
+    let ca = pki_dir.join(cert::CA_CERT);
+    let (cert_a, key_a) = agent(&pki_dir, "plant-a", "gw-1");
+    let (cert_b, key_b) = agent(&pki_dir, "plant-a", "gw-2");
+    let crl = cert::revoke(&pki_dir, &[]).unwrap();
+    let (addr, _log, _metrics) = start(&pki_dir, &dir.path().join("log"), Some(crl.clone())).await;
+    open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
+        .await
+        .unwrap();
+
+    // gw-1's key was stolen: revoke it; new handshakes refuse it soon after.
+    cert::revoke(&pki_dir, std::slice::from_ref(&cert_a)).unwrap();
+    let deadline = std::time::Instant::now() + RELOAD_CHECK_INTERVAL * 6;
+    while open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new revocation list was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    open_tls(addr, &ca, Some((&cert_b, &key_b)), "plant-a")
+        .await
+        .expect("an agent that is not revoked still gets in");
+
+    // A broken replacement is refused; the last good list stays in force.
+    std::fs::write(&crl, "half a file").unwrap();
+    tokio::time::sleep(RELOAD_CHECK_INTERVAL + std::time::Duration::from_millis(500)).await;
+    open_tls(addr, &ca, Some((&cert_b, &key_b)), "plant-a")
+        .await
+        .expect("a broken revocation list shut the port");
+    assert!(
+        open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
+            .await
+            .is_err(),
+        "a broken revocation list let a revoked agent in"
+    );
 }
 
 #[test]

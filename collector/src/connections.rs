@@ -13,6 +13,10 @@
 //!   that vanish without closing (a gateway losing power, a cut WAN link)
 //!   are found by HTTP/2 pings ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`])
 //!   so they do not hold slots forever;
+//! - no connection lives longer than [`MAX_CONNECTION_AGE`] (plus
+//!   [`MAX_CONNECTION_AGE_GRACE`]): its agent then reconnects and resends
+//!   what is unacked, and its certificate is checked again, so a revoked or
+//!   expired one is cut off within that time;
 //! - a failing `accept` (out of file descriptors) is logged and retried after
 //!   a pause, never fatal.
 
@@ -37,6 +41,11 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 2;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a ping may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Age at which a connection is asked to close (HTTP/2 GOAWAY).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+/// How long after [`MAX_CONNECTION_AGE`] a connection is closed regardless.
+/// Agent streams never end by themselves, so this is when they reconnect.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// The connection slots of one server.
 #[derive(Clone)]

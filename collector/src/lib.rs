@@ -263,7 +263,7 @@ impl Collector {
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<tls::Acceptor>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let metrics = self.metrics();
@@ -272,6 +272,8 @@ impl Collector {
             .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(connections::KEEPALIVE_TIMEOUT))
+            .max_connection_age(connections::MAX_CONNECTION_AGE)
+            .max_connection_age_grace(connections::MAX_CONNECTION_AGE_GRACE)
             .add_service(self.into_service());
         match tls {
             Some(acceptor) => {

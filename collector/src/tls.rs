@@ -16,7 +16,11 @@
 //! - a slow or hostile client cannot stall the accept loop: handshakes run
 //!   concurrently, at most [`MAX_HANDSHAKES`] at a time, each bounded by
 //!   [`HANDSHAKE_TIMEOUT`]; failures are logged with the peer address and
-//!   counted, never fatal.
+//!   counted, never fatal;
+//! - replaced TLS files (a new revocation list, a renewed certificate) apply
+//!   to new handshakes without a restart ([`Acceptor`]); connections are
+//!   closed at `MAX_CONNECTION_AGE`, so every agent is checked against the
+//!   current files at least that often.
 
 use crate::connections::{accept, Conn, Slots};
 use crate::{AgentIdentity, CollectorMetrics};
@@ -27,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
@@ -38,6 +42,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most handshakes in progress at once; further connections wait in the
 /// kernel's accept backlog.
 pub const MAX_HANDSHAKES: usize = 256;
+/// How often, at most, the TLS files are checked for replacements.
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `[collector.tls]` section: the collector's certificate and the CA that
 /// agent certificates must chain to. `otwatch cert init` and `otwatch cert
@@ -54,7 +60,9 @@ pub struct ServerTlsConfig {
     /// `ca.pem` from `otwatch cert init`.
     pub client_ca: PathBuf,
     /// Optional certificate revocation list(s) (PEM), e.g. `crl.pem` from
-    /// `otwatch cert revoke`. Read at startup: restart to apply a new list.
+    /// `otwatch cert revoke`. Replace the file to apply a new list: new
+    /// handshakes use it within seconds, and open connections re-handshake
+    /// within `MAX_CONNECTION_AGE` (see `connections`).
     #[serde(default)]
     pub crl: Option<PathBuf>,
 }
@@ -139,9 +147,72 @@ impl ServerTlsConfig {
         Ok(config)
     }
 
-    /// The acceptor for [`tls_incoming`].
-    pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        Ok(TlsAcceptor::from(Arc::new(self.server_config()?)))
+    /// The acceptor for [`tls_incoming`]; fails at once if the files
+    /// cannot be used.
+    pub fn acceptor(&self) -> Result<Acceptor, TlsError> {
+        Ok(Acceptor {
+            stamps: self.stamps(),
+            current: TlsAcceptor::from(Arc::new(self.server_config()?)),
+            config: self.clone(),
+            checked: Instant::now(),
+        })
+    }
+
+    /// Modification time and length of each file, to notice replacements.
+    fn stamps(&self) -> Vec<Option<(SystemTime, u64)>> {
+        [
+            Some(&self.cert),
+            Some(&self.key),
+            Some(&self.client_ca),
+            self.crl.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+    }
+}
+
+/// The TLS acceptor, rebuilt when the files behind it change: a new
+/// revocation list, a renewed collector certificate or an added CA takes
+/// effect for the next handshake without a restart. The files are checked
+/// at most every [`RELOAD_CHECK_INTERVAL`], when a connection arrives. A
+/// replacement that cannot be used is logged as an error and the previous
+/// configuration stays in force, so a half-copied file never opens the port.
+pub struct Acceptor {
+    config: ServerTlsConfig,
+    current: TlsAcceptor,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    checked: Instant,
+}
+
+impl Acceptor {
+    /// The acceptor for the next handshake.
+    fn current(&mut self) -> TlsAcceptor {
+        if self.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
+            self.checked = Instant::now();
+            let stamps = self.config.stamps();
+            if stamps != self.stamps {
+                self.stamps = stamps;
+                match self.config.server_config() {
+                    Ok(config) => {
+                        self.current = TlsAcceptor::from(Arc::new(config));
+                        tracing::info!(
+                            crl = ?self.config.crl,
+                            "TLS files changed: new handshakes use them"
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "TLS files changed but cannot be used; the previous ones stay in force"
+                    ),
+                }
+            }
+        }
+        self.current.clone()
     }
 }
 
@@ -171,7 +242,7 @@ fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String>
 /// dropped.
 pub fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    mut acceptor: Acceptor,
     slots: Slots,
     metrics: Arc<CollectorMetrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
@@ -191,7 +262,7 @@ pub fn tls_incoming(
             let Some(slot) = slots.admit(remote) else {
                 continue;
             };
-            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            let (acceptor, tx, metrics) = (acceptor.current(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
