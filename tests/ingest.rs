@@ -1,7 +1,8 @@
 //! The collector over a real gRPC connection on loopback: acks only after the
 //! event log holds a batch, duplicates dropped, bad input refused with a
 //! status that names the problem, other agents unaffected, connections
-//! beyond the cap refused until a slot comes back.
+//! beyond the cap refused until a slot comes back, an agent whose data_dir
+//! was wiped renumbered instead of dropped.
 
 mod common;
 
@@ -183,4 +184,83 @@ async fn connections_over_the_cap_are_refused_until_a_slot_frees() {
     };
     third.send(batch("plant-a", "gw-3", 1..=5)).await.unwrap();
     assert_eq!(stored(&log).await.len(), 15);
+}
+
+/// `n` JSON event lines for the file source, timestamps starting now.
+fn event_lines(n: u64) -> String {
+    let now = common::now_ns();
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"asset\":\"line1/press-01\",\"kind\":\"CYCLE\",\"name\":\"cycle\",\"ts_ns\":{},\"value\":{}}}\n",
+                now + i as i64 * 1_000_000,
+                i
+            )
+        })
+        .collect()
+}
+
+/// Runs an agent in this process on `data_dir`, following `file`, until the
+/// collector has acked everything it read.
+async fn run_agent(addr: SocketAddr, data_dir: &std::path::Path, file: &std::path::Path) {
+    let config = otwatch_agent::config::AgentConfig::parse(
+        &format!(
+            "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {:?}\n\
+             [collector]\nurl = \"http://{addr}\"\nreconnect_min = \"50ms\"\n\
+             [[sources]]\ntype = \"file\"\npath = {:?}\npoll_interval = \"20ms\"\n",
+            data_dir.display().to_string(),
+            file.display().to_string()
+        ),
+        "test",
+    )
+    .unwrap();
+    let lines = std::fs::read_to_string(file).unwrap().lines().count() as u64;
+    let agent = otwatch_agent::Agent::start(config).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while agent.metrics.snapshot().events_taken < lines {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not read its file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop(Duration::from_secs(30)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_whose_data_dir_was_wiped_is_renumbered_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, log, metrics) =
+        start_with(&dir.path().join("log"), CollectorConfig::default()).await;
+    let data_dir = dir.path().join("agent");
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, event_lines(300)).unwrap();
+    run_agent(addr, &data_dir, &first).await;
+    assert_eq!(stored(&log).await.len(), 300);
+
+    // The gateway is reinstalled: same identity, empty data_dir, new events.
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let second = dir.path().join("second.jsonl");
+    std::fs::write(&second, event_lines(120)).unwrap();
+    run_agent(addr, &data_dir, &second).await;
+
+    let rows = stored(&log).await;
+    let seqs: HashSet<u64> = rows.iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(
+        rows.len(),
+        420,
+        "events of the reinstalled agent were dropped"
+    );
+    assert_eq!(
+        seqs,
+        (1..=420).collect(),
+        "renumbered right after what was held"
+    );
+    assert_eq!(metrics.events_duplicate.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        std::fs::read_to_string(data_dir.join("seq_offset"))
+            .unwrap()
+            .trim(),
+        "300"
+    );
 }

@@ -176,6 +176,7 @@ impl Agent {
             max_message_bytes: config.limits.max_message_bytes,
             queue: queue.clone(),
             metrics: sender_metrics.clone(),
+            seq_offset_path: config.data_dir.join("seq_offset"),
         };
         let sender = tokio::spawn(sender.run(sender_stop.clone()).instrument(span.clone()));
         let metrics = AgentMetrics {

@@ -187,7 +187,7 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.q"))
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<(), QueueError> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), QueueError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(text.as_bytes())

@@ -7,6 +7,19 @@
 //! collector slows the sender, and the queue absorbs the difference.
 //! Failures reconnect with exponential backoff and full jitter, so a fleet of
 //! agents does not stampede a collector that comes back.
+//!
+//! # Sequence offset
+//!
+//! On the wire an event's sequence number is its queue sequence number plus
+//! an offset kept in `<data_dir>/seq_offset` (decimal text, replaced
+//! atomically; absent means 0). It is normally 0. When the collector already
+//! holds higher sequence numbers for this agent than the queue ever gave out
+//! (its `data_dir` was wiped, or restored from an old copy), the offset is
+//! raised so that the first unacked event goes out right after what the
+//! collector holds: the collector would otherwise drop every new event as a
+//! duplicate until the queue caught up. The offset is written before
+//! anything is sent with it; if the file is lost, the next greeting finds
+//! the same gap and computes the same offset again.
 
 use crate::config::{Compression, SenderConfig};
 use crate::handle::QueueHandle;
@@ -77,15 +90,33 @@ pub struct Sender {
     pub max_message_bytes: usize,
     pub queue: QueueHandle,
     pub metrics: Arc<SenderMetrics>,
+    /// The `seq_offset` file (see the module doc).
+    pub seq_offset_path: std::path::PathBuf,
+}
+
+/// The persisted offset between queue and wire sequence numbers.
+fn load_offset(path: &std::path::Path) -> u64 {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(path = %path.display(), content = %text.trim(), "seq_offset is not a number; using 0 (the next greeting corrects it)");
+            0
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read seq_offset; using 0 (the next greeting corrects it)");
+            0
+        }
+    }
 }
 
 impl Sender {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.config.reconnect_min;
+        let mut offset = load_offset(&self.seq_offset_path);
         while !*shutdown.borrow() {
             let started = Instant::now();
-            let outcome = self.session(&mut shutdown).await;
+            let outcome = self.session(&mut shutdown, &mut offset).await;
             self.metrics.connected.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => return,
@@ -107,7 +138,11 @@ impl Sender {
         }
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionError> {
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        offset: &mut u64,
+    ) -> Result<(), SessionError> {
         let cfg = &self.config;
         let mut endpoint = Endpoint::from_shared(cfg.url.clone())
             .map_err(|e| SessionError::Config(format!("collector.url {:?}: {e}", cfg.url)))?
@@ -147,44 +182,55 @@ impl Sender {
         let mut acks = client.stream(request).await?.into_inner();
         let greeting = acks.message().await?.ok_or(SessionError::Closed)?;
         let last = self.queue.last_seq();
-        if greeting.durable_seq > last {
-            // Never silent: these sequence numbers were given out before and
-            // the collector will drop new events carrying them.
-            tracing::error!(
+        if greeting.durable_seq > last + *offset {
+            let acked = self.queue.acked();
+            let raised = greeting.durable_seq - acked;
+            tracing::warn!(
                 collector_holds = greeting.durable_seq,
                 queue_last_seq = last,
-                "the collector already holds higher sequence numbers for this agent than its queue ever gave out: \
-                 data_dir was reset or restored from an old copy; events up to the collector's sequence will be \
-                 dropped as duplicates. Give this gateway a new agent id (and certificate)."
+                old_offset = *offset,
+                new_offset = raised,
+                "the collector already holds higher sequence numbers for this agent than its queue gave out \
+                 (data_dir was reset or restored from an old copy): unsent events are renumbered to follow \
+                 what the collector holds, so none is dropped; events sent before an old copy was taken \
+                 may be stored twice"
             );
+            crate::queue::write_atomic(&self.seq_offset_path, &format!("{raised}\n"))?;
+            *offset = raised;
         }
-        self.queue.ack(greeting.durable_seq).await?;
+        let offset = *offset;
+        // The collector's marks in queue numbering. Below the offset means the
+        // collector lost data (its log was wiped): resend what the queue has.
+        let local = |wire: u64| wire.saturating_sub(offset);
+        self.queue.ack(local(greeting.durable_seq)).await?;
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             url = %cfg.url,
             durable_seq = greeting.durable_seq,
-            resend = self.queue.last_seq().saturating_sub(greeting.durable_seq),
+            seq_offset = offset,
+            resend = self.queue.last_seq().saturating_sub(local(greeting.durable_seq)),
             "connected to collector"
         );
-        let mut next = greeting.durable_seq + 1;
+        let mut next = local(greeting.durable_seq) + 1;
         let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
         let mut appended = self.queue.subscribe_appends();
         loop {
             tokio::select! {
                 ack = acks.message() => {
                     let ack = ack?.ok_or(SessionError::Closed)?;
-                    self.queue.ack(ack.durable_seq).await?;
+                    let acked = local(ack.durable_seq);
+                    self.queue.ack(acked).await?;
                     self.metrics.duplicates_reported.fetch_add(ack.duplicates as u64, Ordering::Relaxed);
                     while let Some(&(last, n)) = in_flight.front() {
-                        if last > ack.durable_seq { break; }
+                        if last > acked { break; }
                         in_flight.pop_front();
                         self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
-                batch = self.next_batch(next, &mut appended), if in_flight.len() < cfg.max_in_flight => {
+                batch = self.next_batch(next, offset, &mut appended), if in_flight.len() < cfg.max_in_flight => {
                     let batch = batch?;
-                    let last = batch.events.last().expect("non-empty batch").seq;
+                    let last = batch.events.last().expect("non-empty batch").seq - offset;
                     let n = batch.events.len();
                     tx.send(batch).await.map_err(|_| SessionError::Closed)?;
                     self.metrics.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -201,10 +247,12 @@ impl Sender {
     }
 
     /// Waits for events at `next` or later and returns the next batch: full
-    /// (`batch_max_events`) or as much as arrived within `batch_max_delay`.
+    /// (`batch_max_events`) or as much as arrived within `batch_max_delay`,
+    /// numbered for the wire (queue seq + `offset`).
     async fn next_batch(
         &self,
         next: u64,
+        offset: u64,
         appended: &mut watch::Receiver<u64>,
     ) -> Result<EventBatch, SessionError> {
         let cfg = &self.config;
@@ -234,6 +282,7 @@ impl Sender {
             // The batch carries the identity once.
             e.site.clear();
             e.agent.clear();
+            e.seq += offset;
         }
         Ok(EventBatch {
             site: self.site.clone(),
