@@ -51,10 +51,7 @@ fn sql(data_dir: &Path, query: &str) -> Vec<Value> {
 fn read_with_python(history: &Path) -> Value {
     run_json(
         Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/read_history.py"
-            ))
+            .arg(common::repo_dir().join("tests/read_history.py"))
             .arg(history),
     )
 }

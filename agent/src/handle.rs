@@ -7,6 +7,10 @@
 //! most `group_commit_interval` after the first unsynced append, and each
 //! `append` returns only once its events are durable: the guarantee to the
 //! sources is the same as with `"always"`, with fewer fsyncs.
+//!
+//! A write that fails cleanly (disk full) makes the source wait and retry,
+//! like a full queue; a failed fsync stops the queue (see [`crate::queue`])
+//! and every waiting append returns [`QueueError::Stopped`].
 
 use crate::queue::{DiskQueue, FsyncPolicy, QueueError, QueueMetrics};
 use otwatch_proto::ControllerEvent;
@@ -20,13 +24,15 @@ pub type BeforeWrite = Arc<dyn Fn(u64, u64) -> Result<(), QueueError> + Send + S
 /// Clone-cheap handle on the agent's queue.
 #[derive(Clone)]
 pub struct QueueHandle {
-    queue: Arc<Mutex<DiskQueue>>,
+    pub(crate) queue: Arc<Mutex<DiskQueue>>,
     /// Last sequence number appended and durable.
     last_seq: watch::Sender<u64>,
     /// Last sequence number written (group commit only): wakes the committer.
     written: Option<watch::Sender<u64>>,
     /// Highest sequence acked (space may have been freed).
     acked: watch::Sender<u64>,
+    /// Why the group committer stopped (a failed fsync), once it has.
+    stopped: watch::Sender<Option<String>>,
     metrics: Arc<QueueMetrics>,
 }
 
@@ -44,6 +50,7 @@ impl QueueHandle {
             last_seq: watch::channel(last).0,
             written: group.map(|_| watch::channel(last).0),
             acked: watch::channel(acked).0,
+            stopped: watch::channel(None).0,
             metrics,
         };
         if let (Some(interval), Some(written)) = (group, &handle.written) {
@@ -51,6 +58,7 @@ impl QueueHandle {
                 handle.queue.clone(),
                 written.subscribe(),
                 handle.last_seq.clone(),
+                handle.stopped.clone(),
                 interval,
             ));
         }
@@ -132,7 +140,17 @@ impl QueueHandle {
                                 newer
                             });
                             let mut durable = self.last_seq.subscribe();
-                            let _ = durable.wait_for(|&d| d >= last).await;
+                            let mut stopped = self.stopped.subscribe();
+                            tokio::select! {
+                                _ = durable.wait_for(|&d| d >= last) => {}
+                                reason = stopped.wait_for(Option::is_some) => {
+                                    let reason = reason
+                                        .ok()
+                                        .and_then(|r| r.clone())
+                                        .unwrap_or_else(|| "group committer ended".into());
+                                    return Err(QueueError::Stopped { reason });
+                                }
+                            }
                         }
                     }
                     return Ok(last);
@@ -148,6 +166,14 @@ impl QueueHandle {
                     }
                     acked.borrow_and_update();
                     let _ = tokio::time::timeout(Duration::from_secs(1), acked.changed()).await;
+                }
+                Err(e @ QueueError::Io { .. }) => {
+                    // Cut back cleanly (disk full, say): nothing was taken.
+                    if !warned {
+                        tracing::error!(error = %e, "cannot write to the queue; source waits and retries every second");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -187,6 +213,7 @@ async fn commit_groups(
     queue: Arc<Mutex<DiskQueue>>,
     mut written: watch::Receiver<u64>,
     durable: watch::Sender<u64>,
+    stopped: watch::Sender<Option<String>>,
     interval: Duration,
 ) {
     loop {
@@ -201,11 +228,53 @@ async fn commit_groups(
                 durable.send_replace(seq);
             }
             Ok(Err(e)) => {
-                // Appenders keep waiting: nothing is reported taken that is
-                // not durable. Retry after the interval.
-                tracing::error!(error = %e, "queue fsync failed; sources wait until it succeeds");
+                // The queue stopped itself; nothing waiting is durable.
+                stopped.send_replace(Some(e.to_string()));
+                return;
             }
             Err(e) => tracing::error!(error = %e, "queue fsync task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueConfig;
+
+    fn event() -> ControllerEvent {
+        ControllerEvent {
+            ts_ns: 1,
+            asset: "a".into(),
+            name: "cycle".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commit_fails_the_waiting_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            fsync: FsyncPolicy::Group,
+            group_commit_interval: Duration::from_millis(5),
+            ..QueueConfig::default()
+        };
+        let handle = QueueHandle::new(DiskQueue::open(dir.path(), config).unwrap());
+        assert_eq!(handle.append(vec![event(); 3]).await.unwrap(), 3);
+        handle.queue.lock().unwrap().fail_next_sync = true;
+        let waiting =
+            tokio::time::timeout(Duration::from_secs(10), handle.append(vec![event(); 2]))
+                .await
+                .expect("the append waited forever for a commit that failed");
+        assert!(
+            matches!(waiting, Err(QueueError::Stopped { .. })),
+            "{waiting:?}"
+        );
+        assert!(matches!(
+            handle.append(vec![event()]).await,
+            Err(QueueError::Stopped { .. })
+        ));
+        // Never announced as durable, so never sent.
+        assert_eq!(handle.last_seq(), 3);
     }
 }

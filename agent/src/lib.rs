@@ -109,10 +109,32 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
+/// Runs a source and reports its failure on `failed`.
+fn supervise(
+    name: String,
+    failed: &watch::Sender<Option<String>>,
+    run: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let failed = failed.clone();
+    tokio::spawn(async move {
+        let result = run.await;
+        if let Err(e) = &result {
+            tracing::error!(source = %name, error = %e, "source failed");
+            failed.send_if_modified(|f| {
+                f.get_or_insert_with(|| format!("source {name}: {e}"));
+                true
+            });
+        }
+        result
+    })
+}
+
 /// A running agent: its tasks and counters.
 pub struct Agent {
     pub metrics: AgentMetrics,
     queue: QueueHandle,
+    /// The first source failure, once there is one.
+    failed: watch::Sender<Option<String>>,
     stop_sources: watch::Sender<bool>,
     stop_sender: watch::Sender<bool>,
     sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
@@ -139,11 +161,14 @@ impl Agent {
         let span = tracing::info_span!("agent", site = %config.site, agent = %config.agent);
         let mut sources = Vec::new();
         let mut source_metrics = Vec::new();
+        let (failed, _) = watch::channel(None);
         for source in &config.sources {
             let metrics = Arc::new(SourceMetrics::default());
             source_metrics.push(metrics.clone());
             let task = match source.clone() {
-                SourceConfig::Sim(sim) => tokio::spawn(
+                SourceConfig::Sim(sim) => supervise(
+                    "sim".into(),
+                    &failed,
                     source::sim::run(
                         config.site.clone(),
                         sim,
@@ -153,7 +178,9 @@ impl Agent {
                     )
                     .instrument(span.clone()),
                 ),
-                SourceConfig::File(file) => tokio::spawn(
+                SourceConfig::File(file) => supervise(
+                    format!("file {}", file.path.display()),
+                    &failed,
                     source::file::run(
                         file,
                         seq_at_open,
@@ -202,11 +229,25 @@ impl Agent {
         Ok(Agent {
             metrics,
             queue,
+            failed,
             stop_sources,
             stop_sender,
             sources,
             sender,
         })
+    }
+
+    /// Resolves when a source has failed for good (its queue stopped after a
+    /// disk failure, its checkpoint cannot be written), with the reason. The
+    /// binary then exits non-zero so that its supervisor restarts it: the
+    /// queue and the checkpoints recover from what is on disk.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.subscribe();
+        let reason = rx.wait_for(Option::is_some).await;
+        reason
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "the agent's tasks are gone".into())
     }
 
     /// Last sequence number taken into the queue.
@@ -243,5 +284,48 @@ impl Agent {
             anyhow::bail!("sources failed: {}", errors.join("; "));
         }
         Ok(self.metrics.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stopped_queue_fails_the_agent_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.jsonl");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let line =
+            format!(r#"{{"asset":"a","kind":"CYCLE","name":"cycle","ts_ns":{now},"value":1}}"#);
+        std::fs::write(&events, format!("{line}\n")).unwrap();
+        let text = format!(
+            "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {:?}\n\
+             [collector]\nurl = \"http://127.0.0.1:9\"\n\
+             [[sources]]\ntype = \"file\"\npath = {:?}\npoll_interval = \"10ms\"\n",
+            dir.path().join("data").display().to_string(),
+            events.display().to_string()
+        );
+        let agent = Agent::start(AgentConfig::parse(&text, "test").unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while agent.last_seq() < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line was not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        agent.queue.queue.lock().unwrap().fail_next_sync = true;
+        std::fs::write(&events, format!("{line}\n{line}\n")).unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(10), agent.failed())
+            .await
+            .expect("the agent went on after its queue stopped");
+        assert!(reason.contains("source file"), "{reason}");
+        assert!(reason.contains("queue stopped"), "{reason}");
+        assert!(agent.stop(Duration::from_millis(10)).await.is_err());
     }
 }

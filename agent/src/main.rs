@@ -61,12 +61,19 @@ async fn main() -> anyhow::Result<()> {
     let agent = Agent::start(config).context("agent failed to start")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
+    let failure = tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("cannot wait for Ctrl-C")?; None }
+        _ = term.recv() => None,
+        reason = agent.failed() => Some(reason),
+    };
     tracing::info!("stopping");
-    let counts = agent.stop(cli.drain).await?;
+    let stopped = agent.stop(cli.drain).await;
+    if let Some(reason) = failure {
+        // Exit non-zero so that the supervisor restarts the agent; opening
+        // the queue and the checkpoints again recovers from the disk.
+        anyhow::bail!("{reason}");
+    }
+    let counts = stopped?;
     tracing::info!(?counts, "stopped");
     Ok(())
 }

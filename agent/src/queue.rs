@@ -40,6 +40,14 @@
 //!   inspection, and the events lost are counted (`quarantined`) and logged
 //!   as an error with their sequence range. Later segments carry on after the
 //!   gap; the collector accepts sequence numbers that skip.
+//! - A failed fsync (or a failed write that cannot be cut back) stops the
+//!   queue for appends: after such a failure the kernel may already have
+//!   dropped the unwritten pages, and a later fsync that succeeds would
+//!   claim them durable. Every later append and sync returns
+//!   [`QueueError::Stopped`]; the agent exits so that it is restarted, and
+//!   opening the queue again keeps exactly what reached the disk. Reads go
+//!   on, so what is durable can still be sent. A write that fails cleanly
+//!   (disk full) is cut back and may simply be retried.
 //! - A segment is deleted only once every record in it is acked (`acked` is
 //!   written first, so a crash between the two leaves a deletable segment,
 //!   never a gap), or when `when_full = "drop_oldest"` sacrifices it, which is
@@ -132,6 +140,8 @@ pub enum QueueError {
     },
     #[error("queue is full ({bytes} of max_bytes = {max} bytes) and when_full = \"block\"")]
     Full { bytes: u64, max: u64 },
+    #[error("queue stopped taking events after a disk failure ({reason}); restart the agent: opening the queue keeps exactly what reached the disk")]
+    Stopped { reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError + '_ {
@@ -181,6 +191,11 @@ pub struct DiskQueue {
     /// at that position). The sender reads forward in batches, so this turns
     /// each read into a seek instead of a rescan of the segment.
     cursor: Cell<Option<(u64, u64, u64)>>,
+    /// Why appends stopped (see the module doc), once they have.
+    stopped: Option<String>,
+    /// Makes the next fsync fail, to test the stop.
+    #[cfg(test)]
+    pub(crate) fail_next_sync: bool,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -414,6 +429,9 @@ impl DiskQueue {
             durable_end,
             metrics,
             cursor: Cell::new(None),
+            stopped: None,
+            #[cfg(test)]
+            fail_next_sync: false,
         };
         queue.update_bytes();
         // Segments fully acked before a crash cut the deletion short.
@@ -503,12 +521,37 @@ impl DiskQueue {
         self.durable_end - 1
     }
 
+    /// Stops appends for good after a disk failure; returns the error to give.
+    fn stop(&mut self, error: QueueError) -> QueueError {
+        let reason = error.to_string();
+        tracing::error!(error = %reason, "queue stopped taking events; restart the agent");
+        self.stopped = Some(reason.clone());
+        QueueError::Stopped { reason }
+    }
+
+    fn check_running(&self) -> Result<(), QueueError> {
+        match &self.stopped {
+            Some(reason) => Err(QueueError::Stopped {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Makes every append so far durable; returns [`durable_seq`](Self::durable_seq).
     pub fn sync(&mut self) -> Result<u64, QueueError> {
+        self.check_running()?;
         let end = self.next_seq();
         if self.durable_end < end {
             let path = self.segments.back().unwrap().path.clone();
-            self.active.sync_data().map_err(io_err(&path))?;
+            #[cfg(test)]
+            if std::mem::take(&mut self.fail_next_sync) {
+                let error = std::io::Error::other("injected fsync failure");
+                return Err(self.stop(io_err(&path)(error)));
+            }
+            if let Err(e) = self.active.sync_data() {
+                return Err(self.stop(io_err(&path)(e)));
+            }
             self.metrics.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.durable_end = end;
             self.metrics.durable_seq.store(end - 1, Ordering::Relaxed);
@@ -546,8 +589,13 @@ impl DiskQueue {
         events: &mut [ControllerEvent],
         before_write: impl FnOnce(u64, u64) -> Result<(), QueueError>,
     ) -> Result<u64, QueueError> {
+        self.check_running()?;
         if events.is_empty() {
             return Ok(self.next_seq() - 1);
+        }
+        if self.segments.back().unwrap().bytes >= self.config.segment_bytes {
+            // The roll after the last append failed; nothing is written yet.
+            self.roll()?;
         }
         let mut buf = Vec::with_capacity(events.len() * 96);
         let mut next = self.next_seq();
@@ -594,7 +642,11 @@ impl DiskQueue {
         if let Err(e) = self.active.write_all(&buf) {
             // A partial write (disk full) must not stay in front of the
             // next append: cut the segment back to its last whole append.
-            let _ = self.active.set_len(before);
+            // If even that fails, the segment's end is unknown: stop.
+            if let Err(cut) = self.active.set_len(before) {
+                tracing::error!(error = %e, "queue write failed");
+                return Err(self.stop(io_err(&active_path)(cut)));
+            }
             return Err(io_err(&active_path)(e));
         }
         let seg = self.segments.back_mut().unwrap();
@@ -608,7 +660,12 @@ impl DiskQueue {
             .appended
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         if full {
-            self.roll()?;
+            // The append itself is written (and with fsync = "always",
+            // durable): a failure to start the next segment is not its
+            // failure. The next append tries again, or finds the queue stopped.
+            if let Err(e) = self.roll() {
+                tracing::warn!(error = %e, "cannot start a new queue segment; the next append retries");
+            }
         }
         self.update_bytes();
         Ok(next - 1)
@@ -623,12 +680,17 @@ impl DiskQueue {
         // exists: a group commit syncs only the active file.
         self.sync()?;
         let path = segment_path(&self.dir, first);
-        self.active = OpenOptions::new()
+        let active = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        fsync_dir(&self.dir)?;
+        // A new segment whose directory entry may not be durable would let
+        // a crash lose the sequence numbers given out in it: stop instead.
+        if let Err(e) = fsync_dir(&self.dir) {
+            return Err(self.stop(e));
+        }
+        self.active = active;
         self.segments.push_back(Segment {
             first,
             end: first,
@@ -933,6 +995,33 @@ mod tests {
         let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![4]);
         assert!(dir.path().join("4.q").exists());
+    }
+
+    #[test]
+    fn a_failed_fsync_stops_appends_and_reopening_keeps_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = DiskQueue::open(dir.path(), small()).unwrap();
+        q.append(&mut events(10)).unwrap();
+        q.fail_next_sync = true;
+        let err = q.append(&mut events(5)).unwrap_err();
+        assert!(matches!(err, QueueError::Stopped { .. }), "{err}");
+        assert!(err.to_string().contains("injected fsync failure"), "{err}");
+        // Nothing is ever taken again, even though the next fsync would work.
+        for _ in 0..3 {
+            let err = q.append(&mut events(1)).unwrap_err();
+            assert!(matches!(err, QueueError::Stopped { .. }), "{err}");
+            assert!(matches!(q.sync(), Err(QueueError::Stopped { .. })));
+        }
+        // What was durable can still be read and sent.
+        assert_eq!(q.durable_seq(), 10);
+        assert_eq!(q.read(1, 100).unwrap().len(), 10);
+        drop(q);
+
+        // A restart keeps what reached the disk (here: the failed append
+        // too) and numbers on after it.
+        let mut q = DiskQueue::open(dir.path(), small()).unwrap();
+        assert_eq!(q.durable_seq(), 15);
+        assert_eq!(q.append(&mut events(1)).unwrap(), 16);
     }
 
     #[test]

@@ -656,7 +656,12 @@ async fn bad_queries_name_the_problem() {
 
 #[test]
 fn files_read_in_pyarrow_and_duckdb() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/history_pyarrow.py");
+    // Looked up at run time: a binary built in another checkout sharing the
+    // target directory must not read that checkout's files.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = manifest_dir.join("../tests/history_pyarrow.py");
     let probe = std::process::Command::new("python3")
         .args(["-c", "import pyarrow, duckdb"])
         .output();

@@ -22,6 +22,15 @@ pub fn agent_binary() -> std::path::PathBuf {
     path
 }
 
+/// The repository root, looked up when the test runs: a test binary built
+/// in another checkout that shares the target directory must not read files
+/// from that checkout.
+pub fn repo_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
