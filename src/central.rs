@@ -128,6 +128,19 @@ impl Central {
             alerts.clone(),
             pipeline_stop,
         )));
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            let (collector, progress, log) =
+                (collector_metrics.clone(), progress.clone(), log.clone());
+            tokio::spawn(otwatch_metrics::serve(
+                listener,
+                move || crate::metrics::render(&collector, &progress, log.as_ref()),
+                stop_server.subscribe(),
+            ));
+        }
         Ok(Central {
             log,
             collector: collector_metrics,

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub history: HistoryConfig,
     /// Where alerts go besides the `alerts` table.
     pub alerts: AlertSinkConfig,
+    /// Address for a Prometheus `GET /metrics` endpoint (and `GET /healthz`)
+    /// with ingest counters and how far the detector and history are
+    /// behind, e.g. "127.0.0.1:9464". Default: none.
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve plaintext gRPC (agents name themselves with headers) when
     /// `[collector.tls]` is absent. Only ever set from the command line
     /// (`--insecure-loopback`) or by the demo, never from a file, and only
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             detector: DetectorConfig::default(),
             history: HistoryConfig::default(),
             alerts: AlertSinkConfig::default(),
+            metrics_listen: None,
             insecure_loopback: false,
         }
     }

@@ -50,6 +50,11 @@ enum Command {
         /// trials, never for real sites.
         #[arg(long)]
         insecure_loopback: bool,
+        /// Serve Prometheus metrics (GET /metrics) and a health check
+        /// (GET /healthz) on this address (overrides the config file's
+        /// metrics_listen). Default: none.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Make a deployment's certificates: CA, collector, agents, revocation list
     ///
@@ -307,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             insecure_loopback,
+            metrics_listen,
         } => {
             init_logging("info");
             let mut config = match config {
@@ -318,6 +324,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(addr) = listen {
                 config.listen = addr;
+            }
+            if let Some(addr) = metrics_listen {
+                config.metrics_listen = Some(addr);
             }
             config.insecure_loopback = insecure_loopback;
             let central = central::Central::start(config).await?;

@@ -194,6 +194,7 @@ fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("central");
     let port = free_port();
+    let central_metrics = format!("127.0.0.1:{}", free_port());
     let _serve = Killed(
         otwatch()
             .args([
@@ -201,6 +202,8 @@ fn serve_and_agent_processes_lose_and_duplicate_nothing_across_an_agent_kill() {
                 "--insecure-loopback",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &central_metrics,
                 "--data-dir",
             ])
             .arg(&data)
@@ -321,6 +324,22 @@ poll_interval = "50ms"
             "{line} not in:\n{metrics}"
         );
     }
+
+    // The central service's, likewise: every event stored once, the history
+    // caught up, the agent's connection counted.
+    let metrics = http_get(&central_metrics, "/metrics");
+    for line in [
+        "otwatch_collector_events_stored_total 5000",
+        "otwatch_collector_batches_invalid_total 0",
+        "otwatch_collector_connections_open 1",
+        "otwatch_history_lag_events 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    assert_eq!(http_get(&central_metrics, "/healthz"), "ok\n");
 }
 
 fn http_get(addr: &str, path: &str) -> String {
