@@ -21,6 +21,50 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Prints the scenarios that start at or before `until_ns` and were not
+/// announced yet.
+fn announce(truth: &[ScenarioTruth], announced: &mut usize, until_ns: i64) {
+    while let Some(s) = truth.get(*announced).filter(|s| s.start_ns <= until_ns) {
+        println!(
+            "[{}] >>> scenario {} starts on {}/{} (ATT&CK {})",
+            format_ts(s.start_ns),
+            s.name,
+            s.site,
+            s.asset,
+            if s.technique.is_empty() {
+                "-"
+            } else {
+                &s.technique
+            }
+        );
+        *announced += 1;
+    }
+}
+
+/// Prints an alert from the live feed, after the announcement of any
+/// scenario that started before it. False once the feed is closed.
+fn print_alert(
+    received: Result<Alert, tokio::sync::broadcast::error::RecvError>,
+    truth: &[ScenarioTruth],
+    announced: &mut usize,
+) -> bool {
+    use tokio::sync::broadcast::error::RecvError;
+    match received {
+        Ok(alert) => {
+            announce(truth, announced, alert.ts_ns);
+            println!("ALERT {}", crate::sinks::alert_line(&alert));
+            true
+        }
+        Err(RecvError::Lagged(n)) => {
+            println!(
+                "({n} alert line(s) skipped: printing fell behind; the alerts table has them all)"
+            );
+            true
+        }
+        Err(RecvError::Closed) => false,
+    }
+}
+
 /// Options of a demo run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -172,6 +216,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         client_ca: pki.join(crate::cert::CA_CERT),
         crl: None,
     });
+    // The demo prints alerts itself, so that a scenario's announcement always
+    // comes before its first alert.
+    config.alerts.stdout = false;
     // Simulated time runs ahead of the wall clock when the run is open-ended.
     config.collector.limits.max_future_skew_secs = 366 * 24 * 3600;
     config.detector = otwatch_detector::DetectorConfig {
@@ -179,6 +226,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         ..Default::default()
     };
     let central = Central::start(config).await?;
+    let mut live_alerts = central.subscribe_alerts();
     let url = format!("https://{}", central.addr);
 
     // A bounded run ends at the wall clock's now, so its events are not in the future.
@@ -276,28 +324,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = &mut ctrl_c => { println!("stopping (Ctrl-C)"); break; }
+            alert = live_alerts.recv() => {
+                if print_alert(alert, &truth, &mut announced) {
+                    continue;
+                }
+                break;
+            }
         }
         let now = sim_now(wall);
         if !learned_announced && now >= learn_end {
             println!("[{}] learning window over: protecting", format_ts(now));
             learned_announced = true;
         }
-        while announced < truth.len() && truth[announced].start_ns <= now {
-            let s = &truth[announced];
-            println!(
-                "[{}] >>> scenario {} starts on {}/{} (ATT&CK {})",
-                format_ts(s.start_ns),
-                s.name,
-                s.site,
-                s.asset,
-                if s.technique.is_empty() {
-                    "-"
-                } else {
-                    &s.technique
-                }
-            );
-            announced += 1;
-        }
+        announce(&truth, &mut announced, now);
         if last_status.elapsed() >= Duration::from_secs(15) {
             last_status = Instant::now();
             let c = central.collector.snapshot();
@@ -322,6 +361,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     }
     let data_dir = central.data_dir.clone();
     central.stop(Duration::from_secs(60)).await?;
+    // Alerts raised while the pipeline drained are buffered by now.
+    loop {
+        let received = match live_alerts.try_recv() {
+            Ok(alert) => Ok(alert),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
+            }
+            Err(_) => break,
+        };
+        print_alert(received, &truth, &mut announced);
+    }
 
     let history = history_dir(&data_dir);
     let events_stored = count(&history, "SELECT count(*) FROM events").await?;

@@ -74,7 +74,32 @@ fn demo(dir: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("scorecard"), "{stdout}");
-    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    // Live output reads in order: no alert on a scenario's asset is printed
+    // before that scenario's announcement.
+    let lines: Vec<&str> = stdout.lines().collect();
+    for s in report["scenarios"].as_array().unwrap() {
+        let place = format!(
+            "{}/{}",
+            s["site"].as_str().unwrap(),
+            s["asset"].as_str().unwrap()
+        );
+        let announced = format!(
+            ">>> scenario {} starts on {place} ",
+            s["name"].as_str().unwrap()
+        );
+        let first_alert = lines
+            .iter()
+            .position(|l| l.starts_with("ALERT ") && l.contains(&format!(" {place} ")));
+        if let Some(alert) = first_alert {
+            let announcement = lines.iter().position(|l| l.contains(&announced));
+            assert!(
+                announcement.is_some_and(|a| a < alert),
+                "alert printed before the announcement of {place}:\n{stdout}"
+            );
+        }
+    }
+    report
 }
 
 #[test]
