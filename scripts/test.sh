@@ -35,5 +35,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "build everything (binaries, tests, benches) with one feature set"
 cargo build --workspace --all-targets
 
+step "fuzz targets still compile (running them: fuzz/README.md)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR-fuzz-check" cargo check --manifest-path fuzz/Cargo.toml --bins
+
 step "tests"
 cargo test --workspace --no-fail-fast

@@ -171,6 +171,7 @@ fn write_dir(dir: &Path, data: &[u8]) -> Setup {
                 WhenFull::Block
             },
             segment_bytes,
+            ..QueueConfig::default()
         },
         appended: (flags >> 1 & 3) as usize + 1,
     }
