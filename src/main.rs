@@ -181,8 +181,8 @@ enum CertAction {
         valid_for: Duration,
     },
     /// Revoke certificates: adds them to the CA's revocation list (crl.pem).
-    /// Copy it over the collector's [collector.tls] crl file: new handshakes
-    /// use it within seconds, open connections within the hour. Without
+    /// Copy it over the collector's [collector.tls] crl file: within seconds
+    /// the collector uses it and has every agent handshake again. Without
     /// certificates, re-issues the list (it is valid for 30 days).
     Revoke {
         /// Directory of the CA.

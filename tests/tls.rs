@@ -226,13 +226,21 @@ async fn a_replaced_revocation_list_applies_without_a_restart() {
     let (cert_b, key_b) = agent(&pki_dir, "plant-a", "gw-2");
     let crl = cert::revoke(&pki_dir, &[]).unwrap();
     let (addr, _log, _metrics) = start(&pki_dir, &dir.path().join("log"), Some(crl.clone())).await;
-    open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
+    let mut stolen = open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
         .await
         .unwrap();
+    stolen.send(batch("plant-a", "gw-1", 1..=3)).await.unwrap();
 
-    // gw-1's key was stolen: revoke it; new handshakes refuse it soon after.
+    // gw-1's key was stolen: revoke it. Its open stream is closed and its
+    // new handshakes fail, within seconds, without a restart.
     cert::revoke(&pki_dir, std::slice::from_ref(&cert_a)).unwrap();
-    let deadline = std::time::Instant::now() + RELOAD_CHECK_INTERVAL * 6;
+    let wait = RELOAD_CHECK_INTERVAL * 6;
+    let ended = tokio::time::timeout(wait, stolen.acks.message()).await;
+    assert!(
+        matches!(ended, Ok(Err(_)) | Ok(Ok(None))),
+        "the revoked agent's open stream went on: {ended:?}"
+    );
+    let deadline = std::time::Instant::now() + wait;
     while open_tls(addr, &ca, Some((&cert_a, &key_a)), "plant-a")
         .await
         .is_ok()
@@ -243,13 +251,21 @@ async fn a_replaced_revocation_list_applies_without_a_restart() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    open_tls(addr, &ca, Some((&cert_b, &key_b)), "plant-a")
+    let mut good = open_tls(addr, &ca, Some((&cert_b, &key_b)), "plant-a")
         .await
         .expect("an agent that is not revoked still gets in");
 
-    // A broken replacement is refused; the last good list stays in force.
+    // A broken replacement is refused: the last good list stays in force
+    // and open connections are left alone.
     std::fs::write(&crl, "half a file").unwrap();
-    tokio::time::sleep(RELOAD_CHECK_INTERVAL + std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(RELOAD_CHECK_INTERVAL * 2).await;
+    assert_eq!(
+        good.send(batch("plant-a", "gw-2", 1..=2))
+            .await
+            .expect("a broken revocation list closed a good connection")
+            .durable_seq,
+        2
+    );
     open_tls(addr, &ca, Some((&cert_b, &key_b)), "plant-a")
         .await
         .expect("a broken revocation list shut the port");

@@ -21,6 +21,7 @@
 //!   a pause, never fatal.
 
 use crate::CollectorMetrics;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -129,6 +130,10 @@ pub struct Conn<S, I> {
     io: S,
     info: I,
     _slot: Slot,
+    /// Once this resolves, reads and writes fail and the connection closes.
+    close: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The close signal has fired.
+    aborted: bool,
 }
 
 impl<S, I> Conn<S, I> {
@@ -137,7 +142,33 @@ impl<S, I> Conn<S, I> {
             io,
             info,
             _slot: slot,
+            close: None,
+            aborted: false,
         }
+    }
+
+    /// Closes the connection when `signal` resolves (its agent reconnects).
+    pub fn closed_when(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.close = Some(Box::pin(signal));
+        self
+    }
+
+    /// An error once the close signal has fired; registers for it otherwise.
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        // A finished future must not be polled again: drop it when it fires.
+        if let Some(signal) = &mut self.close {
+            if signal.as_mut().poll(cx).is_ready() {
+                self.close = None;
+                self.aborted = true;
+            }
+        }
+        if self.aborted {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed by the collector: its TLS files changed",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +189,7 @@ impl<S: AsyncRead + Unpin, I: Unpin> AsyncRead for Conn<S, I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
@@ -168,6 +200,7 @@ impl<S: AsyncWrite + Unpin, I: Unpin> AsyncWrite for Conn<S, I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -184,6 +217,7 @@ impl<S: AsyncWrite + Unpin, I: Unpin> AsyncWrite for Conn<S, I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 

@@ -17,10 +17,11 @@
 //!   concurrently, at most [`MAX_HANDSHAKES`] at a time, each bounded by
 //!   [`HANDSHAKE_TIMEOUT`]; failures are logged with the peer address and
 //!   counted, never fatal;
-//! - replaced TLS files (a new revocation list, a renewed certificate) apply
-//!   to new handshakes without a restart ([`Acceptor`]); connections are
-//!   closed at `MAX_CONNECTION_AGE`, so every agent is checked against the
-//!   current files at least that often.
+//! - replaced TLS files (a new revocation list, a renewed certificate) are
+//!   taken within [`RELOAD_CHECK_INTERVAL`] without a restart, and every open
+//!   connection is then closed so that its agent handshakes again against
+//!   them ([`Acceptor`]); connections are also closed at
+//!   `MAX_CONNECTION_AGE`, so no certificate goes unchecked for longer.
 
 use crate::connections::{accept, Conn, Slots};
 use crate::{AgentIdentity, CollectorMetrics};
@@ -33,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -60,9 +61,9 @@ pub struct ServerTlsConfig {
     /// `ca.pem` from `otwatch cert init`.
     pub client_ca: PathBuf,
     /// Optional certificate revocation list(s) (PEM), e.g. `crl.pem` from
-    /// `otwatch cert revoke`. Replace the file to apply a new list: new
-    /// handshakes use it within seconds, and open connections re-handshake
-    /// within `MAX_CONNECTION_AGE` (see `connections`).
+    /// `otwatch cert revoke`. Replace the file to apply a new list: within
+    /// seconds new handshakes use it and open connections are closed to
+    /// handshake again, so a revoked agent is cut off without a restart.
     #[serde(default)]
     pub crl: Option<PathBuf>,
 }
@@ -155,6 +156,7 @@ impl ServerTlsConfig {
             current: TlsAcceptor::from(Arc::new(self.server_config()?)),
             config: self.clone(),
             checked: Instant::now(),
+            generation: watch::channel(0).0,
         })
     }
 
@@ -178,18 +180,36 @@ impl ServerTlsConfig {
 
 /// The TLS acceptor, rebuilt when the files behind it change: a new
 /// revocation list, a renewed collector certificate or an added CA takes
-/// effect for the next handshake without a restart. The files are checked
-/// at most every [`RELOAD_CHECK_INTERVAL`], when a connection arrives. A
-/// replacement that cannot be used is logged as an error and the previous
-/// configuration stays in force, so a half-copied file never opens the port.
+/// effect without a restart. The files are checked every
+/// [`RELOAD_CHECK_INTERVAL`] (and before a handshake when that long has
+/// passed). When a changed set is taken, every open connection is closed:
+/// agents reconnect with backoff and handshake against the new files, so a
+/// revoked agent is cut off within seconds and the others lose nothing
+/// (they resend what is unacked). A replacement that cannot be used is
+/// logged as an error and the previous configuration stays in force, so a
+/// half-copied file never opens the port.
 pub struct Acceptor {
     config: ServerTlsConfig,
     current: TlsAcceptor,
     stamps: Vec<Option<(SystemTime, u64)>>,
     checked: Instant,
+    /// Bumped when a changed set of files is taken; connections watch it.
+    generation: watch::Sender<u64>,
 }
 
 impl Acceptor {
+    /// Resolves when the TLS files in force for a connection accepted now
+    /// are replaced (never, once the acceptor is gone).
+    fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut generation = self.generation.subscribe();
+        generation.borrow_and_update();
+        async move {
+            if generation.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// The acceptor for the next handshake.
     fn current(&mut self) -> TlsAcceptor {
         if self.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
@@ -202,8 +222,10 @@ impl Acceptor {
                         self.current = TlsAcceptor::from(Arc::new(config));
                         tracing::info!(
                             crl = ?self.config.crl,
-                            "TLS files changed: new handshakes use them"
+                            open_connections = self.generation.receiver_count(),
+                            "TLS files changed: new handshakes use them; open connections are closed to handshake again"
                         );
+                        self.generation.send_modify(|g| *g += 1);
                     }
                     Err(e) => tracing::error!(
                         error = %e,
@@ -256,13 +278,23 @@ pub fn tls_incoming(
             let (tcp, remote) = tokio::select! {
                 pair = accept(&listener) => pair,
                 _ = tx.closed() => return,
+                // Open connections must learn of replaced files even when
+                // nobody connects.
+                _ = tokio::time::sleep(RELOAD_CHECK_INTERVAL) => {
+                    acceptor.current();
+                    continue;
+                }
             };
             // The slot is taken before the handshake, so handshakes count
             // against the cap too.
             let Some(slot) = slots.admit(remote) else {
                 continue;
             };
-            let (acceptor, tx, metrics) = (acceptor.current(), tx.clone(), metrics.clone());
+            // The files first, then the watch: a connection is closed only
+            // by a replacement of the files it was accepted with.
+            let current = acceptor.current();
+            let replaced = acceptor.replaced();
+            let (acceptor, tx, metrics) = (current, tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
@@ -287,7 +319,8 @@ pub fn tls_incoming(
                     remote: Some(remote),
                     identity: peer_identity(&stream),
                 };
-                let _ = tx.send(Ok(Conn::new(stream, info, slot))).await;
+                let conn = Conn::new(stream, info, slot).closed_when(replaced);
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });
