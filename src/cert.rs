@@ -98,18 +98,23 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// Refuses to go on if any of `paths` exists, saying what to do instead:
+/// a certificate or key is never replaced by accident.
+fn refuse_existing(paths: &[&Path], advice: &str) -> anyhow::Result<()> {
+    if let Some(path) = paths.iter().find(|p| p.exists()) {
+        bail!("{} already exists: {advice}", path.display());
+    }
+    Ok(())
+}
+
 /// `otwatch cert init`: creates the CA in `dir`.
 pub fn init(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
-            bail!(
-                "{} already exists: this directory already holds a CA (use `otwatch cert issue`, or choose another --dir)",
-                path.display()
-            );
-        }
-    }
+    refuse_existing(
+        &[&cert_path, &key_path],
+        "this directory already holds a CA (use `otwatch cert issue`, or choose another --dir)",
+    )?;
     let key = KeyPair::generate().context("cannot generate the CA key")?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -228,14 +233,10 @@ pub fn issue_between(
     params.not_before = not_before;
     params.not_after = not_after;
     let (cert_path, key_path) = (dir.join(cert_name), dir.join(key_name));
-    for path in [&cert_path, &key_path] {
-        if path.exists() {
-            bail!(
-                "{} already exists; remove it (and revoke the old certificate with `otwatch cert revoke`) to issue a new one",
-                path.display()
-            );
-        }
-    }
+    refuse_existing(
+        &[&cert_path, &key_path],
+        "remove it (and revoke the old certificate with `otwatch cert revoke`) to issue a new one",
+    )?;
     let key = KeyPair::generate().context("cannot generate a key")?;
     let cert = params
         .signed_by(&key, &issuer)

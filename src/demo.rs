@@ -20,6 +20,7 @@ use otwatch_proto::Alert;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Prints the scenarios that start at or before `until_ns` and were not
 /// announced yet.
@@ -41,28 +42,16 @@ fn announce(truth: &[ScenarioTruth], announced: &mut usize, until_ns: i64) {
     }
 }
 
-/// Prints an alert from the live feed, after the announcement of any
-/// scenario that started before it. False once the feed is closed.
-fn print_alert(
-    received: Result<Alert, tokio::sync::broadcast::error::RecvError>,
-    truth: &[ScenarioTruth],
-    announced: &mut usize,
-) -> bool {
-    use tokio::sync::broadcast::error::RecvError;
-    match received {
-        Ok(alert) => {
-            announce(truth, announced, alert.ts_ns);
-            println!("ALERT {}", crate::sinks::alert_line(&alert));
-            true
-        }
-        Err(RecvError::Lagged(n)) => {
-            println!(
-                "({n} alert line(s) skipped: printing fell behind; the alerts table has them all)"
-            );
-            true
-        }
-        Err(RecvError::Closed) => false,
-    }
+/// Prints an alert, after the announcement of any scenario that started
+/// before it.
+fn print_alert(alert: &Alert, truth: &[ScenarioTruth], announced: &mut usize) {
+    announce(truth, announced, alert.ts_ns);
+    println!("ALERT {}", crate::sinks::alert_line(alert));
+}
+
+/// Says that the live feed dropped `n` alerts because printing fell behind.
+fn print_skipped(n: u64) {
+    println!("({n} alert line(s) skipped: printing fell behind; the alerts table has them all)");
 }
 
 /// Options of a demo run.
@@ -325,10 +314,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = &mut ctrl_c => { println!("stopping (Ctrl-C)"); break; }
             alert = live_alerts.recv() => {
-                if print_alert(alert, &truth, &mut announced) {
-                    continue;
+                match alert {
+                    Ok(alert) => print_alert(&alert, &truth, &mut announced),
+                    Err(RecvError::Lagged(n)) => print_skipped(n),
+                    Err(RecvError::Closed) => break,
                 }
-                break;
+                continue;
             }
         }
         let now = sim_now(wall);
@@ -363,14 +354,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     central.stop(Duration::from_secs(60)).await?;
     // Alerts raised while the pipeline drained are buffered by now.
     loop {
-        let received = match live_alerts.try_recv() {
-            Ok(alert) => Ok(alert),
-            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
-            }
-            Err(_) => break,
-        };
-        print_alert(received, &truth, &mut announced);
+        match live_alerts.try_recv() {
+            Ok(alert) => print_alert(&alert, &truth, &mut announced),
+            Err(TryRecvError::Lagged(n)) => print_skipped(n),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
     }
 
     let history = history_dir(&data_dir);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{batch, open_on, stored, Stream};
+use common::{batch, open_greeted, open_on, stored, Stream};
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use std::collections::HashSet;
@@ -140,14 +140,7 @@ async fn try_open(addr: SocketAddr, agent: &str) -> Result<Stream, String> {
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut s = open_on(channel, Some("plant-a"), agent)
-        .await
-        .map_err(|e| format!("open: {e}"))?;
-    match s.acks.message().await {
-        Ok(Some(_)) => Ok(s),
-        Ok(None) => Err("closed before the greeting".into()),
-        Err(e) => Err(format!("greeting: {e}")),
-    }
+    open_greeted(channel, "plant-a", agent).await
 }
 
 #[tokio::test]

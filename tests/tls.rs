@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{batch, open_on, stored, Stream};
+use common::{batch, open_greeted, stored, Stream};
 use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch_collector::tls::{ServerTlsConfig, RELOAD_CHECK_INTERVAL};
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
@@ -96,15 +96,7 @@ async fn open_tls(
         .connect()
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
-    let mut stream = open_on(channel, Some(claimed_site), "gw-x")
-        .await
-        .map_err(|s| format!("open: {s}"))?;
-    // The greeting ack proves the stream was accepted.
-    match stream.acks.message().await {
-        Ok(Some(_)) => Ok(stream),
-        Ok(None) => Err("closed".into()),
-        Err(s) => Err(format!("greeting: {s}")),
-    }
+    open_greeted(channel, claimed_site, "gw-x").await
 }
 
 #[tokio::test]

@@ -130,10 +130,17 @@ pub struct Conn<S, I> {
     io: S,
     info: I,
     _slot: Slot,
-    /// Once this resolves, reads and writes fail and the connection closes.
-    close: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    /// The close signal has fired.
-    aborted: bool,
+    close: Close,
+}
+
+/// When a [`Conn`] is closed by the collector.
+enum Close {
+    /// Only when its peer or the server ends it.
+    Never,
+    /// When this resolves.
+    On(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// It has resolved: reads and writes fail.
+    Fired,
 }
 
 impl<S, I> Conn<S, I> {
@@ -142,27 +149,25 @@ impl<S, I> Conn<S, I> {
             io,
             info,
             _slot: slot,
-            close: None,
-            aborted: false,
+            close: Close::Never,
         }
     }
 
     /// Closes the connection when `signal` resolves (its agent reconnects).
     pub fn closed_when(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.close = Some(Box::pin(signal));
+        self.close = Close::On(Box::pin(signal));
         self
     }
 
     /// An error once the close signal has fired; registers for it otherwise.
     fn check_closed(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
-        // A finished future must not be polled again: drop it when it fires.
-        if let Some(signal) = &mut self.close {
+        // A finished future must not be polled again: it is dropped when it fires.
+        if let Close::On(signal) = &mut self.close {
             if signal.as_mut().poll(cx).is_ready() {
-                self.close = None;
-                self.aborted = true;
+                self.close = Close::Fired;
             }
         }
-        if self.aborted {
+        if let Close::Fired = self.close {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "closed by the collector: its TLS files changed",

@@ -84,6 +84,20 @@ pub struct EpisodeEnd {
     pub ts_ns: i64,
 }
 
+impl EpisodeEnd {
+    /// The end of the process-model episode whose alert was raised for
+    /// `name` at `first_seq`.
+    fn process(site: &str, asset: &str, name: &str, first_seq: u64, ts_ns: i64) -> Self {
+        EpisodeEnd {
+            alert_id: alert_id(site, asset, "process", name, first_seq),
+            site: site.to_string(),
+            asset: asset.to_string(),
+            detector: "process".into(),
+            ts_ns,
+        }
+    }
+}
+
 /// Counters for dashboards and health checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DetectorStatus {
@@ -471,13 +485,7 @@ impl Detector {
                             columns.agent.str(row as usize),
                         ));
                         if let Some(ends) = &mut self.episode_ends {
-                            ends.push(EpisodeEnd {
-                                alert_id: alert_id(site, &asset.name, "process", &name, first_seq),
-                                site: site.clone(),
-                                asset: asset.name.clone(),
-                                detector: "process".into(),
-                                ts_ns: ts,
-                            });
+                            ends.push(EpisodeEnd::process(site, &asset.name, &name, first_seq, ts));
                         }
                     }
                     ProcessFinding::Closed {
@@ -486,13 +494,7 @@ impl Detector {
                         name,
                     } => {
                         if let Some(ends) = &mut self.episode_ends {
-                            ends.push(EpisodeEnd {
-                                alert_id: alert_id(site, &asset.name, "process", &name, first_seq),
-                                site: site.clone(),
-                                asset: asset.name.clone(),
-                                detector: "process".into(),
-                                ts_ns: ts,
-                            });
+                            ends.push(EpisodeEnd::process(site, &asset.name, &name, first_seq, ts));
                         }
                     }
                 }

@@ -86,6 +86,19 @@ pub async fn open_on(
     Ok(Stream { tx, acks })
 }
 
+/// [`open_on`], then waits for the greeting ack that proves the collector
+/// accepted the stream; any failure on the way comes back as text.
+pub async fn open_greeted(channel: Channel, site: &str, agent: &str) -> Result<Stream, String> {
+    let mut stream = open_on(channel, Some(site), agent)
+        .await
+        .map_err(|e| format!("open: {e}"))?;
+    match stream.acks.message().await {
+        Ok(Some(_)) => Ok(stream),
+        Ok(None) => Err("closed before the greeting".into()),
+        Err(e) => Err(format!("greeting: {e}")),
+    }
+}
+
 impl Stream {
     /// Sends a batch and returns its ack or the status that ended the stream.
     pub async fn send(&mut self, batch: EventBatch) -> Result<Ack, tonic::Status> {
