@@ -19,11 +19,11 @@
 //! Run: cargo bench --bench ingest [-- --agents 8 --seconds 10 --batch 1000 --tls]
 
 use otwatch::central::Central;
-use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch::config::ServerConfig;
 use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, AGENT_HEADER, SITE_HEADER};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
+use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::{ControllerEvent, EventBatch, EventKind};
 use std::net::SocketAddr;

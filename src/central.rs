@@ -389,9 +389,5 @@ async fn detector_loop(
 
 fn save_checkpoint(path: &Path, offset: u64, detector: &Detector) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(&CheckpointRef { offset, detector })?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write detector checkpoint {}", path.display()))
+    otwatch_fs::write_atomic(path, &bytes).context("cannot write the detector checkpoint")
 }

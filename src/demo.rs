@@ -191,18 +191,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     // The demo runs the secure path a real deployment runs: its own CA, a
     // collector certificate for loopback, one client certificate per site.
     let pki = opts.data_dir.join("pki");
-    crate::cert::init(&pki)?;
-    crate::cert::issue(
+    otwatch_pki::init(&pki)?;
+    otwatch_pki::issue(
         &pki,
-        &crate::cert::Subject::Collector {
+        &otwatch_pki::Subject::Collector {
             hosts: vec!["127.0.0.1".into(), "localhost".into()],
         },
-        crate::cert::LEAF_VALIDITY,
+        otwatch_pki::LEAF_VALIDITY,
     )?;
     config.collector.tls = Some(otwatch_collector::tls::ServerTlsConfig {
-        cert: pki.join(crate::cert::COLLECTOR_CERT),
-        key: pki.join(crate::cert::COLLECTOR_KEY),
-        client_ca: pki.join(crate::cert::CA_CERT),
+        cert: pki.join(otwatch_pki::COLLECTOR_CERT),
+        key: pki.join(otwatch_pki::COLLECTOR_KEY),
+        client_ca: pki.join(otwatch_pki::CA_CERT),
         crl: None,
     });
     // The demo prints alerts itself, so that a scenario's announcement always
@@ -245,15 +245,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
                 .iter()
                 .cloned(),
         );
-        crate::cert::issue(
+        otwatch_pki::issue(
             &pki,
-            &crate::cert::Subject::Agent {
+            &otwatch_pki::Subject::Agent {
                 site: site.clone(),
                 agent: "gw-1".into(),
             },
-            crate::cert::LEAF_VALIDITY,
+            otwatch_pki::LEAF_VALIDITY,
         )?;
-        let (cert, key) = crate::cert::agent_files(&site, "gw-1");
+        let (cert, key) = otwatch_pki::agent_files(&site, "gw-1");
         let agent = AgentConfig {
             site: site.clone(),
             agent: "gw-1".into(),
@@ -261,7 +261,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             collector: SenderConfig {
                 url: url.clone(),
                 tls: Some(ClientTlsConfig {
-                    ca: pki.join(crate::cert::CA_CERT),
+                    ca: pki.join(otwatch_pki::CA_CERT),
                     cert: pki.join(cert),
                     key: pki.join(key),
                     domain: None,

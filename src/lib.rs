@@ -1,7 +1,6 @@
 //! The central side of otwatch, wired from the component crates:
 //!
 //! - [`config`] reads `otwatch.toml`;
-//! - [`cert`] is the deployment's small certificate authority (`otwatch cert`);
 //! - [`central`] runs collector, event log, history writers, detector and
 //!   alert sinks in one process (`otwatch serve`);
 //! - [`demo`] adds simulated sites, live alerts and the scorecard (`otwatch demo`);
@@ -10,7 +9,6 @@
 //! - [`sinks`] are the alert outputs.
 
 pub mod central;
-pub mod cert;
 pub mod config;
 pub mod demo;
 pub mod eval;

@@ -1,7 +1,8 @@
 //! `otwatch`: the central binary. Argument parsing only; the wiring lives in
 //! the `otwatch` library (`central`, `demo`).
 
-use otwatch::{central, cert, config, demo, eval};
+use otwatch::{central, config, demo, eval};
+use otwatch_pki as cert;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -15,7 +15,7 @@ mod common;
 
 use common::agent_binary;
 
-use otwatch::cert::{self, Subject, LEAF_VALIDITY};
+use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::io::Write;

@@ -7,10 +7,10 @@
 mod common;
 
 use common::{batch, open_greeted, stored, Stream};
-use otwatch::cert::{self, Subject, LEAF_VALIDITY};
 use otwatch_collector::tls::{ServerTlsConfig, RELOAD_CHECK_INTERVAL};
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
+use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -140,6 +140,8 @@ pub enum QueueError {
     },
     #[error("queue is full ({bytes} of max_bytes = {max} bytes) and when_full = \"block\"")]
     Full { bytes: u64, max: u64 },
+    #[error("queue {0}")]
+    Fs(#[from] otwatch_fs::FsError),
     #[error("queue stopped taking events after a disk failure ({reason}); restart the agent: opening the queue keeps exactly what reached the disk")]
     Stopped { reason: String },
 }
@@ -202,20 +204,8 @@ fn segment_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.q"))
 }
 
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), QueueError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    fsync_dir(path.parent().expect("file in a dir"))
-}
-
 fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    Ok(otwatch_fs::sync_dir(dir)?)
 }
 
 /// What [`read_record`] found at the reader's position.
@@ -721,7 +711,7 @@ impl DiskQueue {
     }
 
     fn set_acked(&mut self, seq: u64) -> Result<(), QueueError> {
-        write_atomic(&self.dir.join("acked"), &format!("{seq}\n"))?;
+        otwatch_fs::write_atomic(&self.dir.join("acked"), format!("{seq}\n").as_bytes())?;
         self.acked = seq;
         self.metrics.acked_seq.store(seq, Ordering::Relaxed);
         Ok(())

@@ -195,7 +195,8 @@ impl Sender {
                  what the collector holds, so none is dropped; events sent before an old copy was taken \
                  may be stored twice"
             );
-            crate::queue::write_atomic(&self.seq_offset_path, &format!("{raised}\n"))?;
+            otwatch_fs::write_atomic(&self.seq_offset_path, format!("{raised}\n").as_bytes())
+                .map_err(crate::queue::QueueError::from)?;
             *offset = raised;
         }
         let offset = *offset;

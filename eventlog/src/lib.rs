@@ -79,6 +79,8 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    #[error("event log {0}")]
+    Fs(#[from] otwatch_fs::FsError),
     #[error("event log record at {path} offset {offset} is unreadable: {reason}")]
     Corrupt {
         path: String,

@@ -120,9 +120,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    Ok(otwatch_fs::sync_dir(dir)?)
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -640,13 +638,10 @@ impl Consumer for LocalConsumer {
 
 /// Atomically replaces a small file holding one offset.
 fn write_offset_file(path: &Path, offset: u64) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(format!("{offset}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    fsync_dir(path.parent().expect("offset file has a parent"))
+    Ok(otwatch_fs::write_atomic(
+        path,
+        format!("{offset}\n").as_bytes(),
+    )?)
 }
 
 fn read_records(first: u64, locs: &[Loc], paths: &[PathBuf]) -> Result<Vec<Delivery>> {

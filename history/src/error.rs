@@ -106,3 +106,13 @@ impl HistoryError {
         }
     }
 }
+
+impl From<otwatch_fs::FsError> for HistoryError {
+    fn from(e: otwatch_fs::FsError) -> Self {
+        HistoryError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}

@@ -61,7 +61,6 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -513,17 +512,9 @@ fn read_commit(dir: &Path) -> Result<u64, HistoryError> {
 
 /// Replaces the commit file atomically and durably.
 fn write_commit(dir: &Path, next_offset: u64) -> Result<(), HistoryError> {
-    let tmp = dir.join(COMMIT_TMP);
-    let path = dir.join(COMMIT_FILE);
     let mut text = serde_json::to_vec(&Commit { next_offset }).expect("a u64 serializes");
     text.push(b'\n');
-    let mut file = File::create(&tmp).map_err(HistoryError::io("creating", &tmp))?;
-    file.write_all(&text)
-        .map_err(HistoryError::io("writing", &tmp))?;
-    file.sync_all().map_err(HistoryError::io("syncing", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(HistoryError::io("renaming into place", &path))?;
-    sync_dir(dir)
+    Ok(otwatch_fs::write_atomic(&dir.join(COMMIT_FILE), &text)?)
 }
 
 /// Deletes temporary files and the files of uncommitted flushes under
@@ -579,37 +570,13 @@ fn partition_subdirs(dir: &Path, column: &str) -> Result<Vec<PathBuf>, HistoryEr
     Ok(out)
 }
 
-/// Creates `path` and any missing ancestors, fsyncing the parent of each
-/// directory it created so the new entries survive a crash.
+/// Creates `path` and any missing ancestors durably.
 fn create_dirs(path: &Path) -> Result<(), HistoryError> {
-    if path.is_dir() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut p = path;
-    while !p.exists() {
-        missing.push(p);
-        match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
-            _ => break,
-        }
-    }
-    fs::create_dir_all(path).map_err(HistoryError::io("creating directory", path))?;
-    // Outermost first, so each parent entry is durable before its child's.
-    for dir in missing.iter().rev() {
-        let parent = match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
-    }
-    Ok(())
+    Ok(otwatch_fs::create_dir_all_durable(path)?)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), HistoryError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(HistoryError::io("syncing directory", dir))
+    Ok(otwatch_fs::sync_dir(dir)?)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::queue::QueueError;
 use otwatch_proto::limits::Limits;
 use otwatch_proto::JsonEvent;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -52,13 +52,11 @@ impl Checkpoint {
         }
     }
 
-    fn store(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(serde_json::to_string(self).expect("serializes").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(path.parent().expect("has parent"))?.sync_all()
+    fn store(&self, path: &Path) -> Result<(), otwatch_fs::FsError> {
+        otwatch_fs::write_atomic(
+            path,
+            serde_json::to_string(self).expect("serializes").as_bytes(),
+        )
     }
 }
 
@@ -160,10 +158,7 @@ pub async fn run(
                             ..cp
                         }
                         .store(&cp_file)
-                        .map_err(|source| QueueError::Io {
-                            path: cp_file.display().to_string(),
-                            source,
-                        })
+                        .map_err(QueueError::from)
                     });
                     if events.is_empty() {
                         // Only bad lines: move past them (nothing to queue).

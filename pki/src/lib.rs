@@ -77,11 +77,7 @@ fn write_new(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
 
 /// Replaces a public file atomically (the revocation list and its ledger).
 fn replace(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
+    otwatch_fs::write_atomic(path, contents.as_bytes()).context("cannot replace a CA file")
 }
 
 fn validity(params: &mut CertificateParams, valid_for: Duration) {
