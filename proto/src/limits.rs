@@ -115,6 +115,28 @@ pub enum ValidationError {
 }
 
 impl Limits {
+    /// Checks that every limit can be met by a real event: a zero (or, for
+    /// the message size, absurdly small) limit would refuse everything, so
+    /// it is a configuration error naming the key, not a silent stall.
+    pub fn validate(&self) -> Result<(), String> {
+        let at_least = [
+            ("max_message_bytes", self.max_message_bytes, 1024),
+            ("max_events_per_batch", self.max_events_per_batch, 1),
+            ("max_id_len", self.max_id_len, 1),
+            ("max_text_len", self.max_text_len, 1),
+            ("max_attr_len", self.max_attr_len, 1),
+        ];
+        for (key, value, min) in at_least {
+            if value < min {
+                return Err(format!("limits.{key} = {value} is below its minimum {min}"));
+            }
+        }
+        if self.max_past_secs == 0 {
+            return Err("limits.max_past_secs = 0 would refuse every event: give the age in seconds events may have when they arrive".into());
+        }
+        Ok(())
+    }
+
     /// Checks one event (at position `index`) in isolation, without the
     /// identity and sequence rules that need its batch.
     pub fn check_event(
@@ -354,6 +376,27 @@ mod tests {
         let mut e = event(1);
         e.asset.clear();
         assert!(check(&batch(vec![e])).contains("asset is empty"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused_by_name() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let zero = Limits {
+            max_events_per_batch: 0,
+            ..Limits::default()
+        };
+        let err = zero.validate().unwrap_err();
+        assert!(err.contains("limits.max_events_per_batch = 0"), "{err}");
+        let tiny = Limits {
+            max_message_bytes: 10,
+            ..Limits::default()
+        };
+        assert!(tiny.validate().unwrap_err().contains("max_message_bytes"));
+        let never = Limits {
+            max_past_secs: 0,
+            ..Limits::default()
+        };
+        assert!(never.validate().unwrap_err().contains("max_past_secs"));
     }
 
     #[test]
