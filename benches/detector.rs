@@ -134,7 +134,7 @@ impl Plant {
 /// A learned detector over `plant` and the next 64 batches.
 fn learned(config: DetectorConfig) -> (Detector, Vec<arrow::record_batch::RecordBatch>) {
     let mut plant = Plant::new();
-    let mut detector = Detector::new(config);
+    let mut detector = Detector::new(config).unwrap();
     // Learn: 40 minutes of the plant (learning is 30 minutes by default).
     loop {
         let batch = plant.batch();
@@ -183,7 +183,7 @@ fn process_plant(config: DetectorConfig) -> (Detector, Vec<arrow::record_batch::
         }
         events_to_batch("plant-1", "gw-1", &events, 0).expect("batch")
     };
-    let mut detector = Detector::new(config);
+    let mut detector = Detector::new(config).unwrap();
     // 40 minutes of learning (learning is 30 minutes by default).
     for _ in 0..(2400 * 8 / ROWS + 1) {
         detector.process(&batch(ROWS)).expect("learning batch");

@@ -18,14 +18,13 @@
 //!
 //! Run: cargo bench --bench ingest [-- --agents 8 --seconds 10 --batch 1000 --tls]
 
-use otwatch::central::Central;
-use otwatch::config::ServerConfig;
 use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, AGENT_HEADER, SITE_HEADER};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::{ControllerEvent, EventBatch, EventKind};
+use otwatch_runtime::{ServerConfig, Service};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -278,14 +277,13 @@ async fn alert_phase() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..ServerConfig::default()
     };
-    config.alerts.stdout = false;
-    config.alerts.jsonl_file = None;
+    config.outputs.clear();
     // The load generator is on loopback in this process; TLS is measured apart.
     config.insecure_loopback = true;
     config.collector.limits.max_future_skew_secs = 366 * 24 * 3600;
     let learn = config.detector.learn;
-    let central = Central::start(config).await.unwrap();
-    let mut alerts = central.subscribe_alerts();
+    let central = Service::start(config).await.unwrap();
+    let mut alerts = central.tail_alerts().await.unwrap();
     let mut client = IngestClient::connect(format!("http://{}", central.addr))
         .await
         .unwrap();
@@ -345,15 +343,14 @@ async fn alert_phase() {
     while !central.caught_up() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    while alerts.try_recv().is_ok() {}
+    while !alerts.next(Duration::ZERO).await.unwrap().is_empty() {}
     let mut latencies = Vec::new();
     for round in 0..8 {
         let sent = Instant::now();
         send(&tx, 1, Some(round % 8)).await;
         acks.message().await.unwrap().unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), alerts.recv()).await;
-        match got {
-            Ok(Ok(_)) => latencies.push(sent.elapsed()),
+        match alerts.next(Duration::from_secs(10)).await {
+            Ok(got) if !got.is_empty() => latencies.push(sent.elapsed()),
             _ => println!("alert: round {round}: no alert within 10 s"),
         }
         // Back to normal so the episode closes before the next round.
@@ -361,7 +358,7 @@ async fn alert_phase() {
             send(&tx, 50, None).await;
             acks.message().await.unwrap().unwrap();
         }
-        while alerts.try_recv().is_ok() {}
+        while !alerts.next(Duration::ZERO).await.unwrap().is_empty() {}
     }
     latencies.sort();
     println!(

@@ -1,13 +1,22 @@
-//! `otwatch`: the central binary. Argument parsing only; the wiring lives in
-//! the `otwatch` library (`central`, `demo`).
+//! `otwatch`: the central binary. Argument parsing and exit codes only: the
+//! service lives in `otwatch-runtime`, the tools beside it in their own
+//! crates (`otwatch-demo`, `otwatch-eval`, `otwatch-pki`).
+//!
+//! Exit codes: 0 after a clean stop; 1 when the command could not start or
+//! do its work (the message says why); 2 for a usage error; 70 when a
+//! component of a running service failed (logged with its cause), so that
+//! systemd or Kubernetes restarts it.
 
-use otwatch::{central, config, demo, eval};
+use otwatch_demo as demo;
+use otwatch_eval as eval;
 use otwatch_pki as cert;
+use otwatch_runtime::config;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 /// otwatch: collects controller events from factory sites, learns how each
@@ -32,8 +41,12 @@ enum Command {
     /// ([collector.tls] in the config; make the files with `otwatch cert`).
     /// Without TLS it refuses to start, unless told --insecure-loopback and
     /// bound to a loopback address. Data (event log, history, detector
-    /// checkpoints, alerts.jsonl) lives in --data-dir. Stops cleanly on
-    /// Ctrl-C or SIGTERM; everything resumes from disk at the next start.
+    /// checkpoints, alerts.jsonl) lives in --data-dir, which one process
+    /// at a time may use. Stops cleanly on Ctrl-C or SIGTERM (ingest first,
+    /// then the rest drains what the log holds); everything resumes from
+    /// disk at the next start. If a component fails, the service stops and
+    /// exits with status 70 so that its supervisor restarts it;
+    /// --metrics-listen serves /healthz, /readyz and /metrics meanwhile.
     ///
     /// Example: otwatch serve --config /etc/otwatch/otwatch.toml
     Serve {
@@ -305,10 +318,74 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exit status when a component of a running service failed (EX_SOFTWARE).
+const EXIT_COMPONENT_FAILED: u8 = 70;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `otwatch serve` until a signal (exit 0) or a component failure (70).
+async fn serve(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    insecure_loopback: bool,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    init_logging("info");
+    let mut config = match config {
+        Some(path) => config::ServerConfig::load(&path)?,
+        None => config::ServerConfig::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    if let Some(addr) = metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
+    config.insecure_loopback = insecure_loopback;
+    let service = otwatch_runtime::Service::start(config).await?;
+    let mut signal_error = None;
+    let result = service
+        .run(
+            async {
+                if let Err(e) = shutdown_signal().await {
+                    signal_error = Some(e);
+                }
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    if let Some(e) = signal_error {
+        return Err(e);
+    }
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e)
+            if e.downcast_ref::<otwatch_runtime::supervisor::Failure>()
+                .is_some() =>
+        {
+            eprintln!("Error: {e:#}");
+            Ok(ExitCode::from(EXIT_COMPONENT_FAILED))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Cert { action } => run_cert(action),
         Command::Serve {
             config,
@@ -316,27 +393,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             insecure_loopback,
             metrics_listen,
-        } => {
-            init_logging("info");
-            let mut config = match config {
-                Some(path) => config::ServerConfig::load(&path)?,
-                None => config::ServerConfig::default(),
-            };
-            if let Some(dir) = data_dir {
-                config.data_dir = dir;
-            }
-            if let Some(addr) = listen {
-                config.listen = addr;
-            }
-            if let Some(addr) = metrics_listen {
-                config.metrics_listen = Some(addr);
-            }
-            config.insecure_loopback = insecure_loopback;
-            let central = central::Central::start(config).await?;
-            shutdown_signal().await?;
-            tracing::info!("stopping");
-            central.stop(Duration::from_secs(30)).await
-        }
+        } => return serve(config, data_dir, listen, insecure_loopback, metrics_listen).await,
         Command::Demo {
             duration,
             speed,
@@ -402,7 +459,7 @@ async fn main() -> anyhow::Result<()> {
             query,
         } => {
             init_logging("warn");
-            let history = central::history_dir(&data_dir);
+            let history = otwatch_runtime::history_dir(&data_dir);
             anyhow::ensure!(
                 history.exists(),
                 "no history in {} (expected {}); run `otwatch serve` or `otwatch demo` first, or pass --data-dir",
@@ -413,5 +470,6 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", otwatch_history::format_batches(&batches, format)?);
             Ok(())
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

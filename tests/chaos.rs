@@ -198,8 +198,9 @@ key = "{pki}/collector-key.pem"
 client_ca = "{pki}/ca.pem"
 [history]
 flush_interval = "1s"
-[alerts]
-stdout = false
+[[outputs]]
+type = "jsonl"
+path = "alerts.jsonl"
 "#,
             data = data.display(),
             pki = pki.display()

@@ -357,14 +357,19 @@ poll_interval = "50ms"
         "otwatch_collector_events_stored_total 5000",
         "otwatch_collector_batches_invalid_total 0",
         "otwatch_collector_connections_open 1",
-        "otwatch_history_lag_events 0",
+        "otwatch_component_lag_records{component=\"history-events\"} 0",
+        "otwatch_component_up{component=\"detector\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "{line} not in:\n{metrics}"
         );
     }
-    assert_eq!(http_get(&central_metrics, "/healthz"), "ok\n");
+    let health = http_get(&central_metrics, "/healthz");
+    assert!(health.starts_with("ok\n"), "{health}");
+    assert!(health.contains("history-events: running"), "{health}");
+    let ready = http_get(&central_metrics, "/readyz");
+    assert!(ready.starts_with("ready\n"), "{ready}");
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -51,7 +51,8 @@ fn play(seed: u64, scenarios: bool, minutes: i64) -> Run {
     let mut detector = Detector::new(DetectorConfig {
         learn,
         ..DetectorConfig::default()
-    });
+    })
+    .unwrap();
     let mut seqs = [0u64; SITES];
     let mut pending: Vec<Vec<ControllerEvent>> = vec![Vec::new(); SITES];
     let mut since_flush = [START; SITES];

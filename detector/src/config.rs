@@ -280,6 +280,20 @@ impl DetectorConfig {
         Ok(())
     }
 
+    /// The names of the options whose values differ between `self` and
+    /// `other`, sorted by name.
+    pub fn differences(&self, other: &DetectorConfig) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+            (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return Vec::new();
+        };
+        a.iter()
+            .filter(|(key, value)| b.get(*key) != Some(*value))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The durations in nanoseconds and the derived values the hot loops use.
     pub(crate) fn resolved(&self) -> Resolved {
         let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX / 4);

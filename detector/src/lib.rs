@@ -217,8 +217,11 @@ struct Scratch {
 }
 
 impl Detector {
-    pub fn new(config: DetectorConfig) -> Self {
-        Detector {
+    /// A detector that has learned nothing yet. Refuses a configuration it
+    /// cannot work with ([`DetectorConfig::validate`]), naming the option.
+    pub fn new(config: DetectorConfig) -> Result<Self, DetectorError> {
+        config.validate()?;
+        Ok(Detector {
             config,
             sites: Vec::new(),
             assets: Vec::new(),
@@ -229,7 +232,19 @@ impl Detector {
             index: Index::default(),
             episode_ends: None,
             scratch: Scratch::default(),
-        }
+        })
+    }
+
+    /// Replaces the configuration of a detector restored from a checkpoint
+    /// with `config` (validated), keeping everything it learned. The
+    /// configured options always win over the copy the checkpoint holds, so
+    /// a changed `[detector]` takes effect at the next start. Returns the
+    /// names of the options that changed.
+    pub fn reconfigure(&mut self, config: DetectorConfig) -> Result<Vec<String>, DetectorError> {
+        config.validate()?;
+        let changed = self.config.differences(&config);
+        self.config = config;
+        Ok(changed)
     }
 
     /// Starts (or stops) recording when alert episodes end, for scoring a

@@ -187,7 +187,7 @@ fn without_process(alerts: Vec<Alert>) -> Vec<Alert> {
 
 fn detect(events: &[ControllerEvent]) -> Vec<Alert> {
     run(
-        &mut Detector::new(DetectorConfig::default()),
+        &mut Detector::new(DetectorConfig::default()).unwrap(),
         events,
         256,
         0,
@@ -203,7 +203,7 @@ fn clean_stream_after_learning_gives_no_alert() {
     b.cycles(&mut events, 400);
     events.push(access(T0 + 5 * MIN, "line1/press-01", "10.1.1.20"));
     events.push(access(T0 + 70 * MIN, "line1/press-02", "10.1.1.20"));
-    let mut d = Detector::new(DetectorConfig::default());
+    let mut d = Detector::new(DetectorConfig::default()).unwrap();
     let alerts = run(&mut d, &merged(events), 256, 0);
     assert!(alerts.is_empty(), "{alerts:#?}");
     let status = d.status();
@@ -358,7 +358,7 @@ fn silent_asset_is_caught_while_others_keep_going_and_stop_is_not_silence() {
     b.cycles_until(&mut events, end);
     // Small batches, as from a live agent: the watermark moves on while a is quiet.
     let alerts = run(
-        &mut Detector::new(DetectorConfig::default()),
+        &mut Detector::new(DetectorConfig::default()).unwrap(),
         &merged(events),
         16,
         0,
@@ -385,7 +385,7 @@ fn silence_is_also_caught_when_the_asset_resumes_in_the_same_batch() {
     a.cycles(&mut events, 10);
     // One batch holds the gap: there is no later watermark check in between.
     let alerts = run(
-        &mut Detector::new(DetectorConfig::default()),
+        &mut Detector::new(DetectorConfig::default()).unwrap(),
         &events,
         100_000,
         0,
@@ -552,7 +552,7 @@ fn checkpoint_and_resume_gives_the_same_alerts_as_an_uninterrupted_run() {
     // Checkpoint at several points, including mid-learning and mid-episode.
     for cut in [700, 1600, events.len() - 300] {
         let cut = cut / 256 * 256;
-        let mut d = Detector::new(DetectorConfig::default());
+        let mut d = Detector::new(DetectorConfig::default()).unwrap();
         let mut alerts = run(&mut d, &events[..cut], 256, 0);
         let json = serde_json::to_string(&d).unwrap();
         let mut resumed: Detector = serde_json::from_str(&json).unwrap();
@@ -560,7 +560,7 @@ fn checkpoint_and_resume_gives_the_same_alerts_as_an_uninterrupted_run() {
         alerts.extend(run(&mut resumed, &events[cut..], 256, cut as u64));
         assert_eq!(alerts, all, "checkpoint at {cut}");
         assert_eq!(serde_json::to_string(&resumed).unwrap(), {
-            let mut straight = Detector::new(DetectorConfig::default());
+            let mut straight = Detector::new(DetectorConfig::default()).unwrap();
             run(&mut straight, &events, 256, 0);
             serde_json::to_string(&straight).unwrap()
         });
@@ -581,7 +581,7 @@ fn replays_give_the_same_ids() {
     m.cycles(&mut events, 5);
     let a = detect(&events);
     let b = run(
-        &mut Detector::new(DetectorConfig::default()),
+        &mut Detector::new(DetectorConfig::default()).unwrap(),
         &events,
         97,
         0,
@@ -619,7 +619,7 @@ fn plain_utf8_columns_work_and_a_foreign_batch_is_refused() {
         columns,
     )
     .unwrap();
-    let mut d = Detector::new(DetectorConfig::default());
+    let mut d = Detector::new(DetectorConfig::default()).unwrap();
     assert!(d.process(&plain).unwrap().is_empty());
     assert_eq!(d.status().events_seen, events.len() as u64);
 
@@ -642,6 +642,35 @@ fn config_reads_with_defaults_and_is_checked() {
     assert!(serde_json::from_str::<DetectorConfig>(r#"{"lern": "1h"}"#).is_err());
     let bad = DetectorConfig { cusum_h: 0.0, ..c };
     assert!(bad.validate().is_err());
+}
+
+#[test]
+fn a_detector_refuses_a_bad_config_and_takes_a_changed_one_over_its_checkpoint() {
+    let bad = DetectorConfig {
+        cusum_h: 0.0,
+        ..DetectorConfig::default()
+    };
+    let err = Detector::new(bad.clone()).err().unwrap().to_string();
+    assert!(err.contains("cusum_h"), "{err}");
+
+    let mut d = Detector::new(DetectorConfig::default()).unwrap();
+    let restored: Detector = serde_json::from_slice(&serde_json::to_vec(&d).unwrap()).unwrap();
+    d = restored;
+    let changed = d
+        .reconfigure(DetectorConfig {
+            outlier_z: 9.0,
+            learn: std::time::Duration::from_secs(7200),
+            ..DetectorConfig::default()
+        })
+        .unwrap();
+    assert_eq!(changed, vec!["learn".to_string(), "outlier_z".to_string()]);
+    assert_eq!(d.config().outlier_z, 9.0);
+    assert!(d.reconfigure(bad).is_err());
+    assert_eq!(
+        d.config().outlier_z,
+        9.0,
+        "a refused config changes nothing"
+    );
 }
 
 /// A process of four tags driven by two hidden factors (flow and heat) plus
@@ -714,7 +743,7 @@ fn process_model_stays_quiet_on_normal_data() {
     let mut events = Vec::new();
     let mut p = Plant::new(21);
     p.rows(&mut events, 2000, 0.0, 0.0);
-    let mut d = Detector::new(process_config());
+    let mut d = Detector::new(process_config()).unwrap();
     let alerts = run(&mut d, &events, 256, 0);
     assert!(alerts.is_empty(), "{alerts:#?}");
 }
@@ -730,7 +759,7 @@ fn process_model_names_a_tag_that_breaks_its_correlation() {
     p.rows(&mut events, 100, 0.3, 0.0);
     let end = p.t;
     p.rows(&mut events, 300, 0.0, 0.0);
-    let mut d = Detector::new(process_config());
+    let mut d = Detector::new(process_config()).unwrap();
     d.record_episode_ends(true);
     let alerts: Vec<Alert> = run(&mut d, &events, 256, 0)
         .into_iter()
@@ -769,10 +798,15 @@ fn process_model_catches_the_process_moving_together() {
     p.rows(&mut events, 600, 0.0, 0.0);
     let start = p.t;
     p.rows(&mut events, 100, 0.0, -4.0);
-    let alerts: Vec<Alert> = run(&mut Detector::new(process_config()), &events, 100, 0)
-        .into_iter()
-        .filter(|a| a.detector == "process")
-        .collect();
+    let alerts: Vec<Alert> = run(
+        &mut Detector::new(process_config()).unwrap(),
+        &events,
+        100,
+        0,
+    )
+    .into_iter()
+    .filter(|a| a.detector == "process")
+    .collect();
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
@@ -788,7 +822,7 @@ fn process_model_resumes_from_a_checkpoint_mid_episode() {
     p.rows(&mut events, 100, 0.3, 0.0);
     p.rows(&mut events, 200, 0.0, 0.0);
     let straight = {
-        let mut d = Detector::new(process_config());
+        let mut d = Detector::new(process_config()).unwrap();
         d.record_episode_ends(true);
         let alerts = run(&mut d, &events, 256, 0);
         (alerts, d.take_episode_ends())
@@ -800,7 +834,7 @@ fn process_model_resumes_from_a_checkpoint_mid_episode() {
     // Cuts mid-learning, mid-episode and inside a row (a timestamp's tags
     // split over two batches).
     for cut in [1000, 2500, 2650, 2803] {
-        let mut d = Detector::new(process_config());
+        let mut d = Detector::new(process_config()).unwrap();
         d.record_episode_ends(true);
         let mut alerts = run(&mut d, &events[..cut], 256, 0);
         let mut ends = d.take_episode_ends();
@@ -835,7 +869,12 @@ fn process_model_follows_a_slow_drift_but_not_an_abrupt_change() {
     let start = p.t;
     // Then the flow drops 4 units at once and stays there for 5 minutes.
     p.rows(&mut events, 300, 0.0, -1.0);
-    let alerts = process_only(run(&mut Detector::new(process_config()), &events, 512, 0));
+    let alerts = process_only(run(
+        &mut Detector::new(process_config()).unwrap(),
+        &events,
+        512,
+        0,
+    ));
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     let a = &alerts[0];
     assert_eq!(a.detector, "process");
@@ -849,7 +888,7 @@ fn process_model_follows_a_slow_drift_but_not_an_abrupt_change() {
         process_rebaseline_after: std::time::Duration::ZERO,
         ..process_config()
     };
-    let alerts = process_only(run(&mut Detector::new(frozen), &events, 512, 0));
+    let alerts = process_only(run(&mut Detector::new(frozen).unwrap(), &events, 512, 0));
     assert!(
         alerts.first().is_some_and(|a| a.ts_ns < start - 30 * MIN),
         "{alerts:#?}"
@@ -864,7 +903,7 @@ fn process_model_accepts_a_held_new_level_with_a_notice() {
     let start = p.t;
     // The pressure leaves its relation with the flow and stays there.
     p.rows(&mut events, 1800, 0.3, 0.0);
-    let mut d = Detector::new(process_config());
+    let mut d = Detector::new(process_config()).unwrap();
     d.record_episode_ends(true);
     let alerts = process_only(run(&mut d, &events, 256, 0));
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
@@ -915,7 +954,7 @@ fn process_model_accepts_a_held_new_level_with_a_notice() {
         process_smoothing: 0.005,
         ..process_config()
     };
-    let alerts = process_only(run(&mut Detector::new(slow), &events, 256, 0));
+    let alerts = process_only(run(&mut Detector::new(slow).unwrap(), &events, 256, 0));
     assert!(
         alerts.iter().all(|a| a.detector == "process"),
         "{alerts:#?}"
@@ -933,7 +972,7 @@ fn process_model_resumes_from_a_checkpoint_across_drift_and_a_new_normal() {
     p.rows(&mut events, 1200, 0.3, 1.0);
     p.rows(&mut events, 300, 0.3, 1.0);
     let straight = {
-        let mut d = Detector::new(process_config());
+        let mut d = Detector::new(process_config()).unwrap();
         d.record_episode_ends(true);
         let alerts = run(&mut d, &events, 256, 0);
         (alerts, d.take_episode_ends())
@@ -951,7 +990,7 @@ fn process_model_resumes_from_a_checkpoint_across_drift_and_a_new_normal() {
         .unwrap()
         .last_seq as usize;
     for cut in [4000, 8001, 9000, notice - 2, notice - 1, notice + 3] {
-        let mut d = Detector::new(process_config());
+        let mut d = Detector::new(process_config()).unwrap();
         d.record_episode_ends(true);
         let mut alerts = run(&mut d, &events[..cut], 256, 0);
         let mut ends = d.take_episode_ends();

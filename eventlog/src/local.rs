@@ -50,13 +50,36 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub struct LocalLogConfig {
     /// A segment is closed and a new one started once it reaches this size, in bytes.
     pub segment_bytes: u64,
+    /// How long records are kept: a closed segment is deleted once all its
+    /// records are older than this (by the time the segment was last
+    /// written) *and* every consumer of its topic has committed past it. A
+    /// consumer that is stuck therefore holds the disk, it never loses data.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for LocalLogConfig {
     fn default() -> Self {
         LocalLogConfig {
             segment_bytes: 128 * 1024 * 1024,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+}
+
+impl LocalLogConfig {
+    /// Checks the values the log cannot work with, naming the option.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.segment_bytes < 4096 {
+            return Err(format!(
+                "segment_bytes = {} is below its minimum 4096",
+                self.segment_bytes
+            ));
+        }
+        if self.retention.is_zero() {
+            return Err("retention must be longer than 0 (e.g. \"7d\")".into());
+        }
+        Ok(())
     }
 }
 
@@ -723,6 +746,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = LocalLogConfig {
             segment_bytes: 2048,
+            ..Default::default()
         };
         {
             let log = LocalLog::open(dir.path(), config.clone()).unwrap();
@@ -855,7 +879,10 @@ mod tests {
     #[tokio::test]
     async fn a_flipped_bit_in_the_newest_segment_is_cut_in_an_older_one_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LocalLogConfig { segment_bytes: 1 };
+        let config = LocalLogConfig {
+            segment_bytes: 1,
+            ..Default::default()
+        };
         {
             let log = LocalLog::open(dir.path(), config.clone()).unwrap();
             for i in 0..3 {

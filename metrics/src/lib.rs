@@ -2,8 +2,9 @@
 //! by the agent and the central service.
 //!
 //! Owns the rendering of counters and gauges (with escaped labels) and the
-//! endpoint: `GET /metrics` returns the current figures, `GET /healthz`
-//! returns `ok` while the process serves. Deliberately small (one request
+//! endpoint: `GET /metrics` returns the current figures, `GET /healthz` and
+//! `GET /readyz` return 200 or 503 with a plain-text explanation, as the
+//! process's [`Endpoints`] decide at the moment of the request. Deliberately small (one request
 //! per connection, no HTTP library), so the agent stays small and a scraper
 //! needs nothing more.
 //!
@@ -63,6 +64,41 @@ impl Metric {
     }
 }
 
+/// A figure reported once per label set, e.g. one value per component.
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    /// (labels, value) of each series.
+    pub series: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+/// Families in the Prometheus text format, one `HELP`/`TYPE` per family.
+pub fn render_families(families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(
+            out,
+            "# HELP {} {}\n# TYPE {} {kind}",
+            f.name, f.help, f.name
+        );
+        for (labels, value) in &f.series {
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+        }
+    }
+    out
+}
+
 /// A label value with `\`, `"` and newlines escaped, as the format wants.
 fn escape(value: &str) -> String {
     value
@@ -117,14 +153,67 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
-/// Serves `GET /metrics` (whatever `render` returns at that moment) and
-/// `GET /healthz` on `listener` until `shutdown` turns true.
+/// The verdict of a health or readiness probe: 200 with `body` when `ok`,
+/// 503 with `body` (which says why) otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub ok: bool,
+    pub body: String,
+}
+
+impl Probe {
+    pub fn ok(body: impl Into<String>) -> Self {
+        Probe {
+            ok: true,
+            body: body.into(),
+        }
+    }
+
+    pub fn failing(body: impl Into<String>) -> Self {
+        Probe {
+            ok: false,
+            body: body.into(),
+        }
+    }
+}
+
+type Figures = dyn Fn() -> String + Send + Sync;
+type Check = dyn Fn() -> Probe + Send + Sync;
+
+/// What the endpoint answers, computed at each request.
+pub struct Endpoints {
+    /// `GET /metrics`: the figures in the Prometheus text format.
+    pub metrics: Box<Figures>,
+    /// `GET /healthz`: is the process doing its job (liveness)?
+    pub health: Box<Check>,
+    /// `GET /readyz`: is it caught up and able to take work (readiness)?
+    /// `None`: no such endpoint (404).
+    pub ready: Option<Box<Check>>,
+}
+
+/// Serves `GET /metrics` (whatever `render` returns at that moment) and a
+/// `GET /healthz` that is `ok` while the process serves, on `listener` until
+/// `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
+) {
+    let endpoints = Endpoints {
+        metrics: Box::new(render),
+        health: Box::new(|| Probe::ok("ok\n")),
+        ready: None,
+    };
+    serve_endpoints(listener, endpoints, shutdown).await
+}
+
+/// Serves `endpoints` on `listener` until `shutdown` turns true.
+pub async fn serve_endpoints(
+    listener: TcpListener,
+    endpoints: Endpoints,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let render = Arc::new(render);
+    let endpoints = Arc::new(endpoints);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -141,7 +230,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let render = render.clone();
+        let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let Ok(Some(request)) = tokio::time::timeout(IO_TIMEOUT, read_head(&mut conn)).await
@@ -149,15 +238,33 @@ pub async fn serve(
                 return;
             };
             let line = String::from_utf8_lossy(&request);
+            let probe = |check: &Check| {
+                let p = check();
+                let status = if p.ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                (status, "text/plain", p.body)
+            };
             let (status, content_type, body) = if line.starts_with("GET /metrics ") {
-                ("200 OK", "text/plain; version=0.0.4", render())
+                ("200 OK", "text/plain; version=0.0.4", (endpoints.metrics)())
             } else if line.starts_with("GET /healthz ") {
-                ("200 OK", "text/plain", "ok\n".to_string())
+                probe(endpoints.health.as_ref())
+            } else if let (true, Some(ready)) =
+                (line.starts_with("GET /readyz "), endpoints.ready.as_ref())
+            {
+                probe(ready.as_ref())
             } else {
+                let paths = if endpoints.ready.is_some() {
+                    "GET /metrics, GET /healthz and GET /readyz"
+                } else {
+                    "GET /metrics and GET /healthz"
+                };
                 (
                     "404 Not Found",
                     "text/plain",
-                    "only GET /metrics and GET /healthz here\n".to_string(),
+                    format!("only {paths} here\n"),
                 )
             };
             let response = format!(
@@ -236,5 +343,56 @@ mod tests {
             .await
             .expect("the endpoint did not stop")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn probes_answer_503_with_their_reason() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = healthy.clone();
+        let server = tokio::spawn(serve_endpoints(
+            listener,
+            Endpoints {
+                metrics: Box::new(String::new),
+                health: Box::new(move || {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        Probe::ok("ok\n")
+                    } else {
+                        Probe::failing("history-events: failed: disk on fire\n")
+                    }
+                }),
+                ready: Some(Box::new(|| Probe::failing("detector: 12 records behind\n"))),
+            },
+            shutdown,
+        ));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200 OK"));
+        healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+        let sick = get(addr, "/healthz").await;
+        assert!(sick.starts_with("HTTP/1.1 503"), "{sick}");
+        assert!(sick.ends_with("disk on fire\n"), "{sick}");
+        let ready = get(addr, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        assert!(ready.ends_with("12 records behind\n"), "{ready}");
+        stop.send_replace(true);
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn families_render_one_series_per_label_set() {
+        let text = render_families(&[Family {
+            name: "up",
+            kind: Kind::Gauge,
+            help: "Up.",
+            series: vec![
+                (vec![("component", "a".to_string())], 1),
+                (vec![("component", "b\"".to_string())], 0),
+            ],
+        }]);
+        assert_eq!(
+            text,
+            "# HELP up Up.\n# TYPE up gauge\nup{component=\"a\"} 1\nup{component=\"b\\\"\"} 0\n"
+        );
     }
 }

@@ -2,6 +2,11 @@
 //! reference: every option is documented, has a default, and unknown keys are
 //! refused by name. Command-line flags override the file.
 //!
+//! Every command that runs a part of the service reads it through
+//! [`ServerConfig::load`] (or checks a built one with
+//! [`ServerConfig::validate`]), so a value one command refuses is refused by
+//! all of them, before anything starts.
+//!
 //! ```toml
 //! data_dir = "/var/lib/otwatch"
 //! listen = "127.0.0.1:4317"
@@ -13,6 +18,7 @@
 //! learn = "1d"
 //! ```
 
+use crate::outputs::OutputConfig;
 use anyhow::Context;
 use otwatch_collector::CollectorConfig;
 use otwatch_detector::DetectorConfig;
@@ -38,12 +44,16 @@ pub struct ServerConfig {
     pub detector: DetectorConfig,
     /// The Parquet history.
     pub history: HistoryConfig,
-    /// Where alerts go besides the `alerts` table.
-    pub alerts: AlertSinkConfig,
-    /// Address for a Prometheus `GET /metrics` endpoint (and `GET /healthz`)
-    /// with ingest counters and how far the detector and history are
-    /// behind, e.g. "127.0.0.1:9464". Default: none.
+    /// Where alerts go besides the `alerts` table, one `[[outputs]]` table
+    /// each. Default: `stdout` and `jsonl` to `alerts.jsonl`. Giving any
+    /// replaces the defaults.
+    pub outputs: Vec<OutputConfig>,
+    /// Address for the HTTP endpoint with Prometheus `GET /metrics` (ingest
+    /// counters, each component's state and lag), `GET /healthz` and
+    /// `GET /readyz`, e.g. "127.0.0.1:9464". Default: none.
     pub metrics_listen: Option<SocketAddr>,
+    /// What `/readyz` requires.
+    pub health: HealthConfig,
     /// Serve plaintext gRPC (agents name themselves with headers) when
     /// `[collector.tls]` is absent. Only ever set from the command line
     /// (`--insecure-loopback`) or by the demo, never from a file, and only
@@ -61,8 +71,9 @@ impl Default for ServerConfig {
             log: LocalLogConfig::default(),
             detector: DetectorConfig::default(),
             history: HistoryConfig::default(),
-            alerts: AlertSinkConfig::default(),
+            outputs: crate::outputs::default_outputs(),
             metrics_listen: None,
+            health: HealthConfig::default(),
             insecure_loopback: false,
         }
     }
@@ -89,22 +100,20 @@ impl Default for HistoryConfig {
     }
 }
 
-/// Alert outputs.
+/// The `[health]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AlertSinkConfig {
-    /// Print one readable line per alert on standard output.
-    pub stdout: bool,
-    /// Append every alert as one JSON object per line to this file
-    /// (relative paths are under `data_dir`). Empty: no file.
-    pub jsonl_file: Option<PathBuf>,
+pub struct HealthConfig {
+    /// `/readyz` answers 503 while any consumer of the event log (history
+    /// writers, detector, alert outputs) is more than this many records
+    /// behind the end of its topic. A record is one ingested batch.
+    pub ready_max_lag: u64,
 }
 
-impl Default for AlertSinkConfig {
+impl Default for HealthConfig {
     fn default() -> Self {
-        AlertSinkConfig {
-            stdout: true,
-            jsonl_file: Some(PathBuf::from("alerts.jsonl")),
+        HealthConfig {
+            ready_max_lag: 10_000,
         }
     }
 }
@@ -139,12 +148,51 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Reads a configuration file.
+    /// Reads a configuration file and checks it ([`validate`](Self::validate)
+    /// without the transport check, which depends on command-line flags).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid otwatch config", path.display()))
+        let config: ServerConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid otwatch config", path.display()))?;
+        config
+            .validate_values()
+            .with_context(|| format!("{} is not a valid otwatch config", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks every value a component cannot work with, and that ingest is
+    /// secured ([`check_transport`](Self::check_transport)). Each error names
+    /// the option.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_values()?;
+        self.check_transport()
+    }
+
+    fn validate_values(&self) -> anyhow::Result<()> {
+        if self.collector.max_connections == 0 {
+            anyhow::bail!(
+                "collector.max_connections = 0 would refuse every agent: give at least 1"
+            );
+        }
+        self.collector
+            .limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("collector.{e}"))?;
+        self.detector
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[detector]: {e}"))?;
+        self.log
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[log]: {e}"))?;
+        if self.history.flush_interval.is_zero() {
+            anyhow::bail!("history.flush_interval must be longer than 0");
+        }
+        if self.history.flush_rows == 0 {
+            anyhow::bail!("history.flush_rows must be at least 1");
+        }
+        crate::outputs::validate(&self.outputs)?;
+        Ok(())
     }
 }
 
@@ -169,5 +217,35 @@ mod tests {
         let c: ServerConfig = toml::from_str("").unwrap();
         assert_eq!(c.listen.port(), 4317);
         assert_eq!(c.history.flush_interval, Duration::from_secs(2));
+        c.validate_values().unwrap();
+    }
+
+    #[test]
+    fn values_no_component_can_work_with_are_refused_by_name() {
+        let refused = |text: &str| {
+            let c: ServerConfig = toml::from_str(text).unwrap();
+            format!("{:#}", c.validate_values().unwrap_err())
+        };
+        assert!(refused("[collector]\nmax_connections = 0\n").contains("max_connections"));
+        assert!(refused("[collector.limits]\nmax_events_per_batch = 0\n")
+            .contains("collector.limits.max_events_per_batch = 0"));
+        assert!(refused("[detector]\ncusum_h = 0\n").contains("cusum_h"));
+        assert!(refused("[history]\nflush_rows = 0\n").contains("flush_rows"));
+        assert!(refused("[log]\nretention = \"0s\"\n").contains("retention"));
+        assert!(refused("[[outputs]]\ntype = \"jsonl\"\npath = \"\"\n").contains("path"));
+    }
+
+    #[test]
+    fn serve_refuses_plaintext_off_loopback() {
+        let mut c = ServerConfig {
+            listen: "0.0.0.0:4317".parse().unwrap(),
+            ..ServerConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.insecure_loopback = true;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        c.listen = "127.0.0.1:4317".parse().unwrap();
+        c.validate().unwrap();
     }
 }

@@ -7,9 +7,6 @@
 //! event timestamps follow it; the detector only ever sees event time, so the
 //! outcome of a seed does not depend on how fast the machine is.
 
-use crate::central::{history_dir, Central};
-use crate::config::ServerConfig;
-use crate::sinks::format_ts;
 use anyhow::Context;
 use otwatch_agent::config::{
     AgentConfig, ClientTlsConfig, SenderConfig, SimSourceConfig, SourceConfig,
@@ -17,10 +14,11 @@ use otwatch_agent::config::{
 use otwatch_agent::sim::{ScenarioTruth, SimConfig, SimSite};
 use otwatch_agent::Agent;
 use otwatch_proto::Alert;
+use otwatch_runtime::outputs::{alert_line, format_ts};
+use otwatch_runtime::{history_dir, ServerConfig, Service};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Prints the scenarios that start at or before `until_ns` and were not
 /// announced yet.
@@ -46,12 +44,7 @@ fn announce(truth: &[ScenarioTruth], announced: &mut usize, until_ns: i64) {
 /// before it.
 fn print_alert(alert: &Alert, truth: &[ScenarioTruth], announced: &mut usize) {
     announce(truth, announced, alert.ts_ns);
-    println!("ALERT {}", crate::sinks::alert_line(alert));
-}
-
-/// Says that the live feed dropped `n` alerts because printing fell behind.
-fn print_skipped(n: u64) {
-    println!("({n} alert line(s) skipped: printing fell behind; the alerts table has them all)");
+    println!("ALERT {}", alert_line(alert));
 }
 
 /// Options of a demo run.
@@ -206,16 +199,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         crl: None,
     });
     // The demo prints alerts itself, so that a scenario's announcement always
-    // comes before its first alert.
-    config.alerts.stdout = false;
+    // comes before its first alert: only the JSON-lines file stays.
+    config
+        .outputs
+        .retain(|o| !matches!(o, otwatch_runtime::outputs::OutputConfig::Stdout(_)));
     // Simulated time runs ahead of the wall clock when the run is open-ended.
     config.collector.limits.max_future_skew_secs = 366 * 24 * 3600;
     config.detector = otwatch_detector::DetectorConfig {
         learn: opts.learn,
         ..Default::default()
     };
-    let central = Central::start(config).await?;
-    let mut live_alerts = central.subscribe_alerts();
+    let mut central = Service::start(config).await?;
+    let mut live_alerts = central.tail_alerts().await?;
     let url = format!("https://{}", central.addr);
 
     // A bounded run ends at the wall clock's now, so its events are not in the future.
@@ -311,15 +306,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = &mut ctrl_c => { println!("stopping (Ctrl-C)"); break; }
-            alert = live_alerts.recv() => {
-                match alert {
-                    Ok(alert) => print_alert(&alert, &truth, &mut announced),
-                    Err(RecvError::Lagged(n)) => print_skipped(n),
-                    Err(RecvError::Closed) => break,
+            alerts = live_alerts.next(Duration::from_millis(200)) => {
+                for alert in alerts? {
+                    print_alert(&alert, &truth, &mut announced);
                 }
-                continue;
+            }
+            _ = &mut ctrl_c => { println!("stopping (Ctrl-C)"); break; }
+            failure = central.failed() => {
+                return Err(failure).context("the central service failed");
             }
         }
         let now = sim_now(wall);
@@ -335,10 +329,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
                 "[{}] events stored {}, alerts {}",
                 format_ts(now),
                 c.events_stored,
-                central
-                    .progress
-                    .alerts_raised
-                    .load(std::sync::atomic::Ordering::Relaxed)
+                central.alerts_raised()
             );
         }
     }
@@ -351,15 +342,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         events_sent += counts.events_taken;
     }
     let data_dir = central.data_dir.clone();
-    central.stop(Duration::from_secs(60)).await?;
-    // Alerts raised while the pipeline drained are buffered by now.
+    central.wait_caught_up(Duration::from_secs(60)).await;
+    // Alerts raised while the pipeline drained.
     loop {
-        match live_alerts.try_recv() {
-            Ok(alert) => print_alert(&alert, &truth, &mut announced),
-            Err(TryRecvError::Lagged(n)) => print_skipped(n),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        let alerts = live_alerts.next(Duration::ZERO).await?;
+        if alerts.is_empty() {
+            break;
+        }
+        for alert in alerts {
+            print_alert(&alert, &truth, &mut announced);
         }
     }
+    central.stop(Duration::from_secs(60)).await?;
 
     let history = history_dir(&data_dir);
     let events_stored = count(&history, "SELECT count(*) FROM events").await?;

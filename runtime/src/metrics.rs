@@ -1,23 +1,46 @@
-//! The central service's figures for Prometheus (`metrics_listen`): ingest
-//! counters of the collector, and how far the detector and the history
-//! writers are behind the event log.
+//! The central service's HTTP endpoint (`metrics_listen`): Prometheus
+//! figures (ingest counters, each component's state, failures and lag), and
+//! the `/healthz` and `/readyz` probes (see [`crate::health`]).
 
-use crate::central::Progress;
+use crate::health::Health;
+use crate::service::Counters;
 use otwatch_collector::CollectorMetrics;
 use otwatch_eventlog::{EventLog, Topic};
-use otwatch_metrics::Metric;
+use otwatch_metrics::{Endpoints, Metric};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The endpoint's answers, computed at each request.
+pub fn endpoints(
+    collector: Arc<CollectorMetrics>,
+    health: Health,
+    counters: Arc<Counters>,
+    log: Arc<dyn EventLog>,
+    ready_max_lag: u64,
+) -> Endpoints {
+    let (h1, l1) = (health.clone(), log.clone());
+    let (h2, l2) = (health.clone(), log.clone());
+    Endpoints {
+        metrics: Box::new(move || render(&collector, &health, &counters, log.as_ref())),
+        health: Box::new(move || h1.liveness(l1.as_ref())),
+        ready: Some(Box::new(move || {
+            h2.readiness(l2.as_ref(), None, ready_max_lag)
+        })),
+    }
+}
 
 /// The figures now, in the Prometheus text format.
-pub fn render(collector: &CollectorMetrics, progress: &Progress, log: &dyn EventLog) -> String {
+pub fn render(
+    collector: &CollectorMetrics,
+    health: &Health,
+    counters: &Counters,
+    log: &dyn EventLog,
+) -> String {
     let c = collector.snapshot();
     let events_end = log.end_offset(Topic::Events);
     let alerts_end = log.end_offset(Topic::Alerts);
     let at = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Acquire);
-    let detector = at(&progress.detector);
-    let events_history = at(&progress.events_history);
-    let alerts_history = at(&progress.alerts_history);
-    otwatch_metrics::render(
+    let mut text = otwatch_metrics::render(
         &[],
         &[
             Metric::counter(
@@ -81,30 +104,22 @@ pub fn render(collector: &CollectorMetrics, progress: &Progress, log: &dyn Event
                 events_end,
             ),
             Metric::gauge(
-                "otwatch_detector_lag_events",
-                "Events in the log the detector has not read yet.",
-                events_end.saturating_sub(detector),
-            ),
-            Metric::gauge(
-                "otwatch_history_lag_events",
-                "Events in the log not yet queryable in the events table.",
-                events_end.saturating_sub(events_history),
-            ),
-            Metric::gauge(
-                "otwatch_history_lag_alerts",
-                "Alerts in the log not yet queryable in the alerts table.",
-                alerts_end.saturating_sub(alerts_history),
+                "otwatch_log_alerts_end_offset",
+                "Next offset of the alerts topic of the event log.",
+                alerts_end,
             ),
             Metric::counter(
                 "otwatch_detector_alerts_total",
                 "Alerts raised since the service started.",
-                at(&progress.alerts_raised),
+                at(&counters.alerts_raised),
             ),
             Metric::counter(
                 "otwatch_history_rows_written_total",
                 "Rows written to the events table since the service started.",
-                at(&progress.events_written),
+                at(&counters.events_written),
             ),
         ],
-    )
+    );
+    text.push_str(&otwatch_metrics::render_families(&health.families(log)));
+    text
 }

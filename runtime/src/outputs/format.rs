@@ -1,11 +1,7 @@
-//! Alert outputs besides the `alerts` table: one readable line per alert on
-//! standard output, and a JSON-lines file for other tools to follow.
+//! How an alert reads: one line for a person, one JSON object for a tool.
+//! Every output formats alerts through here, so they agree.
 
-use crate::config::AlertSinkConfig;
-use anyhow::Context;
 use otwatch_proto::{severity_name, Alert};
-use std::io::Write;
-use std::path::Path;
 
 /// Formats an event-time timestamp (ns) as `YYYY-MM-DD HH:MM:SS`, UTC.
 pub fn format_ts(ts_ns: i64) -> String {
@@ -55,46 +51,4 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
         "event_count": alert.event_count,
         "technique": alert.technique,
     })
-}
-
-pub struct AlertSinks {
-    stdout: bool,
-    file: Option<std::fs::File>,
-}
-
-impl AlertSinks {
-    pub fn open(config: &AlertSinkConfig, data_dir: &Path) -> anyhow::Result<Self> {
-        let file = match &config.jsonl_file {
-            Some(path) => {
-                let path = data_dir.join(path);
-                Some(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("cannot open alert file {}", path.display()))?,
-                )
-            }
-            None => None,
-        };
-        Ok(AlertSinks {
-            stdout: config.stdout,
-            file,
-        })
-    }
-
-    /// Sends one alert to every configured output. A failing output is
-    /// logged, never fatal: the alert is in the `alerts` table regardless.
-    pub fn emit(&mut self, alert: &Alert) {
-        if self.stdout {
-            println!("ALERT {}", alert_line(alert));
-        }
-        if let Some(file) = &mut self.file {
-            let mut line = alert_json(alert).to_string();
-            line.push('\n');
-            if let Err(e) = file.write_all(line.as_bytes()) {
-                tracing::error!(error = %e, "cannot append to the alert file");
-            }
-        }
-    }
 }

@@ -305,7 +305,7 @@ pub fn run_recording(
     let learn_ns = rec.ts_ns[first_test] - rec.ts_ns[0];
     config.learn = Duration::from_nanos(learn_ns as u64);
     config.validate()?;
-    let mut detector = Detector::new(config);
+    let mut detector = Detector::new(config)?;
     detector.record_episode_ends(true);
     let asset = Path::new(&rec.name)
         .file_stem()

@@ -1,0 +1,14 @@
+//! The components of the central service. Each has one job, reads the event
+//! log from its own committed offset (or, for ingest, is the one producer),
+//! and runs under the [`crate::supervisor`].
+//!
+//! | component | stage | reads | writes |
+//! |---|---|---|---|
+//! | `ingest` | ingest | agents (gRPC) | `events` topic |
+//! | `detector` | detect | `events` topic | `alerts` topic, checkpoint |
+//! | `history-events`, `history-alerts` | output | a topic | Parquet tables |
+//! | `output-<name>` | output | `alerts` topic | a receiver (stdout, file, ...) |
+
+pub mod detector;
+pub mod history;
+pub mod ingest;

@@ -1,0 +1,203 @@
+//! Alert outputs: components that read the `alerts` topic of the event log
+//! and hand each alert to a receiver (standard output, a JSON-lines file).
+//!
+//! Every output is its own consumer of the log (group `output-<name>`), so
+//! it resumes on its own after a restart and never holds up detection or
+//! the other outputs. The contract each output keeps:
+//! - **at least once**: the output's offset is committed only after the
+//!   receiver took the alerts; a crash in between delivers them again,
+//!   with the same alert ids, so a receiver can drop repeats;
+//! - a receiver that fails is retried with backoff, and the output shows
+//!   `retrying` with the cause in `/healthz` meanwhile; its backlog waits in
+//!   the log (the log keeps what any consumer has not committed);
+//! - a new output starts at the oldest alert the log holds.
+
+mod format;
+mod jsonl;
+mod stdout;
+
+pub use format::{alert_json, alert_line, format_ts};
+
+use crate::health::Backoff;
+use crate::supervisor::Context;
+use anyhow::Context as _;
+use otwatch_eventlog::{EventLog, LogError, Topic};
+use otwatch_proto::Alert;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One `[[outputs]]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputConfig {
+    /// One readable line per alert on standard output.
+    Stdout(stdout::StdoutConfig),
+    /// One JSON object per alert and line, appended to a file.
+    Jsonl(jsonl::JsonlConfig),
+}
+
+impl OutputConfig {
+    /// The output's name: its `name` option, or its type.
+    pub fn name(&self) -> &str {
+        match self {
+            OutputConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
+            OutputConfig::Jsonl(c) => c.name.as_deref().unwrap_or("jsonl"),
+        }
+    }
+
+    /// The consumer group under which it reads the alerts topic.
+    pub fn group(&self) -> String {
+        format!("output-{}", self.name())
+    }
+
+    /// Opens the receiver. Relative paths are under `data_dir`.
+    pub fn open(&self, data_dir: &Path) -> anyhow::Result<Box<dyn AlertOutput>> {
+        Ok(match self {
+            OutputConfig::Stdout(_) => Box::new(stdout::Stdout),
+            OutputConfig::Jsonl(c) => Box::new(jsonl::Jsonl::open(resolve(data_dir, &c.path))?),
+        })
+    }
+}
+
+fn resolve(data_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        data_dir.join(path)
+    }
+}
+
+/// The outputs when the config gives none: standard output and
+/// `alerts.jsonl` in the data directory.
+pub fn default_outputs() -> Vec<OutputConfig> {
+    vec![
+        OutputConfig::Stdout(stdout::StdoutConfig::default()),
+        OutputConfig::Jsonl(jsonl::JsonlConfig::default()),
+    ]
+}
+
+/// Checks the `[[outputs]]` list: names unique (each names a consumer
+/// group), options usable.
+pub fn validate(outputs: &[OutputConfig]) -> anyhow::Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for output in outputs {
+        let name = output.name();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            anyhow::bail!("outputs: name {name:?} must be letters, digits, '-' or '_'");
+        }
+        if !names.insert(name.to_string()) {
+            anyhow::bail!(
+                "outputs: two outputs are named {name:?}; give each of them its own `name`"
+            );
+        }
+        if let OutputConfig::Jsonl(c) = output {
+            if c.path.as_os_str().is_empty() {
+                anyhow::bail!("outputs.{name}: path is empty");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// It may work later (a full disk, a receiver that is down): retried.
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// A receiver of alerts.
+#[async_trait::async_trait]
+pub trait AlertOutput: Send {
+    /// Hands `alerts` to the receiver; `Ok` once it has taken all of them.
+    async fn deliver(&mut self, alerts: &[Alert]) -> Result<(), OutputError>;
+}
+
+/// Alerts read per delivery, at most.
+const RECORDS_PER_POLL: usize = 64;
+
+/// Runs one output: reads the alerts topic from its committed offset,
+/// delivers, commits. See the module docs for the contract.
+pub async fn run(
+    mut output: Box<dyn AlertOutput>,
+    log: Arc<dyn EventLog>,
+    group: String,
+    mut ctx: Context,
+) -> anyhow::Result<()> {
+    let mut consumer = log
+        .consumer(Topic::Alerts, &group)
+        .await
+        .with_context(|| format!("cannot open consumer group {group}"))?;
+    ctx.reporter.set_position(consumer.position());
+    ctx.reporter.running();
+    let mut backoff = Backoff::default();
+    loop {
+        let stopping = ctx.stopping();
+        let wait = if stopping {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(250)
+        };
+        let got = match consumer.poll(RECORDS_PER_POLL, wait).await {
+            Ok(got) => got,
+            Err(e @ LogError::Io { .. }) | Err(e @ LogError::Fs(_)) => {
+                ctx.reporter.retrying(&e.to_string());
+                if ctx.pause(backoff.next_pause()).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e).context("cannot read the alerts topic"),
+        };
+        if got.is_empty() {
+            if stopping {
+                return Ok(());
+            }
+            continue;
+        }
+        let next = consumer.position();
+        let mut alerts = Vec::new();
+        for d in &got {
+            alerts.extend(
+                otwatch_proto::arrow::batch_to_alerts(&d.batch).with_context(|| {
+                    format!("alerts record at offset {} is unreadable", d.offset)
+                })?,
+            );
+        }
+        loop {
+            match output.deliver(&alerts).await {
+                Ok(()) => break,
+                Err(OutputError::Transient(e)) => {
+                    ctx.reporter.retrying(&e);
+                    // Not committed: delivered again at the next start.
+                    if ctx.pause(backoff.next_pause()).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        loop {
+            match consumer.commit(next).await {
+                Ok(()) => break,
+                Err(e @ LogError::Io { .. }) | Err(e @ LogError::Fs(_)) => {
+                    ctx.reporter
+                        .retrying(&format!("cannot commit offset {next}: {e}"));
+                    if ctx.pause(backoff.next_pause()).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e).context("cannot commit the output's offset"),
+            }
+        }
+        backoff.reset();
+        ctx.reporter.set_position(next);
+        ctx.reporter.running();
+    }
+}

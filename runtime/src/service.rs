@@ -1,0 +1,327 @@
+//! The central service in one process (`otwatch serve`): the collector, the
+//! embedded event log, the detector, the history writers and the alert
+//! outputs, each a supervised component over the log.
+//!
+//! Everything downstream of the collector reads the event log and nothing
+//! else, so each component resumes on its own after a restart: the history
+//! writers from the offset committed with their Parquet files, the detector
+//! from its checkpoint, each output from its consumer group's offset.
+//!
+//! Promises:
+//! - one process per data directory: a second one is refused at start,
+//!   naming the holder ([`otwatch_fs::DirLock`]);
+//! - the configuration is validated before anything opens;
+//! - a component that fails stops the service, and [`Service::run`] returns
+//!   the failure so the binary exits non-zero (see [`crate::supervisor`]);
+//! - a clean stop ends ingest first, lets the detector and then the writers
+//!   and outputs finish what the log holds (each up to the drain time), and
+//!   returns; what is left is read again at the next start.
+
+use crate::components::detector::DetectorComponent;
+use crate::components::history::HistoryComponent;
+use crate::components::ingest::IngestComponent;
+use crate::config::ServerConfig;
+use crate::health::{Health, Reporter};
+use crate::supervisor::{Failure, Stage, Supervisor};
+use anyhow::Context;
+use otwatch_collector::{Collector, CollectorMetrics};
+use otwatch_eventlog::{Consumer, EventLog, LocalLog, Topic};
+use otwatch_history::Table;
+use otwatch_proto::Alert;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Where the Parquet history of a data directory lives.
+pub fn history_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("history")
+}
+
+/// Where the event log of a data directory lives.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+/// Counters the components keep beside their health.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Alerts raised since start.
+    pub alerts_raised: Arc<AtomicU64>,
+    /// Rows written to the events table since start.
+    pub events_written: Arc<AtomicU64>,
+}
+
+/// The running central service.
+pub struct Service {
+    /// The ingest address (useful with port 0).
+    pub addr: SocketAddr,
+    pub log: Arc<LocalLog>,
+    pub collector: Arc<CollectorMetrics>,
+    pub health: Health,
+    pub counters: Arc<Counters>,
+    pub data_dir: PathBuf,
+    supervisor: Supervisor,
+    stages: Vec<(Stage, Reporter)>,
+    stop_http: watch::Sender<bool>,
+    _lock: otwatch_fs::DirLock,
+}
+
+impl Service {
+    /// Validates the configuration, locks and opens the data directory and
+    /// starts every component.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Service> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        let lock =
+            otwatch_fs::DirLock::acquire(&data_dir).context("cannot use the data directory")?;
+        let log = Arc::new(
+            LocalLog::open(log_dir(&data_dir), config.log.clone())
+                .context("cannot open the event log")?,
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let tls = match &config.collector.tls {
+            Some(tls) => Some(
+                tls.acceptor()
+                    .context("cannot set up TLS on the ingest port")?,
+            ),
+            None => None,
+        };
+        let secure = tls.is_some();
+        let collector = Collector::new(log.clone(), config.collector.clone());
+        let collector_metrics = collector.metrics();
+
+        let health = Health::default();
+        let counters = Arc::new(Counters::default());
+        let mut supervisor = Supervisor::new();
+        let mut stages = Vec::new();
+        let mut register = |stage: Stage, name: String, topic: Option<Topic>| {
+            let reporter = health.register(name, topic);
+            stages.push((stage, reporter.clone()));
+            reporter
+        };
+        let as_dyn = || -> Arc<dyn EventLog> { log.clone() };
+
+        // Consumers first: each opens its own state before ingest starts.
+        for table in Table::ALL {
+            let topic = match table {
+                Table::Events => Topic::Events,
+                Table::Alerts => Topic::Alerts,
+            };
+            let component = HistoryComponent {
+                log: as_dyn(),
+                root: history_dir(&data_dir),
+                table,
+                config: config.history.clone(),
+                rows_written: match table {
+                    Table::Events => counters.events_written.clone(),
+                    Table::Alerts => Arc::new(AtomicU64::new(0)),
+                },
+            };
+            let reporter = register(
+                Stage::Output,
+                crate::components::history::group(table),
+                Some(topic),
+            );
+            supervisor.spawn(Stage::Output, reporter, |ctx| component.run(ctx));
+        }
+        for output in &config.outputs {
+            let receiver = output
+                .open(&data_dir)
+                .with_context(|| format!("cannot open output {}", output.name()))?;
+            let group = output.group();
+            let reporter = register(Stage::Output, group.clone(), Some(Topic::Alerts));
+            let log = as_dyn();
+            supervisor.spawn(Stage::Output, reporter, move |ctx| {
+                crate::outputs::run(receiver, log, group, ctx)
+            });
+        }
+        let detector = DetectorComponent {
+            log: as_dyn(),
+            dir: data_dir.join("detector"),
+            config: config.detector.clone(),
+            alerts_raised: counters.alerts_raised.clone(),
+        };
+        let reporter = register(
+            Stage::Detect,
+            crate::components::detector::GROUP.to_string(),
+            Some(Topic::Events),
+        );
+        supervisor.spawn(Stage::Detect, reporter, |ctx| detector.run(ctx));
+
+        let ingest = IngestComponent {
+            collector,
+            listener,
+            tls,
+        };
+        let reporter = register(Stage::Ingest, "ingest".into(), None);
+        supervisor.spawn(Stage::Ingest, reporter, |ctx| ingest.run(ctx));
+        if secure {
+            tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening (TLS, client certificates required)");
+        } else {
+            tracing::warn!(%addr, data_dir = %data_dir.display(), "collector listening WITHOUT TLS on loopback (--insecure-loopback): agents are trusted by the names they give");
+        }
+
+        let (stop_http, http_stop) = watch::channel(false);
+        if let Some(addr) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
+            let endpoints = crate::metrics::endpoints(
+                collector_metrics.clone(),
+                health.clone(),
+                counters.clone(),
+                log.clone(),
+                config.health.ready_max_lag,
+            );
+            tokio::spawn(otwatch_metrics::serve_endpoints(
+                listener, endpoints, http_stop,
+            ));
+        }
+        Ok(Service {
+            addr,
+            log,
+            collector: collector_metrics,
+            health,
+            counters,
+            data_dir,
+            supervisor,
+            stages,
+            stop_http,
+            _lock: lock,
+        })
+    }
+
+    /// Alerts raised since start.
+    pub fn alerts_raised(&self) -> u64 {
+        self.counters.alerts_raised.load(Ordering::Relaxed)
+    }
+
+    /// True once the detector, the history writers and the outputs have
+    /// processed everything in the log.
+    pub fn caught_up(&self) -> bool {
+        self.health.caught_up(self.log.as_ref())
+    }
+
+    fn stage_caught_up(&self, stage: Stage) -> bool {
+        let log = self.log.as_ref();
+        self.health
+            .view(log)
+            .iter()
+            .filter(|c| {
+                self.stages
+                    .iter()
+                    .any(|(s, r)| *s == stage && r.name() == c.name)
+            })
+            .all(|c| c.lag == 0)
+    }
+
+    /// Waits until [`caught_up`](Self::caught_up) holds, up to `timeout`.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.caught_up() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// A reader of the alerts raised from now on, for live displays.
+    pub async fn tail_alerts(&self) -> anyhow::Result<AlertTail> {
+        let mut consumer = self.log.consumer(Topic::Alerts, "live-tail").await?;
+        consumer.seek(self.log.end_offset(Topic::Alerts));
+        Ok(AlertTail { consumer })
+    }
+
+    /// The first component failure, once there is one.
+    pub async fn failed(&mut self) -> Failure {
+        self.supervisor.next_failure().await
+    }
+
+    /// Runs until `shutdown` completes (then stops cleanly, draining up to
+    /// `drain` per stage) or a component fails (then stops at once and
+    /// returns the failure, so the process exits non-zero).
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> anyhow::Result<()> {
+        let failure = tokio::select! {
+            _ = shutdown => None,
+            failure = self.supervisor.next_failure() => Some(failure),
+        };
+        match failure {
+            None => {
+                tracing::info!("stopping");
+                self.stop(drain).await
+            }
+            Some(failure) => {
+                let _ = self.stop(Duration::from_secs(2)).await;
+                Err(failure.into())
+            }
+        }
+    }
+
+    /// Stops ingest, lets the detector and then the writers and outputs
+    /// finish what the log holds (up to `drain` each), then stops them.
+    /// Returns the first component failure, if any happened.
+    pub async fn stop(mut self, drain: Duration) -> anyhow::Result<()> {
+        self.supervisor.begin_stop();
+        self.supervisor
+            .stop_stage(Stage::Ingest, Duration::from_secs(30))
+            .await;
+        for stage in [Stage::Detect, Stage::Output] {
+            let deadline = Instant::now() + drain;
+            while !self.stage_caught_up(stage) && Instant::now() < deadline {
+                if self.supervisor_failed() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if !self.stage_caught_up(stage) {
+                tracing::warn!(
+                    ?stage,
+                    "stopping before every component caught up; they resume from the event log at the next start"
+                );
+            }
+            self.supervisor.stop_stage(stage, drain).await;
+        }
+        self.stop_http.send_replace(true);
+        match self.supervisor.try_failure() {
+            Some(failure) => Err(failure.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn supervisor_failed(&self) -> bool {
+        self.health
+            .view(self.log.as_ref())
+            .iter()
+            .any(|c| matches!(c.state, crate::health::State::Failed { .. }))
+    }
+}
+
+/// Alerts as the detector appends them, read from the log.
+pub struct AlertTail {
+    consumer: Box<dyn Consumer>,
+}
+
+impl AlertTail {
+    /// The next alerts, waiting up to `wait`; empty when none came.
+    pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Vec<Alert>> {
+        let mut alerts = Vec::new();
+        for d in self.consumer.poll(64, wait).await? {
+            alerts.extend(otwatch_proto::arrow::batch_to_alerts(&d.batch)?);
+        }
+        Ok(alerts)
+    }
+}
