@@ -258,10 +258,11 @@ struct Drain {
     /// The file is finished once found at its end on this poll or a later
     /// one: its writer may append a little longer after a rotation.
     until_poll: u64,
-    /// The file the path named when the rotation was seen, held open and
-    /// read from its start next, whatever the path names by then (so a
-    /// second rotation during the drain skips no file). `None`: the path
-    /// named no file, or the rotation was not seen at the path.
+    /// The file read next, from its start, held open since the rotation
+    /// was seen (so a second rotation during the drain skips no file): the
+    /// file the path named then, or the truncated file after its copy.
+    /// `None`: the path named no file, or the rotation happened while the
+    /// agent was stopped; the path is opened when the drain ends.
     next: Option<Reading>,
     /// Lines read from the file since the rotation was seen.
     lines: u64,
@@ -391,7 +392,9 @@ impl Follower {
                     tracing::warn!(file = %reading.origin.display(), "the rotated file being read was truncated; moving on");
                     return self.end_drain();
                 }
-                self.on_truncated()?;
+                if let Some(mark) = self.on_truncated()? {
+                    return Ok(Some(mark));
+                }
                 continue;
             }
             if self.drain.is_none() {
@@ -404,7 +407,9 @@ impl Follower {
             };
             if chunk.after > chunk.before {
                 drain.lines += chunk.lines.len() as u64;
-                return Ok(Some(chunk));
+                // Once no writer is waited for, the rest is read at once.
+                let more = chunk.more || self.polls >= drain.until_poll;
+                return Ok(Some(Chunk { more, ..chunk }));
             }
             // A rotated file at its end: finished, unless its writer may
             // still be appending.
@@ -477,8 +482,8 @@ impl Follower {
         Ok(Some(mark))
     }
 
-    /// The drained file is finished: moves on to the file the path names
-    /// now, from its start. Returns the mark to checkpoint.
+    /// The drained file is finished: moves on to the next file (see
+    /// [`Drain::next`]), from its start. Returns the mark to checkpoint.
     fn end_drain(&mut self) -> io::Result<Option<Chunk>> {
         let old_id = self.reading.as_ref().expect("draining a file").id;
         let held = self.drain.as_mut().and_then(|d| d.next.take());
@@ -528,13 +533,30 @@ impl Follower {
     }
 
     /// The file being followed was truncated under the reader: its unread
-    /// tail went to a copy (copytruncate), read from there if one matches.
-    fn on_truncated(&mut self) -> io::Result<()> {
-        let old = self.reading.take().expect("reading a file");
+    /// tail went to a copy (copytruncate), read from there if one matches,
+    /// then the file from its start.
+    /// Returns the mark of the file read again from its start, when there
+    /// is no copy to read first.
+    fn on_truncated(&mut self) -> io::Result<Option<Chunk>> {
+        // Everything that may fail comes first: on an error the state is
+        // unchanged, and the next poll sees the same truncation.
+        let old = self.reading.as_ref().expect("reading a file");
         let found = self.find_rotated(|id, size, prefix| {
             (id != old.id && size >= old.offset && old.starts_like(prefix)).then_some(1)
         })?;
-        let Some((origin, file)) = found else {
+        let tail = ResumePoint {
+            offset: old.offset,
+            line: old.line,
+        };
+        let copy = match found {
+            Some((origin, file)) => Some(Reading::open(file, &origin, tail)?),
+            None => None,
+        };
+        // The truncated file itself, read from its start (after the copy).
+        let start = ResumePoint { offset: 0, line: 1 };
+        let restarted = Reading::open(old.file.try_clone()?, &old.origin, start)?;
+        let old = self.reading.take().expect("reading a file");
+        let Some(copy) = copy else {
             let lost = old.size.saturating_sub(old.offset);
             if lost > 0 {
                 self.metrics
@@ -549,16 +571,10 @@ impl Follower {
             } else {
                 tracing::info!("the file was truncated after it was read to its end; reading it again from its start");
             }
-            return Ok(());
+            let mark = restarted.mark(false);
+            self.reading = Some(restarted);
+            return Ok(Some(mark));
         };
-        let copy = Reading::open(
-            file,
-            &origin,
-            ResumePoint {
-                offset: old.offset,
-                line: old.line,
-            },
-        )?;
         // Bytes seen in the file before it was truncated but missing from
         // the copy were written between the copy and the truncation.
         let lost = old.size.saturating_sub(copy.size);
@@ -568,12 +584,12 @@ impl Follower {
                 .fetch_add(lost, Ordering::Relaxed);
             tracing::warn!(
                 bytes_lost = lost,
-                copy = %origin.display(),
+                copy = %copy.origin.display(),
                 "{lost} bytes were written between copytruncate's copy and its truncation: they are lost"
             );
         }
         tracing::info!(
-            copy = %origin.display(),
+            copy = %copy.origin.display(),
             file = %copy.id,
             offset = old.offset,
             "the file was copied and truncated (copytruncate): reading the rest of the copy first"
@@ -581,12 +597,13 @@ impl Follower {
         self.reading = Some(copy);
         self.drain = Some(Drain {
             why: Rotation::Copied,
-            // The copy is complete before the truncation that led here.
+            // The copy is complete before the truncation that led here:
+            // read at once, before the file is truncated again.
             until_poll: self.polls,
-            next: None,
+            next: Some(restarted),
             lines: 0,
         });
-        Ok(())
+        Ok(None)
     }
 
     /// The rotated file `rank` likes best (highest rank, then newest),

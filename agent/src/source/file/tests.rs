@@ -254,6 +254,62 @@ fn copytruncate_reads_the_tail_from_the_copy_and_a_restart_finds_the_copy_again(
     assert_eq!(metrics.rotation_bytes_lost.load(Ordering::Relaxed), 0);
 }
 
+/// logrotate's copytruncate as it runs: older copies shifted, the file
+/// copied to `.1`, then truncated in place.
+fn copytruncate(path: &Path) {
+    let rotated = |k: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{k}"));
+        PathBuf::from(name)
+    };
+    let _ = std::fs::rename(rotated(1), rotated(2));
+    std::fs::copy(path, rotated(1)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
+#[test]
+fn a_file_truncated_again_while_its_copy_is_read_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.jsonl");
+    std::fs::write(
+        &path, "a1
+",
+    )
+    .unwrap();
+    let (mut f, metrics) = follower(&path, 1, None);
+    next_lines(&mut f).unwrap();
+    append(
+        &path, "a2
+",
+    );
+    copytruncate(&path);
+    append(
+        &path, "b1
+b2
+",
+    );
+    let from_copy = f.next().unwrap().unwrap();
+    assert_eq!(texts(&from_copy), vec!["a2"]);
+    assert!(from_copy.more, "a copy is read at once");
+    // Rotated again before the source came back: "b" went to the copy.
+    copytruncate(&path);
+    append(
+        &path, "c1
+",
+    );
+    let mut read = Vec::new();
+    while let Some(chunk) = f.next().unwrap() {
+        read.extend(texts(&chunk).into_iter().map(String::from));
+    }
+    assert_eq!(read, vec!["b1", "b2", "c1"]);
+    assert_eq!(metrics.rotation_bytes_lost.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn bytes_written_between_the_copy_and_the_truncation_are_counted_lost() {
     let dir = tempfile::tempdir().unwrap();
