@@ -5,9 +5,12 @@
 //! exactly once and in order. Then the same after rotations done while the
 //! agent was stopped.
 //!
-//! `OTWATCH_ROTATION_LINES` (default 3000) and `OTWATCH_ROTATION_RATE`
-//! (lines per second, default 1000) scale the writer; each test prints the
-//! rate it sustained.
+//! `OTWATCH_ROTATION_LINES` (default 3000), `OTWATCH_ROTATION_RATE` (lines
+//! per second, default 1000) and `OTWATCH_ROTATION_EVERY` (lines between
+//! rotations, default 700) scale the writer; each test prints the rate it
+//! sustained. Rotations must stay a few poll intervals apart: a file that
+//! lives at the path for less than a poll may never be seen (see the
+//! source's documentation).
 
 use otwatch_agent::config::AgentConfig;
 use otwatch_agent::queue::{DiskQueue, QueueConfig};
@@ -80,9 +83,6 @@ enum Rotation {
     /// The file is deleted; the writer recreates it a few lines later.
     DeleteRecreate,
 }
-
-/// Lines between two rotations (about 0.7 s at 1,000 lines/s).
-const ROTATE_EVERY: u64 = 700;
 
 /// Lines the writer still writes to the old file after a rename or delete.
 const LATE_LINES: u64 = 20;
@@ -205,13 +205,15 @@ fn assert_exactly_once_in_order(values: &[u64], expected: impl IntoIterator<Item
 async fn rotation_while_writing(how: Rotation) {
     let n = env_or("OTWATCH_ROTATION_LINES", 3000);
     let rate = env_or("OTWATCH_ROTATION_RATE", 1000);
+    // About 0.7 s apart at the default rate: almost three polls.
+    let every = env_or("OTWATCH_ROTATION_EVERY", 700);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.jsonl");
     let agent = Agent::start(agent_config(dir.path(), &path)).unwrap();
     let start = Instant::now();
     let writer = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || write_rotating(path, n, rate, ROTATE_EVERY, how))
+        tokio::task::spawn_blocking(move || write_rotating(path, n, rate, every, how))
     };
     writer.await.unwrap();
     let written = start.elapsed();
@@ -222,7 +224,7 @@ async fn rotation_while_writing(how: Rotation) {
          {} queued, all {n} taken {} after the first write",
         written.as_secs_f64(),
         n as f64 / written.as_secs_f64(),
-        (n - 1) / ROTATE_EVERY,
+        (n - 1) / every,
         values.len(),
         all_taken.map_or("never".to_string(), |t| format!(
             "{:.2} s",
