@@ -28,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::source::file::FileSourceConfig;
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,31 +172,6 @@ impl Default for SimSourceConfig {
     }
 }
 
-/// The `file` source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// The JSON-lines file to follow. Each line:
-    /// `{"asset":"line1/press-01","kind":"CYCLE","name":"cycle","ts_ns":1700000000000000000,"value":1200.0}`
-    /// (optional: `text`, `attrs`). Lines that do not parse are logged with
-    /// their line number, counted and skipped.
-    pub path: PathBuf,
-    /// How often to look for new lines.
-    #[serde(default = "default_poll", with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Most lines read (and fsync'd to the queue) at a time.
-    #[serde(default = "default_chunk")]
-    pub max_lines_per_read: usize,
-}
-
-fn default_poll() -> Duration {
-    Duration::from_millis(250)
-}
-
-fn default_chunk() -> usize {
-    5000
-}
-
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -276,6 +253,9 @@ impl AgentConfig {
             return Err("queue.max_bytes must be at least twice queue.segment_bytes".into());
         }
         for source in &self.sources {
+            if let SourceConfig::File(file) = source {
+                file.check()?;
+            }
             if let SourceConfig::Sim(sim) = source {
                 if !(sim.speed > 0.0 && sim.speed.is_finite()) {
                     return Err(format!(

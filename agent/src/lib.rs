@@ -48,6 +48,8 @@ pub struct AgentCounts {
     pub events_taken: u64,
     /// Inputs the sources refused (bad lines, broken limits).
     pub inputs_rejected: u64,
+    /// Bytes of followed files lost to rotation (see [`source::file`]).
+    pub rotation_bytes_lost: u64,
     /// Highest sequence number the collector acked durably.
     pub acked_seq: u64,
     /// Last sequence number taken into the queue.
@@ -72,6 +74,11 @@ impl AgentMetrics {
         AgentCounts {
             events_taken: self.sources.iter().map(|s| s.events.load(r)).sum(),
             inputs_rejected: self.sources.iter().map(|s| s.rejected.load(r)).sum(),
+            rotation_bytes_lost: self
+                .sources
+                .iter()
+                .map(|s| s.rotation_bytes_lost.load(r))
+                .sum(),
             acked_seq: self.queue.acked_seq.load(r),
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
@@ -101,6 +108,7 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
             unacked = c.last_seq.saturating_sub(c.acked_seq),
             queue_bytes = c.queue_bytes,
             rejected = c.inputs_rejected,
+            rotation_bytes_lost = c.rotation_bytes_lost,
             dropped = c.dropped,
             quarantined = c.quarantined,
             connected = c.connected,

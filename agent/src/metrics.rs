@@ -22,6 +22,11 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "Inputs the sources refused (bad lines, broken limits).",
                 counts.inputs_rejected,
             ),
+            Metric::counter(
+                "otwatch_agent_rotation_bytes_lost_total",
+                "Bytes of followed files lost to rotation (copytruncate without a matching copy, or written between its copy and truncation).",
+                counts.rotation_bytes_lost,
+            ),
             Metric::gauge(
                 "otwatch_agent_acked_seq",
                 "Highest sequence number the collector holds durably.",

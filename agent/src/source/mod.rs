@@ -15,4 +15,8 @@ pub struct SourceMetrics {
     pub events: AtomicU64,
     /// Inputs refused (unparseable line, limit broken), each logged.
     pub rejected: AtomicU64,
+    /// Bytes of a followed file lost to its rotation (copytruncate with no
+    /// matching copy, or written between its copy and truncation), each
+    /// loss logged as a warning.
+    pub rotation_bytes_lost: AtomicU64,
 }
