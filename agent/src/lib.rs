@@ -56,6 +56,9 @@ pub struct AgentCounts {
     pub dropped: u64,
     /// Events lost to damaged queue segments.
     pub quarantined: u64,
+    /// Events the collector had acked and later no longer held (its data
+    /// was wiped): gone from the queue, they could not be sent again.
+    pub lost_at_collector: u64,
     /// Bytes in the queue.
     pub queue_bytes: u64,
     /// Successful connections (the first one included).
@@ -76,6 +79,7 @@ impl AgentMetrics {
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
             quarantined: self.queue.quarantined.load(r),
+            lost_at_collector: self.sender.lost_at_collector.load(r),
             queue_bytes: self.queue.bytes.load(r),
             connects: self.sender.connects.load(r),
             failures: self.sender.failures.load(r),
@@ -103,25 +107,44 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
             rejected = c.inputs_rejected,
             dropped = c.dropped,
             quarantined = c.quarantined,
+            lost_at_collector = c.lost_at_collector,
             connected = c.connected,
             "agent status"
         );
     }
 }
 
-/// Runs a source and reports its failure on `failed`.
+/// The text of a panic's payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Runs one of the agent's tasks (a source, the sender) and reports on
+/// `failed` when it fails, panics or ends by itself: the agent cannot go on
+/// without it, and a process that stays up without delivering would look
+/// healthy to its supervisor. The task runs in its own tokio task so that a
+/// panic is caught here, through its join handle.
 fn supervise(
     name: String,
     failed: &watch::Sender<Option<String>>,
     run: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let failed = failed.clone();
+    let task = tokio::spawn(run);
     tokio::spawn(async move {
-        let result = run.await;
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_message(e.into_panic()))),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = &result {
-            tracing::error!(source = %name, error = %e, "source failed");
+            tracing::error!(task = %name, error = %e, "agent task failed; the agent stops");
             failed.send_if_modified(|f| {
-                f.get_or_insert_with(|| format!("source {name}: {e}"));
+                f.get_or_insert_with(|| format!("{name}: {e}"));
                 true
             });
         }
@@ -138,7 +161,7 @@ pub struct Agent {
     stop_sources: watch::Sender<bool>,
     stop_sender: watch::Sender<bool>,
     sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
-    sender: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl Agent {
@@ -167,7 +190,7 @@ impl Agent {
             source_metrics.push(metrics.clone());
             let task = match source.clone() {
                 SourceConfig::Sim(sim) => supervise(
-                    "sim".into(),
+                    "source sim".into(),
                     &failed,
                     source::sim::run(
                         config.site.clone(),
@@ -179,7 +202,7 @@ impl Agent {
                     .instrument(span.clone()),
                 ),
                 SourceConfig::File(file) => supervise(
-                    format!("file {}", file.path.display()),
+                    format!("source file {}", file.path.display()),
                     &failed,
                     source::file::run(
                         file,
@@ -205,7 +228,22 @@ impl Agent {
             metrics: sender_metrics.clone(),
             seq_offset_path: config.data_dir.join("seq_offset"),
         };
-        let sender = tokio::spawn(sender.run(sender_stop.clone()).instrument(span.clone()));
+        let sender = {
+            let stop = sender_stop.clone();
+            supervise(
+                "sender".into(),
+                &failed,
+                async move {
+                    sender.run(stop.clone()).await;
+                    if *stop.borrow() {
+                        Ok(())
+                    } else {
+                        Err("stopped sending although the agent is running".into())
+                    }
+                }
+                .instrument(span.clone()),
+            )
+        };
         let metrics = AgentMetrics {
             queue: queue.metrics(),
             sender: sender_metrics,
@@ -237,10 +275,12 @@ impl Agent {
         })
     }
 
-    /// Resolves when a source has failed for good (its queue stopped after a
-    /// disk failure, its checkpoint cannot be written), with the reason. The
-    /// binary then exits non-zero so that its supervisor restarts it: the
-    /// queue and the checkpoints recover from what is on disk.
+    /// Resolves when a task of the agent has failed for good, with the
+    /// reason: a source (its queue stopped after a disk failure, its
+    /// checkpoint cannot be written), or the sender or a source that
+    /// panicked or ended on its own. The binary then exits non-zero so that
+    /// its supervisor restarts it: the queue and the checkpoints recover
+    /// from what is on disk.
     pub async fn failed(&self) -> String {
         let mut rx = self.failed.subscribe();
         let reason = rx.wait_for(Option::is_some).await;
@@ -279,9 +319,13 @@ impl Agent {
             );
         }
         self.stop_sender.send_replace(true);
-        let _ = self.sender.await;
+        match self.sender.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("sender: {e}")),
+            Err(e) => errors.push(format!("sender: {e}")),
+        }
         if !errors.is_empty() {
-            anyhow::bail!("sources failed: {}", errors.join("; "));
+            anyhow::bail!("agent tasks failed: {}", errors.join("; "));
         }
         Ok(self.metrics.snapshot())
     }
@@ -326,6 +370,42 @@ mod tests {
             .expect("the agent went on after its queue stopped");
         assert!(reason.contains("source file"), "{reason}");
         assert!(reason.contains("queue stopped"), "{reason}");
+        assert!(agent.stop(Duration::from_millis(10)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_fails_the_agent_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // A real collector, bound now and served only once the queue is
+        // broken, so that the sender's first use of the queue (the ack of
+        // the greeting) is what panics.
+        let log = Arc::new(
+            otwatch_eventlog::LocalLog::open(dir.path().join("log"), Default::default()).unwrap(),
+        );
+        let collector = otwatch_collector::Collector::new(log, Default::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text = format!(
+            "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {:?}\n\
+             [collector]\nurl = \"http://{addr}\"\n\
+             [[sources]]\ntype = \"file\"\npath = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            dir.path().join("absent.jsonl").display().to_string()
+        );
+        let agent = Agent::start(AgentConfig::parse(&text, "test").unwrap()).unwrap();
+        // A panic while the queue's lock is held poisons it: every later
+        // use of the queue panics.
+        let queue = agent.queue.queue.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = queue.lock().unwrap();
+            panic!("injected panic under the queue lock");
+        })
+        .join();
+        tokio::spawn(collector.serve(listener, None, std::future::pending()));
+        let reason = tokio::time::timeout(Duration::from_secs(30), agent.failed())
+            .await
+            .expect("the agent went on after its sender panicked");
+        assert!(reason.starts_with("sender: panicked"), "{reason}");
         assert!(agent.stop(Duration::from_millis(10)).await.is_err());
     }
 }

@@ -42,6 +42,11 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "Events lost to damaged queue segments.",
                 counts.quarantined,
             ),
+            Metric::counter(
+                "otwatch_agent_lost_at_collector_total",
+                "Events the collector had acked and later no longer held (its data was wiped); they could not be sent again.",
+                counts.lost_at_collector,
+            ),
             Metric::gauge(
                 "otwatch_agent_queue_bytes",
                 "Bytes in the queue on disk.",

@@ -20,6 +20,15 @@
 //! duplicate until the queue caught up. The offset is written before
 //! anything is sent with it; if the file is lost, the next greeting finds
 //! the same gap and computes the same offset again.
+//!
+//! # A collector that holds less than it acked
+//!
+//! The opposite gap: the greeting names a lower sequence number than the
+//! queue's ack mark (the collector's data was wiped, or its log lost a
+//! damaged tail). The events in between were trimmed from the queue when
+//! they were acked and cannot be sent again: the sender logs the range as an
+//! error, counts it (`lost_at_collector`, once per gap, not at every
+//! reconnect) and resumes after the ack mark, so new events flow at once.
 
 use crate::config::{Compression, SenderConfig};
 use crate::handle::QueueHandle;
@@ -46,6 +55,10 @@ pub struct SenderMetrics {
     pub batches_sent: AtomicU64,
     pub events_sent: AtomicU64,
     pub duplicates_reported: AtomicU64,
+    /// Events the collector had acked and no longer holds (it greeted with a
+    /// lower sequence number than the queue's ack mark): they had already
+    /// left the queue and cannot be resent. Each gap is logged as an error.
+    pub lost_at_collector: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +127,12 @@ impl Sender {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.config.reconnect_min;
         let mut offset = load_offset(&self.seq_offset_path);
+        let mut reported_gap = None;
         while !*shutdown.borrow() {
             let started = Instant::now();
-            let outcome = self.session(&mut shutdown, &mut offset).await;
+            let outcome = self
+                .session(&mut shutdown, &mut offset, &mut reported_gap)
+                .await;
             self.metrics.connected.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => return,
@@ -138,10 +154,14 @@ impl Sender {
         }
     }
 
+    /// One connection: greeting, then batches and acks until it breaks or
+    /// `shutdown` turns true. `reported_gap` is the last collector loss
+    /// already counted (see [`Sender::account_collector_loss`]).
     async fn session(
         &self,
         shutdown: &mut watch::Receiver<bool>,
         offset: &mut u64,
+        reported_gap: &mut Option<(u64, u64)>,
     ) -> Result<(), SessionError> {
         let cfg = &self.config;
         let mut endpoint = Endpoint::from_shared(cfg.url.clone())
@@ -201,19 +221,23 @@ impl Sender {
         }
         let offset = *offset;
         // The collector's marks in queue numbering. Below the offset means the
-        // collector lost data (its log was wiped): resend what the queue has.
+        // collector lost data (its log was wiped).
         let local = |wire: u64| wire.saturating_sub(offset);
-        self.queue.ack(local(greeting.durable_seq)).await?;
+        let held = local(greeting.durable_seq);
+        self.account_collector_loss(greeting.durable_seq, held, offset, reported_gap);
+        self.queue.ack(held).await?;
+        // Sending resumes after what the collector holds, and never below
+        // what the queue still has: acked events have left it.
+        let mut next = held.max(self.queue.acked()) + 1;
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             url = %cfg.url,
             durable_seq = greeting.durable_seq,
             seq_offset = offset,
-            resend = self.queue.last_seq().saturating_sub(local(greeting.durable_seq)),
+            resend = self.queue.last_seq().saturating_sub(next - 1),
             "connected to collector"
         );
-        let mut next = local(greeting.durable_seq) + 1;
         let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
         let mut appended = self.queue.subscribe_appends();
         loop {
@@ -230,8 +254,7 @@ impl Sender {
                     }
                 }
                 batch = self.next_batch(next, offset, &mut appended), if in_flight.len() < cfg.max_in_flight => {
-                    let batch = batch?;
-                    let last = batch.events.last().expect("non-empty batch").seq - offset;
+                    let (batch, last) = batch?;
                     let n = batch.events.len();
                     tx.send(batch).await.map_err(|_| SessionError::Closed)?;
                     self.metrics.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -247,26 +270,76 @@ impl Sender {
         }
     }
 
+    /// Counts and logs, once per gap, the events the collector acked and no
+    /// longer holds: its greeting (`wire_held`, `held` in queue numbering)
+    /// is below the queue's ack mark. Those events were trimmed from the
+    /// queue when they were acked; nothing can send them again.
+    fn account_collector_loss(
+        &self,
+        wire_held: u64,
+        held: u64,
+        offset: u64,
+        reported_gap: &mut Option<(u64, u64)>,
+    ) {
+        let acked = self.queue.acked();
+        if held >= acked || *reported_gap == Some((wire_held, acked)) {
+            // No gap, or this one was counted at an earlier reconnect (the
+            // collector's mark moves only once something new is sent).
+            return;
+        }
+        *reported_gap = Some((wire_held, acked));
+        let lost = acked - held;
+        self.metrics
+            .lost_at_collector
+            .fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            collector_holds = wire_held,
+            first_lost_seq = wire_held + 1,
+            last_lost_seq = acked + offset,
+            lost,
+            "the collector no longer holds events it had acknowledged (its data was wiped or \
+             its log lost a damaged tail); they left this agent's queue when they were \
+             acknowledged and cannot be sent again: events lost"
+        );
+    }
+
     /// Waits for events at `next` or later and returns the next batch: full
     /// (`batch_max_events`) or as much as arrived within `batch_max_delay`,
-    /// numbered for the wire (queue seq + `offset`).
+    /// numbered for the wire (queue seq + `offset`), with the queue seq of
+    /// its last event. Never empty.
     async fn next_batch(
         &self,
         next: u64,
         offset: u64,
         appended: &mut watch::Receiver<u64>,
-    ) -> Result<EventBatch, SessionError> {
+    ) -> Result<(EventBatch, u64), SessionError> {
         let cfg = &self.config;
+        // Events below the ack mark have left the queue (acked, or dropped
+        // by `drop_oldest` meanwhile): the batch starts after it.
+        let from = next.max(self.queue.acked() + 1);
         appended
-            .wait_for(|&last| last >= next)
+            .wait_for(|&last| last >= from)
             .await
             .map_err(|_| SessionError::Closed)?;
-        let full = next + cfg.batch_max_events as u64 - 1;
+        let full = from + cfg.batch_max_events as u64 - 1;
         if *appended.borrow() < full {
             let _ =
                 tokio::time::timeout(cfg.batch_max_delay, appended.wait_for(|&l| l >= full)).await;
         }
-        let mut events = self.queue.read(next, cfg.batch_max_events).await?;
+        let mut events = self.queue.read(from, cfg.batch_max_events).await?;
+        if events.is_empty() {
+            // Durable events from `from` on were announced but none reads
+            // back: end the session (it reconnects after a backoff) rather
+            // than send an empty batch or spin.
+            return Err(SessionError::Queue(crate::queue::QueueError::Corrupt {
+                path: "queue".into(),
+                seq: from,
+                reason: format!(
+                    "no event reads back from seq {from} though the queue's last seq is {}",
+                    self.queue.last_seq()
+                ),
+            }));
+        }
         // Keep the encoded batch well under the collector's message limit.
         let budget = self.max_message_bytes / 2;
         let mut size = 0;
@@ -279,16 +352,19 @@ impl Sender {
             .unwrap_or(events.len())
             .max(1);
         events.truncate(keep);
+        // Not empty: at least one event is kept.
+        let last = events[events.len() - 1].seq;
         for e in &mut events {
             // The batch carries the identity once.
             e.site.clear();
             e.agent.clear();
             e.seq += offset;
         }
-        Ok(EventBatch {
+        let batch = EventBatch {
             site: self.site.clone(),
             agent: self.agent.clone(),
             events,
-        })
+        };
+        Ok((batch, last))
     }
 }
