@@ -55,6 +55,13 @@ pub struct AgentConfig {
     /// acked sequence, connection state), e.g. "127.0.0.1:9464". Default: none.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Largest size of `<data_dir>/dead-letter.jsonl`, in bytes: where
+    /// events the collector refused (too old after an outage, say) are kept
+    /// with the reason, one JSON line each, for an operator to fix and
+    /// replay. Beyond it refused events are still counted and logged, not
+    /// kept; 0 keeps none. Default 64 MiB.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
     /// Where events come from. At least one.
     pub sources: Vec<SourceConfig>,
 }
@@ -188,6 +195,10 @@ pub struct FileSourceConfig {
     /// Most lines read (and fsync'd to the queue) at a time.
     #[serde(default = "default_chunk")]
     pub max_lines_per_read: usize,
+}
+
+fn default_dead_letter_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_poll() -> Duration {
@@ -400,6 +411,7 @@ path = "/tmp/events.jsonl"
     fn a_minimal_config_gets_defaults() {
         let c = AgentConfig::parse(MINIMAL, "agent.toml").unwrap();
         assert_eq!(c.collector.batch_max_events, 1000);
+        assert_eq!(c.dead_letter_max_bytes, 64 << 20);
         assert!(matches!(c.sources[0], SourceConfig::File(_)));
     }
 

@@ -9,6 +9,7 @@
 //! - [`queue`]: the on-disk queue and its format;
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
+//! - [`dead_letter`]: events the collector refused, kept for an operator;
 //! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site;
 //! - [`tls`]: the client certificate and its identity check;
 //! - [`metrics`]: the counters on a Prometheus `/metrics` endpoint.
@@ -16,6 +17,7 @@
 pub mod sim;
 
 pub mod config;
+pub mod dead_letter;
 pub mod handle;
 pub mod metrics;
 pub mod queue;
@@ -59,6 +61,12 @@ pub struct AgentCounts {
     /// Events the collector had acked and later no longer held (its data
     /// was wiped): gone from the queue, they could not be sent again.
     pub lost_at_collector: u64,
+    /// Events the collector refused (set aside in the dead-letter file).
+    pub refused: u64,
+    /// Refused events not kept in the dead-letter file (full or unwritable).
+    pub refused_unstored: u64,
+    /// Bytes in the dead-letter file.
+    pub dead_letter_bytes: u64,
     /// Bytes in the queue.
     pub queue_bytes: u64,
     /// Successful connections (the first one included).
@@ -80,6 +88,9 @@ impl AgentMetrics {
             dropped: self.queue.dropped.load(r),
             quarantined: self.queue.quarantined.load(r),
             lost_at_collector: self.sender.lost_at_collector.load(r),
+            refused: self.sender.refused.load(r),
+            refused_unstored: self.sender.refused_unstored.load(r),
+            dead_letter_bytes: self.sender.dead_letter_bytes.load(r),
             queue_bytes: self.queue.bytes.load(r),
             connects: self.sender.connects.load(r),
             failures: self.sender.failures.load(r),
@@ -108,6 +119,8 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
             dropped = c.dropped,
             quarantined = c.quarantined,
             lost_at_collector = c.lost_at_collector,
+            refused = c.refused,
+            refused_unstored = c.refused_unstored,
             connected = c.connected,
             "agent status"
         );
@@ -218,7 +231,12 @@ impl Agent {
             };
             sources.push(task);
         }
+        let dead_letter =
+            dead_letter::DeadLetter::open(&config.data_dir, config.dead_letter_max_bytes)?;
         let sender_metrics = Arc::new(SenderMetrics::default());
+        sender_metrics
+            .dead_letter_bytes
+            .store(dead_letter.bytes(), Ordering::Relaxed);
         let sender = Sender {
             config: config.collector.clone(),
             site: config.site.clone(),
@@ -227,6 +245,7 @@ impl Agent {
             queue: queue.clone(),
             metrics: sender_metrics.clone(),
             seq_offset_path: config.data_dir.join("seq_offset"),
+            dead_letter: Arc::new(std::sync::Mutex::new(dead_letter)),
         };
         let sender = {
             let stop = sender_stop.clone();
@@ -376,9 +395,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_sender_fails_the_agent_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
-        // A real collector, bound now and served only once the queue is
-        // broken, so that the sender's first use of the queue (the ack of
-        // the greeting) is what panics.
+        // One event waits in the queue, and a real collector is bound now
+        // but served only once the queue is broken, so that the sender's
+        // first use of the queue (reading that event after the greeting)
+        // is what panics.
+        let mut queue = DiskQueue::open(dir.path().join("data/queue"), Default::default()).unwrap();
+        queue
+            .append(&mut [otwatch_proto::ControllerEvent {
+                ts_ns: 1,
+                asset: "a".into(),
+                kind: otwatch_proto::EventKind::Cycle as i32,
+                ..Default::default()
+            }])
+            .unwrap();
+        drop(queue);
         let log = Arc::new(
             otwatch_eventlog::LocalLog::open(dir.path().join("log"), Default::default()).unwrap(),
         );

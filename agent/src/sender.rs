@@ -1,9 +1,9 @@
 //! The sender: streams the queue to the collector and trims it on acks.
 //!
 //! One gRPC stream per connection. The collector's first message says what it
-//! already holds; the sender resumes right after it, so after any reconnect
-//! exactly the unacked events are resent (the collector drops any it already
-//! has). At most `max_in_flight` batches are unacked at a time: a slow
+//! already holds; after any reconnect the sender resends what its queue holds
+//! beyond its own ack mark (the collector drops what it already has), so every
+//! event is answered by the ack of a batch that carried it. At most `max_in_flight` batches are unacked at a time: a slow
 //! collector slows the sender, and the queue absorbs the difference.
 //! Failures reconnect with exponential backoff and full jitter, so a fleet of
 //! agents does not stampede a collector that comes back.
@@ -21,6 +21,17 @@
 //! anything is sent with it; if the file is lost, the next greeting finds
 //! the same gap and computes the same offset again.
 //!
+//! # Refused events
+//!
+//! An ack may list events the collector refused (an event that aged past
+//! the collector's `max_past_secs` during an outage, say) with the reason.
+//! Before the queue is trimmed past them they are written, fsync'd, to the
+//! dead-letter file ([`crate::dead_letter`]), counted (`refused`) and logged
+//! as warnings with seq and reason. An ack trims the queue only as far as
+//! the batch it answers, even when it names a higher seq (a resent batch is
+//! answered with what the collector holds), so that the acks of later
+//! batches still find their refused events in the queue.
+//!
 //! # A collector that holds less than it acked
 //!
 //! The opposite gap: the greeting names a lower sequence number than the
@@ -31,6 +42,7 @@
 //! reconnect) and resumes after the ack mark, so new events flow at once.
 
 use crate::config::{Compression, SenderConfig};
+use crate::dead_letter::{DeadLetter, DeadLetterEntry, Outcome};
 use crate::handle::QueueHandle;
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::EventBatch;
@@ -59,6 +71,13 @@ pub struct SenderMetrics {
     /// lower sequence number than the queue's ack mark): they had already
     /// left the queue and cannot be resent. Each gap is logged as an error.
     pub lost_at_collector: AtomicU64,
+    /// Events the collector refused (each logged with its seq and reason).
+    pub refused: AtomicU64,
+    /// Refused events that could not be kept in the dead-letter file (it
+    /// was full, or could not be written); also in `refused`.
+    pub refused_unstored: AtomicU64,
+    /// Bytes in the dead-letter file (a gauge).
+    pub dead_letter_bytes: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +124,14 @@ pub struct Sender {
     pub metrics: Arc<SenderMetrics>,
     /// The `seq_offset` file (see the module doc).
     pub seq_offset_path: std::path::PathBuf,
+    /// Where refused events are set aside before the queue is trimmed.
+    pub dead_letter: Arc<std::sync::Mutex<DeadLetter>>,
 }
+
+/// Refused events logged one by one per ack; the rest of an ack's
+/// refusals are summed up in one line (all of them are in the dead-letter
+/// file and the counters).
+const REFUSALS_LOGGED_PER_ACK: usize = 10;
 
 /// The persisted offset between queue and wire sequence numbers.
 fn load_offset(path: &std::path::Path) -> u64 {
@@ -225,10 +251,13 @@ impl Sender {
         let local = |wire: u64| wire.saturating_sub(offset);
         let held = local(greeting.durable_seq);
         self.account_collector_loss(greeting.durable_seq, held, offset, reported_gap);
-        self.queue.ack(held).await?;
-        // Sending resumes after what the collector holds, and never below
-        // what the queue still has: acked events have left it.
-        let mut next = held.max(self.queue.acked()) + 1;
+        // The greeting trims nothing: what the queue holds beyond its ack
+        // mark is sent again even if the collector holds it, so that each
+        // event is answered by a batch ack, which lists refused events. An
+        // ack lost with a broken connection would otherwise take its
+        // refusals with it. The collector drops the resent events as
+        // duplicates (and lists the refused ones again).
+        let mut next = self.queue.acked() + 1;
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
@@ -244,14 +273,24 @@ impl Sender {
             tokio::select! {
                 ack = acks.message() => {
                     let ack = ack?.ok_or(SessionError::Closed)?;
-                    let acked = local(ack.durable_seq);
+                    // Each ack answers for the oldest batch in flight. A
+                    // resent batch's ack may name a higher seq (what the
+                    // collector holds), but the queue is trimmed only as
+                    // far as this batch: the later batches' acks still
+                    // have to list their refused events.
+                    let mut acked = local(ack.durable_seq);
+                    if let Some(&(last, n)) = in_flight.front() {
+                        acked = acked.min(last);
+                        if last <= acked {
+                            in_flight.pop_front();
+                            self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    if !ack.refused.is_empty() {
+                        self.set_aside(&ack.refused, offset).await?;
+                    }
                     self.queue.ack(acked).await?;
                     self.metrics.duplicates_reported.fetch_add(ack.duplicates as u64, Ordering::Relaxed);
-                    while let Some(&(last, n)) = in_flight.front() {
-                        if last > acked { break; }
-                        in_flight.pop_front();
-                        self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
-                    }
                 }
                 batch = self.next_batch(next, offset, &mut appended), if in_flight.len() < cfg.max_in_flight => {
                     let (batch, last) = batch?;
@@ -268,6 +307,108 @@ impl Sender {
                 }
             }
         }
+    }
+
+    /// Writes the events the collector refused to the dead-letter file
+    /// (fsync'd) before the queue is trimmed past them, counts and logs
+    /// them. Refusals that cannot be kept are counted and logged too; they
+    /// never stop delivery.
+    async fn set_aside(
+        &self,
+        refused: &[otwatch_proto::v1::Refused],
+        offset: u64,
+    ) -> Result<(), SessionError> {
+        let m = &self.metrics;
+        m.refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        // Refused events come from batches in flight, so they are still in
+        // the queue; read their span once.
+        let local: Vec<u64> = refused
+            .iter()
+            .map(|r| r.seq.saturating_sub(offset))
+            .collect();
+        let (lo, hi) = (
+            local.iter().copied().min().unwrap_or(0),
+            local.iter().copied().max().unwrap_or(0),
+        );
+        let queued = self
+            .queue
+            .read(lo.max(1), (hi.saturating_sub(lo) + 1) as usize)
+            .await?;
+        let mut entries = Vec::with_capacity(refused.len());
+        let mut missing = Vec::new();
+        for (r, &seq) in refused.iter().zip(&local) {
+            match queued.binary_search_by_key(&seq, |e| e.seq) {
+                Ok(i) if seq > 0 => {
+                    let mut event = queued[i].clone();
+                    event.seq = r.seq;
+                    entries.push((r, DeadLetterEntry::new(r.seq, &r.reason, &event)));
+                }
+                _ => missing.push(r),
+            }
+        }
+        let dead_letter = self.dead_letter.clone();
+        let lines: Vec<DeadLetterEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+        let (outcomes, bytes, path) = tokio::task::spawn_blocking(move || {
+            let mut dl = dead_letter.lock().unwrap();
+            let outcomes = dl.append(&lines);
+            (outcomes, dl.bytes(), dl.path().display().to_string())
+        })
+        .await
+        .expect("dead-letter task panicked");
+        m.dead_letter_bytes.store(bytes, Ordering::Relaxed);
+
+        let mut logged = 0;
+        let mut unstored = missing.len() as u64;
+        let mut full = 0u64;
+        for ((r, _), outcome) in entries.iter().zip(&outcomes) {
+            let stored = match outcome {
+                Outcome::Stored => "dead-letter file",
+                Outcome::Full => {
+                    full += 1;
+                    unstored += 1;
+                    "not kept: the dead-letter file is full"
+                }
+                Outcome::Failed(error) => {
+                    unstored += 1;
+                    tracing::error!(seq = r.seq, %error, path, "cannot write a refused event to the dead-letter file; it is counted and not kept");
+                    "not kept: the dead-letter file cannot be written"
+                }
+            };
+            if logged < REFUSALS_LOGGED_PER_ACK {
+                tracing::warn!(seq = r.seq, reason = %r.reason, kept_in = stored, "the collector refused an event");
+                logged += 1;
+            }
+        }
+        for r in &missing {
+            tracing::error!(
+                seq = r.seq,
+                reason = %r.reason,
+                "the collector refused an event that is no longer in the queue (dropped meanwhile); it is counted and not kept"
+            );
+        }
+        if refused.len() > logged + missing.len() {
+            tracing::warn!(
+                more = refused.len() - logged - missing.len(),
+                first_seq = refused[0].seq,
+                last_seq = refused[refused.len() - 1].seq,
+                "the collector refused more events of this batch; each is in the dead-letter file (unless it is full) and counted"
+            );
+        }
+        if full > 0 {
+            tracing::error!(
+                path,
+                not_kept = full,
+                max_bytes = self.dead_letter_max_bytes(),
+                "the dead-letter file is full: refused events are counted and logged but not kept; \
+                 move the file away and restart the agent to keep them again"
+            );
+        }
+        m.refused_unstored.fetch_add(unstored, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn dead_letter_max_bytes(&self) -> u64 {
+        self.dead_letter.lock().map(|d| d.max_bytes()).unwrap_or(0)
     }
 
     /// Counts and logs, once per gap, the events the collector acked and no
