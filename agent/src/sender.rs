@@ -209,7 +209,10 @@ impl Sender {
                 url: cfg.url.clone(),
                 source,
             })?;
-        let mut client = IngestClient::new(channel).max_decoding_message_size(1 << 20);
+        // An ack may list a refusal (seq and a reason of under 200 bytes)
+        // for every event of its batch.
+        let max_ack_bytes = (1 << 20) + cfg.batch_max_events * 512;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(max_ack_bytes);
         client = match cfg.compression {
             Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
             Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
@@ -339,9 +342,7 @@ impl Sender {
         for (r, &seq) in refused.iter().zip(&local) {
             match queued.binary_search_by_key(&seq, |e| e.seq) {
                 Ok(i) if seq > 0 => {
-                    let mut event = queued[i].clone();
-                    event.seq = r.seq;
-                    entries.push((r, DeadLetterEntry::new(r.seq, &r.reason, &event)));
+                    entries.push((r, DeadLetterEntry::new(r.seq, &r.reason, &queued[i])));
                 }
                 _ => missing.push(r),
             }
