@@ -80,17 +80,33 @@ async fn bad_input_is_refused_by_name_and_other_agents_carry_on() {
     good.acks.message().await.unwrap().unwrap();
     good.send(batch("plant-b", "gw-2", 1..=10)).await.unwrap();
 
-    // A limit broken: INVALID_ARGUMENT naming the limit.
+    // An event that breaks a limit of its own: refused alone, naming the
+    // limit; the rest of its batch is stored.
     let mut bad = open(addr, Some("plant-a"), "gw-1").await.unwrap();
     bad.acks.message().await.unwrap().unwrap();
     let mut b = batch("plant-a", "gw-1", 1..=3);
     b.events[2].asset = "x".repeat(1000);
+    let ack = bad.send(b).await.unwrap();
+    assert_eq!(ack.durable_seq, 3);
+    assert_eq!(ack.refused.len(), 1);
+    assert_eq!(ack.refused[0].seq, 3);
+    assert!(
+        ack.refused[0]
+            .reason
+            .contains("asset is 1000 bytes, above the limit max_id_len = 256"),
+        "{}",
+        ack.refused[0].reason
+    );
+
+    // A batch broken as a whole: INVALID_ARGUMENT naming the rule.
+    let mut bad = open(addr, Some("plant-a"), "gw-1").await.unwrap();
+    bad.acks.message().await.unwrap().unwrap();
+    let mut b = batch("plant-a", "gw-1", 4..=5);
+    b.events[1].seq = 4;
     let status = bad.send(b).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
-        status
-            .message()
-            .contains("event 2: asset is 1000 bytes, above the limit max_id_len = 256"),
+        status.message().contains("not above the previous"),
         "{}",
         status.message()
     );
@@ -112,24 +128,26 @@ async fn bad_input_is_refused_by_name_and_other_agents_carry_on() {
     };
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // A timestamp far in the future: named limit.
+    // A timestamp far in the future: refused alone, naming the limit.
     let mut bad = open(addr, Some("plant-a"), "gw-1").await.unwrap();
     bad.acks.message().await.unwrap().unwrap();
-    let mut b = batch("plant-a", "gw-1", 1..=1);
+    let mut b = batch("plant-a", "gw-1", 4..=4);
     b.events[0].ts_ns += 3600 * 1_000_000_000;
-    let status = bad.send(b).await.unwrap_err();
+    let ack = bad.send(b).await.unwrap();
     assert!(
-        status.message().contains("max_future_skew_secs"),
+        ack.refused[0].reason.contains("max_future_skew_secs"),
         "{}",
-        status.message()
+        ack.refused[0].reason
     );
 
-    // The good agent was not disturbed.
+    // The good agent was not disturbed; of the bad one, only its good
+    // events are stored.
     let ack = good.send(batch("plant-b", "gw-2", 11..=20)).await.unwrap();
     assert_eq!(ack.durable_seq, 20);
     let rows = stored(&log).await;
-    assert_eq!(rows.len(), 20);
-    assert!(rows.iter().all(|(p, _)| p == "plant-b/gw-2"));
+    assert_eq!(rows.len(), 22);
+    assert_eq!(rows.iter().filter(|(p, _)| p == "plant-b/gw-2").count(), 20);
+    assert_eq!(rows.iter().filter(|(p, _)| p == "plant-a/gw-1").count(), 2);
 }
 
 /// Opens a stream on a connection of its own and reads the greeting ack;

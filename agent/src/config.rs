@@ -57,6 +57,13 @@ pub struct AgentConfig {
     /// acked sequence, connection state), e.g. "127.0.0.1:9464". Default: none.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Largest size of `<data_dir>/dead-letter.jsonl`, in bytes: where
+    /// events the collector refused (too old after an outage, say) are kept
+    /// with the reason, one JSON line each, for an operator to fix and
+    /// replay. Beyond it refused events are still counted and logged, not
+    /// kept; 0 keeps none. Default 64 MiB.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
     /// Where events come from. At least one.
     pub sources: Vec<SourceConfig>,
 }
@@ -77,6 +84,9 @@ pub enum Compression {
 pub struct SenderConfig {
     /// Collector address: "https://HOST:4317" with `[collector.tls]`, or
     /// "http://127.0.0.1:4317" for a collector running `--insecure-loopback`.
+    /// Plain `http://` is refused for any host but loopback (127.0.0.0/8,
+    /// ::1, localhost): events would cross the network readable and the
+    /// agent's identity unproven.
     pub url: String,
     /// TLS with a client certificate. Required for an `https://` url.
     pub tls: Option<ClientTlsConfig>,
@@ -172,6 +182,10 @@ impl Default for SimSourceConfig {
     }
 }
 
+fn default_dead_letter_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -210,67 +224,141 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// Checks everything that can be checked without the network or the
+    /// disk; each error names its key and says what would be valid.
     fn check(&self) -> Result<(), String> {
         otwatch_proto::identity::check_id("site", &self.site)?;
         otwatch_proto::identity::check_id("agent", &self.agent)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(
+                "data_dir is empty: give the directory for the queue and checkpoints".into(),
+            );
+        }
         if self.sources.is_empty() {
             return Err(
                 "no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into(),
             );
         }
-        let c = &self.collector;
-        if c.batch_max_events == 0 || c.batch_max_events > self.limits.max_events_per_batch {
-            return Err(format!(
-                "collector.batch_max_events must be 1 to limits.max_events_per_batch ({})",
-                self.limits.max_events_per_batch
-            ));
-        }
-        if c.max_in_flight == 0 {
-            return Err("collector.max_in_flight must be at least 1".into());
-        }
-        match (c.url.split_once("://").map(|(scheme, _)| scheme), &c.tls) {
-            (Some("https"), Some(_)) | (Some("http"), None) => {}
-            (Some("https"), None) => {
-                return Err(format!(
-                    "collector.url {:?} is https but [collector.tls] is missing: set ca, cert and key (see `otwatch cert issue`)",
-                    c.url
-                ))
-            }
-            (Some("http"), Some(_)) => {
-                return Err(format!(
-                    "[collector.tls] is set but collector.url {:?} is plain http: use https://",
-                    c.url
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "collector.url {:?} must start with https:// (or http:// for a loopback trial)",
-                    c.url
-                ))
-            }
-        }
-        if self.queue.max_bytes < 2 * self.queue.segment_bytes {
-            return Err("queue.max_bytes must be at least twice queue.segment_bytes".into());
-        }
+        self.limits.validate()?;
+        self.collector.check(&self.limits)?;
+        self.queue_check()?;
         for source in &self.sources {
-            if let SourceConfig::File(file) = source {
-                file.check()?;
-            }
-            if let SourceConfig::Sim(sim) = source {
-                if !(sim.speed > 0.0 && sim.speed.is_finite()) {
-                    return Err(format!(
-                        "sim speed must be a positive number, not {}",
-                        sim.speed
-                    ));
+            match source {
+                SourceConfig::Sim(sim) => {
+                    if !(sim.speed > 0.0 && sim.speed.is_finite()) {
+                        return Err(format!(
+                            "sim speed must be a positive number, not {}",
+                            sim.speed
+                        ));
+                    }
+                    if let Some(start) = &sim.start {
+                        humantime::parse_rfc3339_weak(start).map_err(|e| {
+                            format!("sim start {start:?} is not an RFC 3339 time: {e}")
+                        })?;
+                    }
                 }
-                if let Some(start) = &sim.start {
-                    humantime::parse_rfc3339_weak(start)
-                        .map_err(|e| format!("sim start {start:?} is not an RFC 3339 time: {e}"))?;
+                SourceConfig::File(file) => {
+                    if file.path.as_os_str().is_empty() {
+                        return Err("file source: path is empty".into());
+                    }
+                    file.check()?;
                 }
             }
         }
         Ok(())
     }
+
+    fn queue_check(&self) -> Result<(), String> {
+        let q = &self.queue;
+        if q.segment_bytes == 0 {
+            return Err("queue.segment_bytes must be above 0".into());
+        }
+        // Acked space is reclaimed a whole segment at a time and the newest
+        // segment stays: a queue of fewer than two segments could not free
+        // room while it is being written.
+        if q.max_bytes < q.segment_bytes.saturating_mul(2) {
+            return Err(format!(
+                "queue.max_bytes ({}) must be at least twice queue.segment_bytes ({}): lower segment_bytes or raise max_bytes",
+                q.max_bytes, q.segment_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SenderConfig {
+    fn check(&self, limits: &Limits) -> Result<(), String> {
+        if self.batch_max_events == 0 || self.batch_max_events > limits.max_events_per_batch {
+            return Err(format!(
+                "collector.batch_max_events = {} must be 1 to limits.max_events_per_batch ({})",
+                self.batch_max_events, limits.max_events_per_batch
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err("collector.max_in_flight must be at least 1".into());
+        }
+        if self.reconnect_min.is_zero() {
+            return Err(
+                "collector.reconnect_min must be above 0 (e.g. \"200ms\"): a zero wait would retry a failing collector in a tight loop".into(),
+            );
+        }
+        if self.reconnect_min > self.reconnect_max {
+            return Err(format!(
+                "collector.reconnect_min ({}) is above collector.reconnect_max ({})",
+                humantime::format_duration(self.reconnect_min),
+                humantime::format_duration(self.reconnect_max)
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("collector.connect_timeout must be above 0 (e.g. \"10s\")".into());
+        }
+        self.check_url()
+    }
+
+    /// The URL must parse, and plaintext is for a collector on this machine
+    /// only: events and the agent's identity headers would otherwise cross
+    /// the network unauthenticated and readable.
+    fn check_url(&self) -> Result<(), String> {
+        let url = &self.url;
+        let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| {
+            format!("collector.url {url:?} is not a URL ({e}): use https://HOST:4317")
+        })?;
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .filter(|h| !h.is_empty());
+        let Some(host) = host else {
+            return Err(format!(
+                "collector.url {url:?} names no host: use https://HOST:4317"
+            ));
+        };
+        match (uri.scheme_str(), &self.tls) {
+            (Some("https"), Some(_)) => Ok(()),
+            (Some("https"), None) => Err(format!(
+                "collector.url {url:?} is https but [collector.tls] is missing: set ca, cert and key (see `otwatch cert issue`)"
+            )),
+            (Some("http"), Some(_)) => Err(format!(
+                "[collector.tls] is set but collector.url {url:?} is plain http: use https://"
+            )),
+            (Some("http"), None) if is_loopback(host) => Ok(()),
+            (Some("http"), None) => Err(format!(
+                "collector.url {url:?} would send events in cleartext to {host}, which is not this machine: \
+                 use https://{host}:PORT and a [collector.tls] section (ca, cert, key; see `otwatch cert issue`); \
+                 http:// is only for a collector on loopback (127.0.0.1, ::1, localhost)"
+            )),
+            _ => Err(format!(
+                "collector.url {url:?} must start with https:// (or http:// for a collector on loopback)"
+            )),
+        }
+    }
+}
+
+/// True for a loopback host: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -290,6 +378,7 @@ path = "/tmp/events.jsonl"
     fn a_minimal_config_gets_defaults() {
         let c = AgentConfig::parse(MINIMAL, "agent.toml").unwrap();
         assert_eq!(c.collector.batch_max_events, 1000);
+        assert_eq!(c.dead_letter_max_bytes, 64 << 20);
         assert!(matches!(c.sources[0], SourceConfig::File(_)));
     }
 
@@ -336,5 +425,86 @@ path = "/tmp/events.jsonl"
             .unwrap_err()
             .to_string();
         assert!(err.contains("use https://"), "{err}");
+    }
+
+    fn refused(extra: &str) -> String {
+        AgentConfig::parse(&format!("{MINIMAL}\n{extra}\n"), "agent.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn plaintext_is_refused_beyond_loopback() {
+        let err = refused("[collector]\nurl = \"http://10.0.0.5:4317\"");
+        assert!(err.contains("cleartext"), "{err}");
+        assert!(err.contains("https://10.0.0.5:PORT"), "{err}");
+        assert!(err.contains("[collector.tls]"), "{err}");
+        let err = refused("[collector]\nurl = \"http://collector.example:4317\"");
+        assert!(err.contains("cleartext"), "{err}");
+        let err = refused("[collector]\nurl = \"http://[2001:db8::1]:4317\"");
+        assert!(err.contains("cleartext"), "{err}");
+        for url in [
+            "http://127.0.0.1:4317",
+            "http://127.8.9.10:4317",
+            "http://[::1]:4317",
+            "http://localhost:4317",
+            "http://LocalHost",
+        ] {
+            let text = format!("{MINIMAL}\n[collector]\nurl = {url:?}\n");
+            AgentConfig::parse(&text, "agent.toml")
+                .unwrap_or_else(|e| panic!("{url} refused: {e}"));
+        }
+        let err = refused("[collector]\nurl = \"http://\"");
+        assert!(err.contains("collector.url"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_by_key() {
+        let cases = [
+            (
+                "[limits]\nmax_events_per_batch = 0",
+                "limits.max_events_per_batch",
+            ),
+            ("[limits]\nmax_past_secs = 0", "limits.max_past_secs"),
+            (
+                "[collector]\nbatch_max_events = 0",
+                "collector.batch_max_events",
+            ),
+            ("[collector]\nmax_in_flight = 0", "collector.max_in_flight"),
+            (
+                "[collector]\nreconnect_min = \"0s\"",
+                "collector.reconnect_min must be above 0",
+            ),
+            (
+                "[collector]\nreconnect_min = \"1m\"\nreconnect_max = \"10s\"",
+                "collector.reconnect_min (1m) is above collector.reconnect_max (10s)",
+            ),
+            (
+                "[collector]\nconnect_timeout = \"0s\"",
+                "collector.connect_timeout",
+            ),
+            ("[queue]\nsegment_bytes = 0", "queue.segment_bytes"),
+            (
+                "[queue]\nmax_bytes = 1000\nsegment_bytes = 600",
+                "queue.max_bytes (1000) must be at least twice queue.segment_bytes (600)",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = refused(extra);
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let text = MINIMAL.replace("type = \"file\"", "type = \"file\"\npoll_interval = \"0s\"");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_interval must be above zero"), "{err}");
+        let text = MINIMAL.replace("type = \"file\"", "type = \"file\"\nmax_lines_per_read = 0");
+        let err = AgentConfig::parse(&text, "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_lines_per_read must be at least 1"),
+            "{err}"
+        );
     }
 }

@@ -8,9 +8,10 @@
 //! `append` returns only once its events are durable: the guarantee to the
 //! sources is the same as with `"always"`, with fewer fsyncs.
 //!
-//! A write that fails cleanly (disk full) makes the source wait and retry,
-//! like a full queue; a failed fsync stops the queue (see [`crate::queue`])
-//! and every waiting append returns [`QueueError::Stopped`].
+//! A write that fails cleanly (disk full; also a source's own note before
+//! the write, when the disk is full) makes the source wait and retry, like a
+//! full queue; a failed fsync stops the queue (see [`crate::queue`]) and
+//! every waiting append returns [`QueueError::Stopped`].
 
 use crate::queue::{DiskQueue, FsyncPolicy, QueueError, QueueMetrics};
 use otwatch_proto::ControllerEvent;
@@ -167,13 +168,19 @@ impl QueueHandle {
                     acked.borrow_and_update();
                     let _ = tokio::time::timeout(Duration::from_secs(1), acked.changed()).await;
                 }
-                Err(e @ QueueError::Io { .. }) => {
+                Err(e) if matches!(e, QueueError::Io { .. }) || e.is_out_of_space() => {
                     // Cut back cleanly (disk full, say): nothing was taken.
+                    // Acks may free space, so they end the wait early.
                     if !warned {
-                        tracing::error!(error = %e, "cannot write to the queue; source waits and retries every second");
+                        if e.is_out_of_space() {
+                            tracing::warn!(error = %e, "the disk of data_dir is full; source waits until acks free space (retrying when the collector acks, at least every second)");
+                        } else {
+                            tracing::error!(error = %e, "cannot write to the queue; source waits and retries when the collector acks, at least every second");
+                        }
                         warned = true;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    acked.borrow_and_update();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), acked.changed()).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -9,6 +9,7 @@
 //! - [`queue`]: the on-disk queue and its format;
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
+//! - [`dead_letter`]: events the collector refused, kept for an operator;
 //! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site;
 //! - [`tls`]: the client certificate and its identity check;
 //! - [`metrics`]: the counters on a Prometheus `/metrics` endpoint.
@@ -16,6 +17,7 @@
 pub mod sim;
 
 pub mod config;
+pub mod dead_letter;
 pub mod handle;
 pub mod metrics;
 pub mod queue;
@@ -58,6 +60,15 @@ pub struct AgentCounts {
     pub dropped: u64,
     /// Events lost to damaged queue segments.
     pub quarantined: u64,
+    /// Events the collector had acked and later no longer held (its data
+    /// was wiped): gone from the queue, they could not be sent again.
+    pub lost_at_collector: u64,
+    /// Events the collector refused (set aside in the dead-letter file).
+    pub refused: u64,
+    /// Refused events not kept in the dead-letter file (full or unwritable).
+    pub refused_unstored: u64,
+    /// Bytes in the dead-letter file.
+    pub dead_letter_bytes: u64,
     /// Bytes in the queue.
     pub queue_bytes: u64,
     /// Successful connections (the first one included).
@@ -83,6 +94,10 @@ impl AgentMetrics {
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
             quarantined: self.queue.quarantined.load(r),
+            lost_at_collector: self.sender.lost_at_collector.load(r),
+            refused: self.sender.refused.load(r),
+            refused_unstored: self.sender.refused_unstored.load(r),
+            dead_letter_bytes: self.sender.dead_letter_bytes.load(r),
             queue_bytes: self.queue.bytes.load(r),
             connects: self.sender.connects.load(r),
             failures: self.sender.failures.load(r),
@@ -111,25 +126,46 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
             rotation_bytes_lost = c.rotation_bytes_lost,
             dropped = c.dropped,
             quarantined = c.quarantined,
+            lost_at_collector = c.lost_at_collector,
+            refused = c.refused,
+            refused_unstored = c.refused_unstored,
             connected = c.connected,
             "agent status"
         );
     }
 }
 
-/// Runs a source and reports its failure on `failed`.
+/// The text of a panic's payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Runs one of the agent's tasks (a source, the sender) and reports on
+/// `failed` when it fails, panics or ends by itself: the agent cannot go on
+/// without it, and a process that stays up without delivering would look
+/// healthy to its supervisor. The task runs in its own tokio task so that a
+/// panic is caught here, through its join handle.
 fn supervise(
     name: String,
     failed: &watch::Sender<Option<String>>,
     run: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let failed = failed.clone();
+    let task = tokio::spawn(run);
     tokio::spawn(async move {
-        let result = run.await;
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(format!("panicked: {}", panic_message(e.into_panic()))),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = &result {
-            tracing::error!(source = %name, error = %e, "source failed");
+            tracing::error!(task = %name, error = %e, "agent task failed; the agent stops");
             failed.send_if_modified(|f| {
-                f.get_or_insert_with(|| format!("source {name}: {e}"));
+                f.get_or_insert_with(|| format!("{name}: {e}"));
                 true
             });
         }
@@ -146,7 +182,7 @@ pub struct Agent {
     stop_sources: watch::Sender<bool>,
     stop_sender: watch::Sender<bool>,
     sources: Vec<tokio::task::JoinHandle<Result<(), String>>>,
-    sender: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 impl Agent {
@@ -175,7 +211,7 @@ impl Agent {
             source_metrics.push(metrics.clone());
             let task = match source.clone() {
                 SourceConfig::Sim(sim) => supervise(
-                    "sim".into(),
+                    "source sim".into(),
                     &failed,
                     source::sim::run(
                         config.site.clone(),
@@ -187,7 +223,7 @@ impl Agent {
                     .instrument(span.clone()),
                 ),
                 SourceConfig::File(file) => supervise(
-                    format!("file {}", file.path.display()),
+                    format!("source file {}", file.path.display()),
                     &failed,
                     source::file::run(
                         file,
@@ -203,7 +239,12 @@ impl Agent {
             };
             sources.push(task);
         }
+        let dead_letter =
+            dead_letter::DeadLetter::open(&config.data_dir, config.dead_letter_max_bytes)?;
         let sender_metrics = Arc::new(SenderMetrics::default());
+        sender_metrics
+            .dead_letter_bytes
+            .store(dead_letter.bytes(), Ordering::Relaxed);
         let sender = Sender {
             config: config.collector.clone(),
             site: config.site.clone(),
@@ -212,8 +253,24 @@ impl Agent {
             queue: queue.clone(),
             metrics: sender_metrics.clone(),
             seq_offset_path: config.data_dir.join("seq_offset"),
+            dead_letter: Arc::new(std::sync::Mutex::new(dead_letter)),
         };
-        let sender = tokio::spawn(sender.run(sender_stop.clone()).instrument(span.clone()));
+        let sender = {
+            let stop = sender_stop.clone();
+            supervise(
+                "sender".into(),
+                &failed,
+                async move {
+                    sender.run(stop.clone()).await;
+                    if *stop.borrow() {
+                        Ok(())
+                    } else {
+                        Err("stopped sending although the agent is running".into())
+                    }
+                }
+                .instrument(span.clone()),
+            )
+        };
         let metrics = AgentMetrics {
             queue: queue.metrics(),
             sender: sender_metrics,
@@ -245,10 +302,12 @@ impl Agent {
         })
     }
 
-    /// Resolves when a source has failed for good (its queue stopped after a
-    /// disk failure, its checkpoint cannot be written), with the reason. The
-    /// binary then exits non-zero so that its supervisor restarts it: the
-    /// queue and the checkpoints recover from what is on disk.
+    /// Resolves when a task of the agent has failed for good, with the
+    /// reason: a source (its queue stopped after a disk failure, its
+    /// checkpoint cannot be written), or the sender or a source that
+    /// panicked or ended on its own. The binary then exits non-zero so that
+    /// its supervisor restarts it: the queue and the checkpoints recover
+    /// from what is on disk.
     pub async fn failed(&self) -> String {
         let mut rx = self.failed.subscribe();
         let reason = rx.wait_for(Option::is_some).await;
@@ -287,9 +346,13 @@ impl Agent {
             );
         }
         self.stop_sender.send_replace(true);
-        let _ = self.sender.await;
+        match self.sender.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("sender: {e}")),
+            Err(e) => errors.push(format!("sender: {e}")),
+        }
         if !errors.is_empty() {
-            anyhow::bail!("sources failed: {}", errors.join("; "));
+            anyhow::bail!("agent tasks failed: {}", errors.join("; "));
         }
         Ok(self.metrics.snapshot())
     }
@@ -334,6 +397,53 @@ mod tests {
             .expect("the agent went on after its queue stopped");
         assert!(reason.contains("source file"), "{reason}");
         assert!(reason.contains("queue stopped"), "{reason}");
+        assert!(agent.stop(Duration::from_millis(10)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_fails_the_agent_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // One event waits in the queue, and a real collector is bound now
+        // but served only once the queue is broken, so that the sender's
+        // first use of the queue (reading that event after the greeting)
+        // is what panics.
+        let mut queue = DiskQueue::open(dir.path().join("data/queue"), Default::default()).unwrap();
+        queue
+            .append(&mut [otwatch_proto::ControllerEvent {
+                ts_ns: 1,
+                asset: "a".into(),
+                kind: otwatch_proto::EventKind::Cycle as i32,
+                ..Default::default()
+            }])
+            .unwrap();
+        drop(queue);
+        let log = Arc::new(
+            otwatch_eventlog::LocalLog::open(dir.path().join("log"), Default::default()).unwrap(),
+        );
+        let collector = otwatch_collector::Collector::new(log, Default::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text = format!(
+            "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {:?}\n\
+             [collector]\nurl = \"http://{addr}\"\n\
+             [[sources]]\ntype = \"file\"\npath = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            dir.path().join("absent.jsonl").display().to_string()
+        );
+        let agent = Agent::start(AgentConfig::parse(&text, "test").unwrap()).unwrap();
+        // A panic while the queue's lock is held poisons it: every later
+        // use of the queue panics.
+        let queue = agent.queue.queue.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = queue.lock().unwrap();
+            panic!("injected panic under the queue lock");
+        })
+        .join();
+        tokio::spawn(collector.serve(listener, None, std::future::pending()));
+        let reason = tokio::time::timeout(Duration::from_secs(30), agent.failed())
+            .await
+            .expect("the agent went on after its sender panicked");
+        assert!(reason.starts_with("sender: panicked"), "{reason}");
         assert!(agent.stop(Duration::from_millis(10)).await.is_err());
     }
 }

@@ -23,7 +23,11 @@ use std::time::Duration;
 ///   agent = "gw-1"
 ///   data_dir = "/var/lib/otwatch-agent"
 ///   [collector]
-///   url = "http://collector.example:4317"
+///   url = "https://collector.example:4317"
+///   [collector.tls]
+///   ca = "/etc/otwatch-agent/ca.pem"
+///   cert = "/etc/otwatch-agent/agent-plant-lyon-gw-1.pem"
+///   key = "/etc/otwatch-agent/agent-plant-lyon-gw-1-key.pem"
 ///   [[sources]]
 ///   type = "file"
 ///   path = "/var/log/plc/events.jsonl"

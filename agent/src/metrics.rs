@@ -47,6 +47,26 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "Events lost to damaged queue segments.",
                 counts.quarantined,
             ),
+            Metric::counter(
+                "otwatch_agent_lost_at_collector_total",
+                "Events the collector had acked and later no longer held (its data was wiped); they could not be sent again.",
+                counts.lost_at_collector,
+            ),
+            Metric::counter(
+                "otwatch_agent_refused_total",
+                "Events the collector refused for breaking a limit (kept in dead-letter.jsonl unless it is full).",
+                counts.refused,
+            ),
+            Metric::counter(
+                "otwatch_agent_refused_unstored_total",
+                "Refused events not kept in the dead-letter file (full or unwritable); logged with seq and reason.",
+                counts.refused_unstored,
+            ),
+            Metric::gauge(
+                "otwatch_agent_dead_letter_bytes",
+                "Bytes in the dead-letter file.",
+                counts.dead_letter_bytes,
+            ),
             Metric::gauge(
                 "otwatch_agent_queue_bytes",
                 "Bytes in the queue on disk.",

@@ -52,6 +52,19 @@
 //!   written first, so a crash between the two leaves a deletable segment,
 //!   never a gap), or when `when_full = "drop_oldest"` sacrifices it, which is
 //!   counted and logged.
+//! - A full disk never stalls the queue for good while acks come in. Acked
+//!   space is reclaimed a segment at a time and the newest segment stays, so
+//!   on a filesystem smaller than a segment the acked events of the active
+//!   segment would hold the space forever: when a write fails for lack of
+//!   space and the active segment is wholly acked, the queue starts a new
+//!   segment, deletes the old one and writes again. When even the ack mark
+//!   cannot be written for lack of space, wholly acked segments are deleted
+//!   first and the mark written after: a crash in between leaves a mark
+//!   behind the oldest segment, which only means events the collector holds
+//!   are not resent (reading starts at the oldest segment), never a gap in
+//!   what is unacked.
+//! - [`DiskQueue::open`] warns when `max_bytes` is more than the filesystem
+//!   can give it: the disk would then fill before the bound is reached.
 
 use otwatch_proto::ControllerEvent;
 use prost::Message;
@@ -146,6 +159,22 @@ pub enum QueueError {
     Stopped { reason: String },
 }
 
+impl QueueError {
+    /// True when the filesystem is full (or the user's quota is): the
+    /// write was cut back cleanly and may succeed once space is freed.
+    pub fn is_out_of_space(&self) -> bool {
+        let kind = match self {
+            QueueError::Io { source, .. } => source.kind(),
+            QueueError::Fs(e) => e.kind(),
+            _ => return false,
+        };
+        matches!(
+            kind,
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError + '_ {
     move |source| QueueError::Io {
         path: path.display().to_string(),
@@ -195,9 +224,17 @@ pub struct DiskQueue {
     cursor: Cell<Option<(u64, u64, u64)>>,
     /// Why appends stopped (see the module doc), once they have.
     stopped: Option<String>,
+    /// The ack mark on disk is behind `acked` (the disk was full); logged
+    /// once until a write of the mark succeeds.
+    mark_behind: bool,
     /// Makes the next fsync fail, to test the stop.
     #[cfg(test)]
     pub(crate) fail_next_sync: bool,
+    /// Simulates a filesystem of this many bytes: segment writes beyond it
+    /// fail with `StorageFull`, and so does the ack mark once less than a
+    /// page is left.
+    #[cfg(test)]
+    pub(crate) disk_capacity: Option<u64>,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -420,12 +457,16 @@ impl DiskQueue {
             metrics,
             cursor: Cell::new(None),
             stopped: None,
+            mark_behind: false,
             #[cfg(test)]
             fail_next_sync: false,
+            #[cfg(test)]
+            disk_capacity: None,
         };
         queue.update_bytes();
         // Segments fully acked before a crash cut the deletion short.
         queue.reclaim()?;
+        queue.warn_if_disk_too_small();
         tracing::info!(
             dir = %queue.dir.display(),
             next_seq = queue.next_seq(),
@@ -433,6 +474,25 @@ impl DiskQueue {
             "queue opened"
         );
         Ok(queue)
+    }
+
+    /// Warns when the filesystem cannot hold `max_bytes` of queue: what is
+    /// free plus what the queue already holds.
+    fn warn_if_disk_too_small(&self) {
+        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
+            return;
+        };
+        let available = st.f_bavail.saturating_mul(st.f_frsize) + self.bytes();
+        if available < self.config.max_bytes {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                max_bytes = self.config.max_bytes,
+                available,
+                "queue.max_bytes is more than the filesystem of data_dir can hold: the disk will fill \
+                 before the queue does, and sources then wait until acks free space; lower \
+                 queue.max_bytes to what the disk can spare"
+            );
+        }
     }
 
     /// Copies a damaged segment to `quarantine/` and accounts for the events
@@ -573,11 +633,13 @@ impl DiskQueue {
 
     /// Like [`append`](Self::append), and calls `before_write(first_seq,
     /// last_seq)` once the numbers are known and before anything is written,
-    /// so a source can durably note which sequence numbers its read will get.
+    /// so a source can durably note which sequence numbers its read will get
+    /// (again, with the same numbers, if the write is retried after freeing
+    /// space on a full disk).
     pub fn append_with(
         &mut self,
         events: &mut [ControllerEvent],
-        before_write: impl FnOnce(u64, u64) -> Result<(), QueueError>,
+        mut before_write: impl FnMut(u64, u64) -> Result<(), QueueError>,
     ) -> Result<u64, QueueError> {
         self.check_running()?;
         if events.is_empty() {
@@ -624,20 +686,22 @@ impl DiskQueue {
                 }
             }
         }
-        before_write(next - count as u64, next - 1)?;
-        let (active_path, before) = {
-            let seg = self.segments.back().unwrap();
-            (seg.path.clone(), seg.bytes)
-        };
-        if let Err(e) = self.active.write_all(&buf) {
-            // A partial write (disk full) must not stay in front of the
-            // next append: cut the segment back to its last whole append.
-            // If even that fails, the segment's end is unknown: stop.
-            if let Err(cut) = self.active.set_len(before) {
-                tracing::error!(error = %e, "queue write failed");
-                return Err(self.stop(io_err(&active_path)(cut)));
+        // The source's note and the write, once more after freeing the
+        // space of a wholly acked active segment (see the module doc).
+        let mut freed = false;
+        loop {
+            let written =
+                before_write(next - count as u64, next - 1).and_then(|()| self.write_active(&buf));
+            match written {
+                Ok(()) => break,
+                Err(e) if e.is_out_of_space() && !freed && self.free_acked_active()? => {
+                    tracing::info!(
+                        "disk full: started a new queue segment to free the acked one; writing again"
+                    );
+                    freed = true;
+                }
+                Err(e) => return Err(e),
             }
-            return Err(io_err(&active_path)(e));
         }
         let seg = self.segments.back_mut().unwrap();
         seg.end = next;
@@ -659,6 +723,46 @@ impl DiskQueue {
         }
         self.update_bytes();
         Ok(next - 1)
+    }
+
+    /// Appends `buf` to the active segment. A failed write is cut back to
+    /// the segment's last whole append, so that it may simply be retried;
+    /// if even that fails, the segment's end is unknown and the queue stops.
+    fn write_active(&mut self, buf: &[u8]) -> Result<(), QueueError> {
+        let (active_path, before) = {
+            let seg = self.segments.back().unwrap();
+            (seg.path.clone(), seg.bytes)
+        };
+        #[cfg(test)]
+        if self
+            .disk_capacity
+            .is_some_and(|cap| self.bytes() + buf.len() as u64 > cap)
+        {
+            let e = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(io_err(&active_path)(e));
+        }
+        if let Err(e) = self.active.write_all(buf) {
+            if let Err(cut) = self.active.set_len(before) {
+                tracing::error!(error = %e, "queue write failed");
+                return Err(self.stop(io_err(&active_path)(cut)));
+            }
+            return Err(io_err(&active_path)(e));
+        }
+        Ok(())
+    }
+
+    /// After a write failed for lack of space: when the active segment holds
+    /// only acked events, starts a new segment and deletes the old one.
+    /// Returns whether space was freed.
+    fn free_acked_active(&mut self) -> Result<bool, QueueError> {
+        let seg = self.segments.back().unwrap();
+        if seg.bytes == 0 || seg.end > self.acked + 1 {
+            return Ok(false);
+        }
+        let before = self.bytes();
+        self.roll()?;
+        self.reclaim()?;
+        Ok(self.bytes() < before)
     }
 
     fn roll(&mut self) -> Result<(), QueueError> {
@@ -711,7 +815,18 @@ impl DiskQueue {
     }
 
     fn set_acked(&mut self, seq: u64) -> Result<(), QueueError> {
+        #[cfg(test)]
+        if self
+            .disk_capacity
+            .is_some_and(|cap| self.bytes() + 4096 > cap)
+        {
+            let e = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(
+                otwatch_fs::FsError::with("writing", &self.dir.join("acked.tmp"))(e).into(),
+            );
+        }
         otwatch_fs::write_atomic(&self.dir.join("acked"), format!("{seq}\n").as_bytes())?;
+        self.mark_behind = false;
         self.acked = seq;
         self.metrics.acked_seq.store(seq, Ordering::Relaxed);
         Ok(())
@@ -724,7 +839,24 @@ impl DiskQueue {
         if seq <= self.acked {
             return Ok(());
         }
-        self.set_acked(seq)?;
+        match self.set_acked(seq) {
+            Ok(()) => {}
+            Err(e) if e.is_out_of_space() => {
+                // No room for the mark: delete what it frees first, then
+                // write it (see the module doc for why this order is safe
+                // here). A mark still unwritten only means resending.
+                self.acked = seq;
+                self.metrics.acked_seq.store(seq, Ordering::Relaxed);
+                self.reclaim()?;
+                if let Err(e) = self.set_acked(seq) {
+                    if !self.mark_behind {
+                        tracing::warn!(error = %e, acked = seq, "disk full: the ack mark on disk is behind; after a restart acked events may be sent again");
+                    }
+                    self.mark_behind = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
         self.reclaim()
     }
 
@@ -1090,6 +1222,50 @@ mod tests {
         let q = DiskQueue::open(dir.path(), small()).unwrap();
         assert_eq!(q.metrics().quarantined.load(Ordering::Relaxed), 0);
         assert_eq!(q.read(0, 1000).unwrap().len(), kept.len());
+    }
+
+    #[test]
+    fn a_disk_smaller_than_a_segment_frees_acked_space_and_keeps_taking() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+            ..small()
+        };
+        let mut q = DiskQueue::open(dir.path(), config.clone()).unwrap();
+        // A filesystem far smaller than one segment.
+        q.disk_capacity = Some(20_000);
+        let mut last = 0;
+        for round in 0..5 {
+            loop {
+                match q.append(&mut events(10)) {
+                    Ok(seq) => last = seq,
+                    Err(e) if e.is_out_of_space() => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(q.segment_count(), 1, "round {round}");
+            // Nothing acked: nothing can be freed.
+            let err = q.append(&mut events(10)).unwrap_err();
+            assert!(err.is_out_of_space(), "{err}");
+            assert_eq!(q.next_seq(), last + 1);
+            // Everything acked (the mark itself finds no room at first):
+            // the next append frees the acked segment and is taken.
+            q.ack(last).unwrap();
+            assert_eq!(q.acked(), last);
+            assert_eq!(q.append(&mut events(10)).unwrap(), last + 10);
+            last += 10;
+            assert!(q.bytes() < 20_000);
+        }
+        assert_eq!(q.read(0, 100).unwrap().len(), 10);
+        // Reopened, the numbering goes on and only the unacked events remain.
+        drop(q);
+        let mut q = DiskQueue::open(dir.path(), config).unwrap();
+        assert_eq!(q.next_seq(), last + 1);
+        let seqs: Vec<u64> = q.read(0, 100).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (last - 9..=last).collect::<Vec<_>>());
+        q.ack(last).unwrap();
+        assert_eq!(q.unacked(), 0);
     }
 
     #[test]

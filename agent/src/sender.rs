@@ -1,9 +1,9 @@
 //! The sender: streams the queue to the collector and trims it on acks.
 //!
 //! One gRPC stream per connection. The collector's first message says what it
-//! already holds; the sender resumes right after it, so after any reconnect
-//! exactly the unacked events are resent (the collector drops any it already
-//! has). At most `max_in_flight` batches are unacked at a time: a slow
+//! already holds; after any reconnect the sender resends what its queue holds
+//! beyond its own ack mark (the collector drops what it already has), so every
+//! event is answered by the ack of a batch that carried it. At most `max_in_flight` batches are unacked at a time: a slow
 //! collector slows the sender, and the queue absorbs the difference.
 //! Failures reconnect with exponential backoff and full jitter, so a fleet of
 //! agents does not stampede a collector that comes back.
@@ -20,8 +20,29 @@
 //! duplicate until the queue caught up. The offset is written before
 //! anything is sent with it; if the file is lost, the next greeting finds
 //! the same gap and computes the same offset again.
+//!
+//! # Refused events
+//!
+//! An ack may list events the collector refused (an event that aged past
+//! the collector's `max_past_secs` during an outage, say) with the reason.
+//! Before the queue is trimmed past them they are written, fsync'd, to the
+//! dead-letter file ([`crate::dead_letter`]), counted (`refused`) and logged
+//! as warnings with seq and reason. An ack trims the queue only as far as
+//! the batch it answers, even when it names a higher seq (a resent batch is
+//! answered with what the collector holds), so that the acks of later
+//! batches still find their refused events in the queue.
+//!
+//! # A collector that holds less than it acked
+//!
+//! The opposite gap: the greeting names a lower sequence number than the
+//! queue's ack mark (the collector's data was wiped, or its log lost a
+//! damaged tail). The events in between were trimmed from the queue when
+//! they were acked and cannot be sent again: the sender logs the range as an
+//! error, counts it (`lost_at_collector`, once per gap, not at every
+//! reconnect) and resumes after the ack mark, so new events flow at once.
 
 use crate::config::{Compression, SenderConfig};
+use crate::dead_letter::{DeadLetter, DeadLetterEntry, Outcome};
 use crate::handle::QueueHandle;
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::EventBatch;
@@ -46,6 +67,17 @@ pub struct SenderMetrics {
     pub batches_sent: AtomicU64,
     pub events_sent: AtomicU64,
     pub duplicates_reported: AtomicU64,
+    /// Events the collector had acked and no longer holds (it greeted with a
+    /// lower sequence number than the queue's ack mark): they had already
+    /// left the queue and cannot be resent. Each gap is logged as an error.
+    pub lost_at_collector: AtomicU64,
+    /// Events the collector refused (each logged with its seq and reason).
+    pub refused: AtomicU64,
+    /// Refused events that could not be kept in the dead-letter file (it
+    /// was full, or could not be written); also in `refused`.
+    pub refused_unstored: AtomicU64,
+    /// Bytes in the dead-letter file (a gauge).
+    pub dead_letter_bytes: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +124,14 @@ pub struct Sender {
     pub metrics: Arc<SenderMetrics>,
     /// The `seq_offset` file (see the module doc).
     pub seq_offset_path: std::path::PathBuf,
+    /// Where refused events are set aside before the queue is trimmed.
+    pub dead_letter: Arc<std::sync::Mutex<DeadLetter>>,
 }
+
+/// Refused events logged one by one per ack; the rest of an ack's
+/// refusals are summed up in one line (all of them are in the dead-letter
+/// file and the counters).
+const REFUSALS_LOGGED_PER_ACK: usize = 10;
 
 /// The persisted offset between queue and wire sequence numbers.
 fn load_offset(path: &std::path::Path) -> u64 {
@@ -114,9 +153,12 @@ impl Sender {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.config.reconnect_min;
         let mut offset = load_offset(&self.seq_offset_path);
+        let mut reported_gap = None;
         while !*shutdown.borrow() {
             let started = Instant::now();
-            let outcome = self.session(&mut shutdown, &mut offset).await;
+            let outcome = self
+                .session(&mut shutdown, &mut offset, &mut reported_gap)
+                .await;
             self.metrics.connected.store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => return,
@@ -138,10 +180,14 @@ impl Sender {
         }
     }
 
+    /// One connection: greeting, then batches and acks until it breaks or
+    /// `shutdown` turns true. `reported_gap` is the last collector loss
+    /// already counted (see [`Sender::account_collector_loss`]).
     async fn session(
         &self,
         shutdown: &mut watch::Receiver<bool>,
         offset: &mut u64,
+        reported_gap: &mut Option<(u64, u64)>,
     ) -> Result<(), SessionError> {
         let cfg = &self.config;
         let mut endpoint = Endpoint::from_shared(cfg.url.clone())
@@ -163,7 +209,10 @@ impl Sender {
                 url: cfg.url.clone(),
                 source,
             })?;
-        let mut client = IngestClient::new(channel).max_decoding_message_size(1 << 20);
+        // An ack may list a refusal (seq and a reason of under 200 bytes)
+        // for every event of its batch.
+        let max_ack_bytes = (1 << 20) + cfg.batch_max_events * 512;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(max_ack_bytes);
         client = match cfg.compression {
             Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
             Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
@@ -201,37 +250,53 @@ impl Sender {
         }
         let offset = *offset;
         // The collector's marks in queue numbering. Below the offset means the
-        // collector lost data (its log was wiped): resend what the queue has.
+        // collector lost data (its log was wiped).
         let local = |wire: u64| wire.saturating_sub(offset);
-        self.queue.ack(local(greeting.durable_seq)).await?;
+        let held = local(greeting.durable_seq);
+        self.account_collector_loss(greeting.durable_seq, held, offset, reported_gap);
+        // The greeting trims nothing: what the queue holds beyond its ack
+        // mark is sent again even if the collector holds it, so that each
+        // event is answered by a batch ack, which lists refused events. An
+        // ack lost with a broken connection would otherwise take its
+        // refusals with it. The collector drops the resent events as
+        // duplicates (and lists the refused ones again).
+        let mut next = self.queue.acked() + 1;
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             url = %cfg.url,
             durable_seq = greeting.durable_seq,
             seq_offset = offset,
-            resend = self.queue.last_seq().saturating_sub(local(greeting.durable_seq)),
+            resend = self.queue.last_seq().saturating_sub(next - 1),
             "connected to collector"
         );
-        let mut next = local(greeting.durable_seq) + 1;
         let mut in_flight: VecDeque<(u64, usize)> = VecDeque::new();
         let mut appended = self.queue.subscribe_appends();
         loop {
             tokio::select! {
                 ack = acks.message() => {
                     let ack = ack?.ok_or(SessionError::Closed)?;
-                    let acked = local(ack.durable_seq);
+                    // Each ack answers for the oldest batch in flight. A
+                    // resent batch's ack may name a higher seq (what the
+                    // collector holds), but the queue is trimmed only as
+                    // far as this batch: the later batches' acks still
+                    // have to list their refused events.
+                    let mut acked = local(ack.durable_seq);
+                    if let Some(&(last, n)) = in_flight.front() {
+                        acked = acked.min(last);
+                        if last <= acked {
+                            in_flight.pop_front();
+                            self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    if !ack.refused.is_empty() {
+                        self.set_aside(&ack.refused, offset).await?;
+                    }
                     self.queue.ack(acked).await?;
                     self.metrics.duplicates_reported.fetch_add(ack.duplicates as u64, Ordering::Relaxed);
-                    while let Some(&(last, n)) = in_flight.front() {
-                        if last > acked { break; }
-                        in_flight.pop_front();
-                        self.metrics.events_sent.fetch_add(n as u64, Ordering::Relaxed);
-                    }
                 }
                 batch = self.next_batch(next, offset, &mut appended), if in_flight.len() < cfg.max_in_flight => {
-                    let batch = batch?;
-                    let last = batch.events.last().expect("non-empty batch").seq - offset;
+                    let (batch, last) = batch?;
                     let n = batch.events.len();
                     tx.send(batch).await.map_err(|_| SessionError::Closed)?;
                     self.metrics.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -247,26 +312,176 @@ impl Sender {
         }
     }
 
+    /// Writes the events the collector refused to the dead-letter file
+    /// (fsync'd) before the queue is trimmed past them, counts and logs
+    /// them. Refusals that cannot be kept are counted and logged too; they
+    /// never stop delivery.
+    async fn set_aside(
+        &self,
+        refused: &[otwatch_proto::v1::Refused],
+        offset: u64,
+    ) -> Result<(), SessionError> {
+        let m = &self.metrics;
+        m.refused.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        // Refused events come from batches in flight, so they are still in
+        // the queue; read their span once.
+        let local: Vec<u64> = refused
+            .iter()
+            .map(|r| r.seq.saturating_sub(offset))
+            .collect();
+        let (lo, hi) = (
+            local.iter().copied().min().unwrap_or(0),
+            local.iter().copied().max().unwrap_or(0),
+        );
+        let queued = self
+            .queue
+            .read(lo.max(1), (hi.saturating_sub(lo) + 1) as usize)
+            .await?;
+        let mut entries = Vec::with_capacity(refused.len());
+        let mut missing = Vec::new();
+        for (r, &seq) in refused.iter().zip(&local) {
+            match queued.binary_search_by_key(&seq, |e| e.seq) {
+                Ok(i) if seq > 0 => {
+                    entries.push((r, DeadLetterEntry::new(r.seq, &r.reason, &queued[i])));
+                }
+                _ => missing.push(r),
+            }
+        }
+        let dead_letter = self.dead_letter.clone();
+        let lines: Vec<DeadLetterEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+        let (outcomes, bytes, path) = tokio::task::spawn_blocking(move || {
+            let mut dl = dead_letter.lock().unwrap();
+            let outcomes = dl.append(&lines);
+            (outcomes, dl.bytes(), dl.path().display().to_string())
+        })
+        .await
+        .expect("dead-letter task panicked");
+        m.dead_letter_bytes.store(bytes, Ordering::Relaxed);
+
+        let mut logged = 0;
+        let mut unstored = missing.len() as u64;
+        let mut full = 0u64;
+        for ((r, _), outcome) in entries.iter().zip(&outcomes) {
+            let stored = match outcome {
+                Outcome::Stored => "dead-letter file",
+                Outcome::Full => {
+                    full += 1;
+                    unstored += 1;
+                    "not kept: the dead-letter file is full"
+                }
+                Outcome::Failed(error) => {
+                    unstored += 1;
+                    tracing::error!(seq = r.seq, %error, path, "cannot write a refused event to the dead-letter file; it is counted and not kept");
+                    "not kept: the dead-letter file cannot be written"
+                }
+            };
+            if logged < REFUSALS_LOGGED_PER_ACK {
+                tracing::warn!(seq = r.seq, reason = %r.reason, kept_in = stored, "the collector refused an event");
+                logged += 1;
+            }
+        }
+        for r in &missing {
+            tracing::error!(
+                seq = r.seq,
+                reason = %r.reason,
+                "the collector refused an event that is no longer in the queue (dropped meanwhile); it is counted and not kept"
+            );
+        }
+        if refused.len() > logged + missing.len() {
+            tracing::warn!(
+                more = refused.len() - logged - missing.len(),
+                first_seq = refused[0].seq,
+                last_seq = refused[refused.len() - 1].seq,
+                "the collector refused more events of this batch; each is in the dead-letter file (unless it is full) and counted"
+            );
+        }
+        if full > 0 {
+            tracing::error!(
+                path,
+                not_kept = full,
+                max_bytes = self.dead_letter_max_bytes(),
+                "the dead-letter file is full: refused events are counted and logged but not kept; \
+                 move the file away and restart the agent to keep them again"
+            );
+        }
+        m.refused_unstored.fetch_add(unstored, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn dead_letter_max_bytes(&self) -> u64 {
+        self.dead_letter.lock().map(|d| d.max_bytes()).unwrap_or(0)
+    }
+
+    /// Counts and logs, once per gap, the events the collector acked and no
+    /// longer holds: its greeting (`wire_held`, `held` in queue numbering)
+    /// is below the queue's ack mark. Those events were trimmed from the
+    /// queue when they were acked; nothing can send them again.
+    fn account_collector_loss(
+        &self,
+        wire_held: u64,
+        held: u64,
+        offset: u64,
+        reported_gap: &mut Option<(u64, u64)>,
+    ) {
+        let acked = self.queue.acked();
+        if held >= acked || *reported_gap == Some((wire_held, acked)) {
+            // No gap, or this one was counted at an earlier reconnect (the
+            // collector's mark moves only once something new is sent).
+            return;
+        }
+        *reported_gap = Some((wire_held, acked));
+        let lost = acked - held;
+        self.metrics
+            .lost_at_collector
+            .fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            collector_holds = wire_held,
+            first_lost_seq = wire_held + 1,
+            last_lost_seq = acked + offset,
+            lost,
+            "the collector no longer holds events it had acknowledged (its data was wiped or \
+             its log lost a damaged tail); they left this agent's queue when they were \
+             acknowledged and cannot be sent again: events lost"
+        );
+    }
+
     /// Waits for events at `next` or later and returns the next batch: full
     /// (`batch_max_events`) or as much as arrived within `batch_max_delay`,
-    /// numbered for the wire (queue seq + `offset`).
+    /// numbered for the wire (queue seq + `offset`), with the queue seq of
+    /// its last event. Never empty.
     async fn next_batch(
         &self,
         next: u64,
         offset: u64,
         appended: &mut watch::Receiver<u64>,
-    ) -> Result<EventBatch, SessionError> {
+    ) -> Result<(EventBatch, u64), SessionError> {
         let cfg = &self.config;
+        // Events below the ack mark have left the queue (acked, or dropped
+        // by `drop_oldest` meanwhile): the batch starts after it.
+        let from = next.max(self.queue.acked() + 1);
         appended
-            .wait_for(|&last| last >= next)
+            .wait_for(|&last| last >= from)
             .await
             .map_err(|_| SessionError::Closed)?;
-        let full = next + cfg.batch_max_events as u64 - 1;
+        let full = from + cfg.batch_max_events as u64 - 1;
         if *appended.borrow() < full {
             let _ =
                 tokio::time::timeout(cfg.batch_max_delay, appended.wait_for(|&l| l >= full)).await;
         }
-        let mut events = self.queue.read(next, cfg.batch_max_events).await?;
+        let mut events = self.queue.read(from, cfg.batch_max_events).await?;
+        if events.is_empty() {
+            // Durable events from `from` on were announced but none reads
+            // back: end the session (it reconnects after a backoff) rather
+            // than send an empty batch or spin.
+            return Err(SessionError::Queue(crate::queue::QueueError::Corrupt {
+                path: "queue".into(),
+                seq: from,
+                reason: format!(
+                    "no event reads back from seq {from} though the queue's last seq is {}",
+                    self.queue.last_seq()
+                ),
+            }));
+        }
         // Keep the encoded batch well under the collector's message limit.
         let budget = self.max_message_bytes / 2;
         let mut size = 0;
@@ -279,16 +494,19 @@ impl Sender {
             .unwrap_or(events.len())
             .max(1);
         events.truncate(keep);
+        // Not empty: at least one event is kept.
+        let last = events[events.len() - 1].seq;
         for e in &mut events {
             // The batch carries the identity once.
             e.site.clear();
             e.agent.clear();
             e.seq += offset;
         }
-        Ok(EventBatch {
+        let batch = EventBatch {
             site: self.site.clone(),
             agent: self.agent.clone(),
             events,
-        })
+        };
+        Ok((batch, last))
     }
 }

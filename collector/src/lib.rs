@@ -10,13 +10,47 @@
 //! - each (agent, seq) is appended at most once: the per-agent high-water mark
 //!   comes from the log's producer state, which the log recovers with the data
 //!   itself, and appends of one agent are serialized;
-//! - a bad batch is answered with `INVALID_ARGUMENT` naming the broken limit, a
-//!   batch that claims another site or agent with `PERMISSION_DENIED`; both
-//!   are counted and logged and affect no other agent;
+//! - a batch that is wrong as a whole (size, sequence order, an event naming
+//!   another agent: [`Limits::check_batch_frame`]) is answered with
+//!   `INVALID_ARGUMENT` naming the problem, a batch that claims another site
+//!   or agent with `PERMISSION_DENIED`; both are counted and logged and affect
+//!   no other agent;
+//! - an event that breaks a limit of its own ([`Limits::check_event`]: too
+//!   old, too far in the future, too long, unknown kind, non-finite value)
+//!   is refused alone: the rest of its batch is stored, and the ack lists
+//!   the refused events (seq and reason) so that the agent can set them
+//!   aside instead of resending the batch forever. Refusals are counted
+//!   (`events_refused`) and logged, one line per batch;
 //! - with TLS ([`tls`]), the agent's identity is its verified client
 //!   certificate's; headers and payload cannot change it. Plaintext, where
 //!   agents name themselves with headers, is for loopback trials only (the
 //!   central binary refuses it elsewhere).
+//!
+//! # Refused events and the producer mark
+//!
+//! An ack's `durable_seq` is the last sequence number of its batch whether
+//! the batch's last events were stored or refused, and the agent trims its
+//! queue up to it. The high-water mark kept in the log must say the same,
+//! or a collector restarted after an ack would greet the agent with a lower
+//! number than the agent trimmed to, which the agent must treat as events
+//! the collector lost. So the record appended for a batch always carries
+//! the batch's last sequence number as its [`ProducerMark`], even when its
+//! last events were refused, and a batch whose new events were all refused
+//! is appended as a record with no rows that carries only the mark. Those
+//! records are rare (a whole batch refused) and cost a few hundred bytes;
+//! consumers see a batch of zero rows (the history writer and the detector
+//! skip them). The alternative, appending nothing, would leave the mark
+//! below what was acked, and a restart would make refused events look like
+//! lost ones.
+//!
+//! Events at or below the mark are duplicates and are not stored again, but
+//! they are checked again: one that fails [`Limits::check_event`] is listed
+//! as refused once more. An agent whose ack was lost (the connection broke,
+//! or the agent crashed before setting the refused events aside) resends
+//! them and so still learns which to set aside. The one case this cannot
+//! answer exactly is an event whose verdict changed between the first send
+//! and the resend (it aged past `max_past_secs`, or came within
+//! `max_future_skew_secs`, in between).
 
 pub mod connections;
 pub mod tls;
@@ -24,6 +58,7 @@ pub mod tls;
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
 use otwatch_proto::limits::Limits;
 use otwatch_proto::v1::ingest_server::{Ingest, IngestServer};
+use otwatch_proto::v1::Refused;
 use otwatch_proto::{Ack, EventBatch};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -70,6 +105,9 @@ pub struct CollectorMetrics {
     pub batches: AtomicU64,
     pub events_stored: AtomicU64,
     pub events_duplicate: AtomicU64,
+    /// Events refused alone for breaking a limit of their own (too old,
+    /// too long, ...); the rest of their batches was stored.
+    pub events_refused: AtomicU64,
     pub batches_invalid: AtomicU64,
     pub batches_denied: AtomicU64,
     pub append_failures: AtomicU64,
@@ -91,6 +129,7 @@ pub struct CollectorCounts {
     pub batches: u64,
     pub events_stored: u64,
     pub events_duplicate: u64,
+    pub events_refused: u64,
     pub batches_invalid: u64,
     pub batches_denied: u64,
     pub append_failures: u64,
@@ -108,6 +147,7 @@ impl CollectorMetrics {
             batches: g(&self.batches),
             events_stored: g(&self.events_stored),
             events_duplicate: g(&self.events_duplicate),
+            events_refused: g(&self.events_refused),
             batches_invalid: g(&self.batches_invalid),
             batches_denied: g(&self.batches_denied),
             append_failures: g(&self.append_failures),
@@ -195,11 +235,30 @@ impl Collector {
                 identity.site, identity.agent, batch.site, batch.agent
             )));
         }
-        if let Err(e) = inner.config.limits.check_batch(&batch, now_ns) {
+        let limits = &inner.config.limits;
+        if let Err(e) = limits.check_batch_frame(&batch) {
             m.batches_invalid.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "invalid batch refused");
+            tracing::warn!(site = %identity.site, agent = %identity.agent, error = %e, "invalid batch refused");
             return Err(Status::invalid_argument(e.to_string()));
         }
+        // Each event's own limits, before taking the producer lock: what
+        // fails is refused alone (see the module doc).
+        let verdicts: Vec<Option<String>> = batch
+            .events
+            .iter()
+            .enumerate()
+            .map(|(index, event)| {
+                limits.check_event(index, event, now_ns).err().map(|e| {
+                    // The seq identifies the event; its index in the batch
+                    // means nothing to the agent's operator.
+                    let text = e.to_string();
+                    match text.strip_prefix(&format!("event {index}: ")) {
+                        Some(reason) => reason.to_string(),
+                        None => text,
+                    }
+                })
+            })
+            .collect();
         let producer = identity.producer();
         let lock = inner
             .producer_locks
@@ -218,19 +277,56 @@ impl Collector {
         let dup = batch.events.partition_point(|e| e.seq <= held);
         m.batches.fetch_add(1, Ordering::Relaxed);
         m.events_duplicate.fetch_add(dup as u64, Ordering::Relaxed);
-        let fresh = &batch.events[dup..];
-        let Some(last) = fresh.last() else {
+        // Not empty: the frame check refuses empty batches.
+        let last_seq = batch.events[batch.events.len() - 1].seq;
+        let EventBatch {
+            site,
+            agent,
+            events,
+        } = batch;
+        let mut refused = Vec::new();
+        let mut fresh_refused = 0usize;
+        let mut stored = Vec::with_capacity(events.len() - dup);
+        for (event, verdict) in events.into_iter().zip(verdicts) {
+            let fresh = event.seq > held;
+            match verdict {
+                Some(reason) => {
+                    fresh_refused += usize::from(fresh);
+                    refused.push(Refused {
+                        seq: event.seq,
+                        reason,
+                    });
+                }
+                None if fresh => stored.push(event),
+                None => {}
+            }
+        }
+        if !refused.is_empty() {
+            let first = &refused[0];
+            tracing::warn!(
+                site = %identity.site,
+                agent = %identity.agent,
+                refused = refused.len(),
+                already_held = refused.len() - fresh_refused,
+                first_seq = first.seq,
+                last_seq = refused[refused.len() - 1].seq,
+                first_reason = %first.reason,
+                "events refused for breaking a limit; the rest of the batch is stored and the agent sets these aside"
+            );
+        }
+        if last_seq <= held {
+            // A resend of what is held: nothing to append.
             return Ok(Ack {
                 durable_seq: held,
                 duplicates: dup as u32,
+                refused,
             });
-        };
-        let last_seq = last.seq;
-        let record =
-            otwatch_proto::arrow::events_to_batch(&batch.site, &batch.agent, fresh, now_ns)
-                .map_err(|e| {
-                    Status::internal(format!("converting the batch to Arrow failed: {e}"))
-                })?;
+        }
+        // With every new event refused this is a record without rows: it
+        // carries the producer mark so that the log's high-water mark
+        // covers what this ack answers for (see the module doc).
+        let record = otwatch_proto::arrow::events_to_batch(&site, &agent, &stored, now_ns)
+            .map_err(|e| Status::internal(format!("converting the batch to Arrow failed: {e}")))?;
         if let Err(e) = inner
             .log
             .append(
@@ -249,10 +345,13 @@ impl Collector {
             )));
         }
         m.events_stored
-            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        m.events_refused
+            .fetch_add(fresh_refused as u64, Ordering::Relaxed);
         Ok(Ack {
             durable_seq: last_seq,
             duplicates: dup as u32,
+            refused,
         })
     }
 
@@ -379,6 +478,7 @@ impl Ingest for Collector {
         tx.send(Ok(Ack {
             durable_seq: held,
             duplicates: 0,
+            refused: Vec::new(),
         }))
         .await
         .map_err(|_| Status::cancelled("stream closed"))?;

@@ -266,6 +266,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             queue: Default::default(),
             limits: central_limits(),
             metrics_listen: None,
+            dead_letter_max_bytes: 64 * 1024 * 1024,
             sources: vec![SourceConfig::Sim(SimSourceConfig {
                 speed: opts.speed,
                 start: Some(start_text.clone()),

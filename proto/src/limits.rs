@@ -1,8 +1,11 @@
 //! Limits on everything an agent may send, and the validation that enforces them.
 //!
-//! The collector answers a batch that breaks a limit with `INVALID_ARGUMENT`
-//! and the [`ValidationError`] text, which names the limit, the event index and
-//! the offending value, so the operator of the agent can act on it. The agent
+//! The collector answers a batch that is wrong as a whole
+//! ([`Limits::check_batch_frame`]) with `INVALID_ARGUMENT` and the
+//! [`ValidationError`] text, which names the limit, the event index and the
+//! offending value, so the operator of the agent can act on it; an event
+//! that breaks a limit of its own ([`Limits::check_event`]) is refused alone,
+//! listed with that text in the batch's ack. The agent
 //! runs the same check before it queues an event, so a misbehaving source is
 //! caught at the edge with a local error instead of a stuck queue.
 
@@ -221,6 +224,18 @@ impl Limits {
     /// Checks a whole batch: identity, size, per-event limits and that
     /// sequence numbers strictly increase. `now_ns` is the checker's clock.
     pub fn check_batch(&self, batch: &EventBatch, now_ns: i64) -> Result<(), ValidationError> {
+        self.check_batch_frame(batch)?;
+        for (index, event) in batch.events.iter().enumerate() {
+            self.check_event(index, event, now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what concerns the batch as a whole: identity, size and that
+    /// sequence numbers strictly increase; not the events' own limits
+    /// ([`check_event`](Self::check_event)). The collector refuses a batch
+    /// that fails this, and only the events that fail `check_event`.
+    pub fn check_batch_frame(&self, batch: &EventBatch) -> Result<(), ValidationError> {
         if batch.site.is_empty() {
             return Err(ValidationError::MissingSite);
         }
@@ -273,7 +288,6 @@ impl Limits {
                 });
             }
             previous = event.seq;
-            self.check_event(index, event, now_ns)?;
         }
         Ok(())
     }
