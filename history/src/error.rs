@@ -97,6 +97,12 @@ pub enum HistoryError {
     /// An output format name that is not one of `table`, `csv`, `json`.
     #[error("unknown output format {0:?} (expected table, csv or json)")]
     UnknownFormat(String),
+    /// Writing rendered results failed (a closed pipe, a full disk).
+    #[error("writing results: {source}")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
     /// Another writer holds the table (one writer per table: a second one
     /// would break the recovery invariant).
     #[error("the {table} history in {} is in use by another writer ({holder}); stop it first", dir.display())]
@@ -108,6 +114,12 @@ pub enum HistoryError {
     /// The history on disk is not what was committed.
     #[error(transparent)]
     Integrity(#[from] IntegrityError),
+    /// A query needed more memory than `memory_limit` allows.
+    #[error("query needs more memory than memory_limit = {} allows ({detail}); narrow it (WHERE on date, hour or ts; LIMIT) or raise memory_limit", human_bytes(*limit))]
+    MemoryLimit { limit: u64, detail: String },
+    /// A configuration value is out of range.
+    #[error("{key}: {detail}")]
+    Config { key: &'static str, detail: String },
 }
 
 /// The history on disk differs from what the writer committed. Queries

@@ -9,13 +9,15 @@
 //!   the rows of the committed offsets. The on-disk layout and its recovery
 //!   invariant are documented there; the manifest formats in [`manifest`].
 //! - [`sql`]: DataFusion sessions with both tables registered over their
-//!   committed files only, and [`query`] for one-shot SQL. A query that
-//!   needs a committed file that is missing or damaged fails with an
+//!   committed files only, under a memory limit ([`SqlConfig`]);
+//!   [`query_stream`] streams a result, [`query`] collects one. A query
+//!   that needs a committed file that is missing or damaged fails with an
 //!   [`IntegrityError`] naming it.
 //! - [`integrity`]: [`check`] compares the disk with the manifests,
 //!   [`forget_missing`] records acknowledged losses, [`repair`] runs
 //!   recovery thoroughly.
-//! - [`format`](mod@format): query results as a text table, CSV or JSON lines.
+//! - [`format`](mod@format): query results as a text table, CSV or JSON lines,
+//!   whole or batch by batch.
 //!
 //! The files are plain Parquet with hive-style `date=`/`hour=` directories:
 //! DuckDB, pyarrow and polars read them without otwatch (a reader that
@@ -32,11 +34,13 @@ mod table;
 pub mod writer;
 
 pub use error::{HistoryError, IntegrityError};
-pub use format::{format_batches, OutputFormat};
+pub use format::{format_batches, BatchWriter, OutputFormat};
 pub use integrity::{
     check, forget_missing, repair, CheckReport, ForgetReport, TableCheck, TableRepair,
 };
 pub use manifest::{LossReason, LostRecord};
-pub use sql::{query, read_only, session};
+pub use sql::{
+    query, query_stream, query_with, read_only, session, session_with, QueryStream, SqlConfig,
+};
 pub use table::Table;
 pub use writer::{Recovery, TableWriter, WriteStats};
