@@ -172,6 +172,32 @@ pub enum IntegrityError {
 }
 
 impl HistoryError {
+    /// The kind of the I/O error behind this one, if an I/O error caused it
+    /// (directly, or inside a Parquet or DataFusion error).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return Some(io.kind());
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    /// True when the disk (or the user's quota) is full. Nothing committed
+    /// is lost: the writer refuses further writes until it is recovered
+    /// ([`crate::TableWriter::recover`] or reopening), which removes what
+    /// the failed flush left. The caller should wait for space and retry
+    /// from [`crate::TableWriter::next_offset`], rather than treat it as a
+    /// bug.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(
+            self.io_kind(),
+            Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        )
+    }
+
     /// For `map_err`: the path is copied only when the error happens.
     pub(crate) fn io<'a>(
         action: &'static str,

@@ -249,8 +249,9 @@ impl TableWriter {
 
     /// Runs recovery again in place (the lock stays held), as
     /// [`TableWriter::open`] does, and clears the refusal to write after a
-    /// failed write: the table then holds exactly the committed rows, and
-    /// writing continues from [`TableWriter::next_offset`].
+    /// failed write. After [`HistoryError::is_storage_full`], wait for space,
+    /// call this, and write again from [`TableWriter::next_offset`]: the
+    /// table then holds exactly the committed rows.
     pub fn recover(&mut self) -> Result<&Recovery, HistoryError> {
         self.recover_with(false)
     }
@@ -668,16 +669,30 @@ fn write_parquet(
     let path = dir.join(name);
     let result = (|| {
         let file = File::create(&tmp).map_err(HistoryError::io("creating", &tmp))?;
-        let parquet = |source| HistoryError::Parquet {
-            path: tmp.clone(),
-            source,
+        let io_error = Arc::new(std::sync::Mutex::new(None));
+        let file = NoteIoError {
+            file,
+            first: Arc::clone(&io_error),
+        };
+        // The Parquet writer reports a failed write as text; the I/O error
+        // behind it is kept so a full disk stays recognisable.
+        let parquet = |source| match io_error.lock().expect("not poisoned").take() {
+            Some(io) => HistoryError::Io {
+                action: "writing",
+                path: tmp.clone(),
+                source: io,
+            },
+            None => HistoryError::Parquet {
+                path: tmp.clone(),
+                source,
+            },
         };
         let mut writer =
             ArrowWriter::try_new(file, Arc::clone(schema), Some(props.clone())).map_err(parquet)?;
         for batch in batches {
             writer.write(batch).map_err(parquet)?;
         }
-        let file = writer.into_inner().map_err(parquet)?;
+        let file = writer.into_inner().map_err(parquet)?.file;
         file.sync_all().map_err(HistoryError::io("syncing", &tmp))?;
         let bytes = file
             .metadata()
@@ -690,6 +705,36 @@ fn write_parquet(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A file that keeps the first I/O error written through it.
+struct NoteIoError {
+    file: File,
+    first: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl NoteIoError {
+    fn note<T>(&self, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &result {
+            let mut first = self.first.lock().expect("not poisoned");
+            if first.is_none() {
+                *first = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        result
+    }
+}
+
+impl std::io::Write for NoteIoError {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = self.file.write(buf);
+        self.note(result)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.file.flush();
+        self.note(result)
+    }
 }
 
 /// Reads the committed offset: `None` when there is no commit file (a new

@@ -1,7 +1,7 @@
 //! The history against damage from outside the writer: committed files or
 //! partitions that disappear, stray and damaged files, a lost commit file,
-//! corrupt manifests and tables from before manifests. Every case uses
-//! real Parquet files on disk.
+//! corrupt manifests, tables from before manifests, and a full disk in the
+//! middle of a flush. Every case uses real Parquet files on disk.
 
 mod common;
 
@@ -435,6 +435,93 @@ async fn a_table_from_before_manifests_is_indexed_by_the_writer() {
     assert_eq!(writer.recovery().removed_files, 1);
     drop(writer);
     assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 115);
+    assert!(check(root, false).unwrap().is_clean());
+}
+
+/// Makes the file the writer will create at `path` a link to `/dev/full`,
+/// so writing it fails with ENOSPC exactly as on a full disk.
+fn full_disk_at(path: &Path) {
+    std::os::unix::fs::symlink("/dev/full", path).unwrap();
+}
+
+#[tokio::test]
+async fn a_full_disk_mid_flush_leaves_exactly_the_committed_rows() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("no /dev/full here; not simulating a full disk");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let table = root.join("events");
+    let mut writer = TableWriter::open(root, Table::Events).unwrap();
+    // 10:00..10:49, all in hour 10.
+    writer.write(&[events("plant-a", 1, T10, 50)], 5).unwrap();
+    let committed_files = parquet_files(&table);
+    let manifest10 = fs::read(table.join("date=2024-05-01/hour=10/_manifest")).unwrap();
+    let index = fs::read(table.join("_partitions")).unwrap();
+    // 10:50..11:09: a file in hour 10, then one in hour 11, a partition no
+    // committed flush has created yet.
+    let flush = [events("plant-b", 1, T10 + 50 * MINUTE, 20)];
+
+    // 1. The disk fills while the flush writes its second file.
+    let second = table.join("date=2024-05-01/hour=11/.plant-b-00000000000000000005-1.parquet.tmp");
+    fs::create_dir_all(second.parent().unwrap()).unwrap();
+    full_disk_at(&second);
+    let err = writer.write(&flush, 8).unwrap_err();
+    assert!(err.is_storage_full(), "{err:?}");
+    assert_eq!(err.io_kind(), Some(std::io::ErrorKind::StorageFull));
+    assert!(
+        err.to_string()
+            .contains(".plant-b-00000000000000000005-1.parquet.tmp"),
+        "{err}"
+    );
+    // The writer refuses to go on until recovered.
+    assert!(matches!(
+        writer.write(&flush, 8).unwrap_err(),
+        HistoryError::Poisoned { .. }
+    ));
+    writer.recover().unwrap();
+    assert_eq!(writer.next_offset(), 5);
+    assert_eq!(parquet_files(&table), committed_files);
+    assert!(second.symlink_metadata().is_err(), "temporary removed");
+    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 50);
+
+    // 2. The disk fills at the commit, after the files and their manifest
+    //    and index lines are down: the most a flush can leave behind.
+    full_disk_at(&table.join("_committed.tmp"));
+    let err = writer.write(&flush, 8).unwrap_err();
+    assert!(err.is_storage_full(), "{err:?}");
+    assert_eq!(parquet_files(&table).len(), committed_files.len() + 2);
+    assert!(
+        fs::read(table.join("date=2024-05-01/hour=10/_manifest"))
+            .unwrap()
+            .len()
+            > manifest10.len()
+    );
+    assert!(fs::read(table.join("_partitions")).unwrap().len() > index.len());
+    // Readers never count a flush before its commit.
+    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 50);
+    // The runtime retries by reopening.
+    drop(writer);
+    let mut writer = TableWriter::open(root, Table::Events).unwrap();
+    let recovery = writer.recovery().clone();
+    assert_eq!(recovery.next_offset, 5);
+    assert_eq!(recovery.removed_files, 2, "{recovery:?}");
+    assert_eq!(recovery.removed_manifests, 1, "hour 11's: {recovery:?}");
+    assert_eq!(parquet_files(&table), committed_files);
+    assert_eq!(
+        fs::read(table.join("date=2024-05-01/hour=10/_manifest")).unwrap(),
+        manifest10
+    );
+    assert_eq!(fs::read(table.join("_partitions")).unwrap(), index);
+    assert!(!table.join("date=2024-05-01/hour=11/_manifest").exists());
+    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 50);
+
+    // 3. With space again, the same flush goes through, every row once.
+    writer.write(&flush, 8).unwrap();
+    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 70);
+    let sql = "SELECT count(*) FROM (SELECT DISTINCT site, agent, seq FROM events)";
+    assert_eq!(count_of(root, sql).await, 70);
     assert!(check(root, false).unwrap().is_clean());
 }
 
