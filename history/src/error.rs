@@ -128,15 +128,16 @@ pub enum HistoryError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntegrityError {
     /// Committed data files are gone from the disk.
-    #[error("{table}: committed file {} is missing ({rows} rows; {} in this table in all): restore it from a backup, or run `otwatch history repair --forget-missing` to record the loss and query the rest; `otwatch history check` lists every problem", path.display(), plural(*missing_in_table, "missing file"))]
+    #[error("{table}: committed file {} is missing (it held {rows} rows; {}): restore it from a backup, or run `otwatch history repair --forget-missing` to record the loss and query the rest; `otwatch history check` lists every problem", path.display(), missing_count(*missing_listed))]
     MissingFile {
         table: &'static str,
         /// The file that a query needed.
         path: PathBuf,
         /// Rows the file held when it was committed.
         rows: u64,
-        /// Committed files of the table missing at the time of the query.
-        missing_in_table: usize,
+        /// How many of the files listed for the query (those under its
+        /// `date`/`hour` prefix) were missing.
+        missing_listed: usize,
     },
     /// A committed partition has lost its manifest (and perhaps its whole
     /// directory), so which files it held is no longer known.
@@ -258,10 +259,10 @@ fn partition_message(table: &str, dir: &Path, dir_present: bool) -> String {
     }
 }
 
-fn plural(n: usize, what: &str) -> String {
+fn missing_count(n: usize) -> String {
     if n == 1 {
-        format!("1 {what}")
+        "no other file this query lists is missing".to_owned()
     } else {
-        format!("{n} {what}s")
+        format!("{n} of the files this query lists are missing")
     }
 }

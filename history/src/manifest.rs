@@ -367,7 +367,12 @@ pub(crate) fn read_lost(dir: &Path) -> Result<(Vec<LostRecord>, usize), HistoryE
     let mut bad = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<LostRecord>(line) {
-            Ok(r) if is_partition_name(&r.partition) => records.push(r),
+            Ok(r)
+                if is_partition_name(&r.partition)
+                    && r.file.as_deref().is_none_or(is_data_file_name) =>
+            {
+                records.push(r)
+            }
             _ => bad += 1,
         }
     }

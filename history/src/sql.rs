@@ -19,8 +19,8 @@
 //! # Which files a query reads
 //!
 //! Only committed ones: the tables are served by an object store that lists
-//! the files of the manifests, not of the directories (see
-//! [`crate::store`]). A stray `*.parquet` in a table directory is ignored
+//! the files of the manifests, not of the directories (the crate's `store`
+//! module). A stray `*.parquet` in a table directory is ignored
 //! (and reported by [`crate::check`]).
 //!
 //! A committed file that is missing or damaged makes every query that would

@@ -233,7 +233,7 @@ impl Inner {
                                 table: self.table.name(),
                                 path,
                                 rows,
-                                missing_in_table: self.missing_count(),
+                                missing_listed: self.missing_count(),
                             })
                         }
                         Err(_) => return None,

@@ -51,7 +51,7 @@ async fn a_missing_committed_file_fails_the_queries_that_need_it_until_forgotten
                 table: "events",
                 path,
                 rows: 10,
-                missing_in_table: 1,
+                missing_listed: 1,
             }) => assert_eq!(path, &gone),
             other => panic!("{sql}: {other:?}"),
         }
