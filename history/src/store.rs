@@ -20,6 +20,10 @@
 //!   fails with [`IntegrityError::Damaged`] naming it.
 //! - Files and partitions recorded in `_lost` are not required: they are
 //!   listed only while present (restored).
+//! - One listing reads `_committed` once, then the manifests: DataFusion
+//!   lists a table once per scan, so a scan sees the table at one committed
+//!   offset. Two scans of a query (a self-join) may see two offsets if a
+//!   flush commits between them.
 //!
 //! The errors travel as `object_store::Error::Generic` with the
 //! [`IntegrityError`] as source; [`crate::sql`] takes them out again.
