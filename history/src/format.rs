@@ -6,6 +6,11 @@
 //!   (the `attrs` map, lists, structs) hold their JSON text.
 //! - [`OutputFormat::Json`]: JSON lines, one object per row with every column
 //!   present (nulls as `null`), maps as objects.
+//!
+//! [`format_batches`] renders a whole result; [`BatchWriter`] renders a
+//! stream of batches as they come (CSV and JSON exactly as
+//! [`format_batches`] would; tables in frames of up to
+//! [`TABLE_FRAME_ROWS`] rows, since a frame's column widths need its rows).
 
 use crate::HistoryError;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
@@ -85,6 +90,92 @@ pub fn format_batches(
         OutputFormat::Json => json_lines(batches).map_err(err)?,
     };
     String::from_utf8(bytes).map_err(|e| err(arrow::error::ArrowError::ExternalError(Box::new(e))))
+}
+
+/// Most rows [`BatchWriter`] holds back to lay out one text table frame.
+pub const TABLE_FRAME_ROWS: usize = 1000;
+
+/// Writes a result to `out` batch by batch, in `format`, holding at most
+/// one table frame ([`TABLE_FRAME_ROWS`] rows) back.
+pub struct BatchWriter<W: std::io::Write> {
+    out: W,
+    format: OutputFormat,
+    /// Whether the CSV header is out.
+    header_written: bool,
+    /// Rows held back for the next table frame.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    /// Whether anything was written (an empty table still gets its frame).
+    wrote: bool,
+}
+
+impl<W: std::io::Write> BatchWriter<W> {
+    /// A writer of `format` onto `out`.
+    pub fn new(out: W, format: OutputFormat) -> Self {
+        BatchWriter {
+            out,
+            format,
+            header_written: false,
+            pending: Vec::new(),
+            pending_rows: 0,
+            wrote: false,
+        }
+    }
+
+    /// Writes (or, for a table, perhaps holds back) one batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), HistoryError> {
+        let err = |source| HistoryError::Format {
+            format: self.format.name(),
+            source,
+        };
+        match self.format {
+            OutputFormat::Table => {
+                self.pending_rows += batch.num_rows();
+                self.pending.push(batch.clone());
+                if self.pending_rows >= TABLE_FRAME_ROWS {
+                    self.flush_frame()?;
+                }
+                return Ok(());
+            }
+            OutputFormat::Csv => {
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(!self.header_written)
+                    .build(&mut self.out);
+                writer.write(&flatten_nested(batch)?).map_err(err)?;
+                self.header_written = true;
+            }
+            OutputFormat::Json => {
+                let bytes = json_lines(std::slice::from_ref(batch)).map_err(err)?;
+                self.out
+                    .write_all(&bytes)
+                    .map_err(|source| HistoryError::Output { source })?;
+            }
+        }
+        self.wrote = true;
+        Ok(())
+    }
+
+    /// Writes what is held back and flushes `out`; returns it.
+    pub fn finish(mut self) -> Result<W, HistoryError> {
+        if self.format == OutputFormat::Table && (!self.pending.is_empty() || !self.wrote) {
+            self.flush_frame()?;
+        }
+        self.out
+            .flush()
+            .map_err(|source| HistoryError::Output { source })?;
+        Ok(self.out)
+    }
+
+    fn flush_frame(&mut self) -> Result<(), HistoryError> {
+        let text = format_batches(&self.pending, OutputFormat::Table)?;
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(|source| HistoryError::Output { source })?;
+        self.pending.clear();
+        self.pending_rows = 0;
+        self.wrote = true;
+        Ok(())
+    }
 }
 
 fn json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>, arrow::error::ArrowError> {

@@ -1,85 +1,18 @@
 //! Writes history tables to a temporary directory and reads them back with
 //! SQL, with the Parquet reader directly, and after simulated crashes.
 
+mod common;
+
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::datatypes::DataType;
+use common::*;
 use otwatch_history::{
     format_batches, query, session, HistoryError, OutputFormat, Table, TableWriter,
 };
-use otwatch_proto::arrow::{alerts_to_batch, batch_to_alerts, events_schema, events_to_batch};
-use otwatch_proto::{Alert, ControllerEvent, EventKind, Severity};
+use otwatch_proto::arrow::{alerts_to_batch, batch_to_alerts, events_schema};
+use otwatch_proto::Alert;
 use std::fs;
-use std::path::{Path, PathBuf};
-
-/// 2024-05-01T10:00:00Z in nanoseconds.
-const T10: i64 = 1_714_557_600_000_000_000;
-const MINUTE: i64 = 60_000_000_000;
-
-fn event(seq: u64, ts_ns: i64, asset: &str) -> ControllerEvent {
-    ControllerEvent {
-        seq,
-        ts_ns,
-        asset: asset.into(),
-        kind: EventKind::Cycle as i32,
-        name: "cycle".into(),
-        value: Some(1000.0 + seq as f64),
-        attrs: [("unit".to_string(), "ms".to_string())].into(),
-        ..Default::default()
-    }
-}
-
-/// `n` events a minute apart starting at `start`.
-fn events(site: &str, first_seq: u64, start: i64, n: usize) -> RecordBatch {
-    let events: Vec<_> = (0..n)
-        .map(|i| {
-            event(
-                first_seq + i as u64,
-                start + i as i64 * MINUTE,
-                "line1/press-01",
-            )
-        })
-        .collect();
-    events_to_batch(site, "gw-1", &events, start).unwrap()
-}
-
-/// Plant A: 90 events from 10:00 to 11:29 (60 in hour 10, 30 in hour 11);
-/// plant B: 20 events from 10:50 to 11:09 (10 and 10); plant A again: 5
-/// events at 11:40..11:44 in a batch of one partition.
-fn sample_batches() -> Vec<RecordBatch> {
-    vec![
-        events("plant-a", 1, T10, 90),
-        events("plant-b", 1, T10 + 50 * MINUTE, 20),
-        events("plant-a", 91, T10 + 100 * MINUTE, 5),
-    ]
-}
-
-fn count(batches: &[RecordBatch]) -> i64 {
-    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
-    let batch = batches.iter().find(|b| b.num_rows() == 1).unwrap();
-    batch.column(0).as_primitive::<Int64Type>().value(0)
-}
-
-async fn count_of(root: &Path, sql: &str) -> i64 {
-    count(&query(root, sql).await.unwrap())
-}
-
-/// All `.parquet` files under `dir`, relative to it, sorted.
-fn parquet_files(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(base, &path, out);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                out.push(path.strip_prefix(base).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
+use std::path::PathBuf;
 
 #[tokio::test]
 async fn events_are_partitioned_and_queryable() {
@@ -266,28 +199,6 @@ fn metric<'a>(plan: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {plan}"));
     let rest = &plan[start..];
     &rest[..rest.find([',', ']']).unwrap_or(rest.len())]
-}
-
-fn sample_alert(id: &str, ts_ns: i64, site: &str, technique: &str) -> Alert {
-    Alert {
-        id: id.into(),
-        ts_ns,
-        site: site.into(),
-        asset: "line1/press-01".into(),
-        detector: "cycle".into(),
-        name: "cycle".into(),
-        severity: Severity::High as i32,
-        score: 7.5,
-        observed: 1500.0,
-        expected_low: 900.0,
-        expected_high: 1100.0,
-        message: "cycle time drifted".into(),
-        agent: "gw-1".into(),
-        first_seq: 3,
-        last_seq: 9,
-        event_count: 7,
-        technique: technique.into(),
-    }
 }
 
 #[tokio::test]
@@ -484,8 +395,9 @@ async fn recovery_removes_exactly_the_uncommitted_flush() {
     assert!(uncommitted
         .iter()
         .all(|f| f.display().to_string().contains("-00000000000000000005-")));
-    // Before recovery a reader would count the uncommitted rows too.
-    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 150);
+    // Readers go by the manifests and the commit: the uncommitted flush's
+    // files and manifest lines are on disk, yet not counted.
+    assert_eq!(count_of(root, "SELECT count(*) FROM events").await, 90);
 
     let mut writer = TableWriter::open(root, Table::Events).unwrap();
     assert_eq!(writer.next_offset(), 5);
@@ -536,11 +448,25 @@ fn a_failed_flush_is_undone_and_the_writer_must_be_reopened() {
     assert_eq!(writer.next_offset(), 0);
     let err = writer.write(std::slice::from_ref(&batch), 1).unwrap_err();
     assert!(matches!(err, HistoryError::Poisoned { .. }), "{err}");
+    // The poisoned writer still holds the table: no second writer.
+    let err = TableWriter::open(root, Table::Events).unwrap_err();
+    assert!(matches!(err, HistoryError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another writer"),
+        "{err}"
+    );
 
     fs::remove_file(table.join("date=2024-05-02")).unwrap();
-    let mut writer = TableWriter::open(root, Table::Events).unwrap();
+    writer.recover().unwrap();
     assert_eq!(writer.next_offset(), 0);
-    assert_eq!(writer.write(&[batch], 1).unwrap().files, 2);
+    assert_eq!(
+        writer.write(std::slice::from_ref(&batch), 1).unwrap().files,
+        2
+    );
+    drop(writer);
+    // Reopening works as well once the writer is gone.
+    let writer = TableWriter::open(root, Table::Events).unwrap();
+    assert_eq!(writer.next_offset(), 1);
 }
 
 #[test]
