@@ -151,7 +151,10 @@ enum Command {
     ///   otwatch sql "SELECT asset, avg(value) FROM events WHERE kind = 'CYCLE' AND date = '2026-11-22' GROUP BY asset"
     ///
     /// `date` (YYYY-MM-DD) and `hour` (HH) are partition columns: filtering on
-    /// them skips whole directories.
+    /// them skips whole directories. Rows are printed as they come (the
+    /// table format waits for all of them). Only committed history is read;
+    /// a query that needs a committed file that is missing or damaged fails
+    /// naming it (see `otwatch history check`).
     #[command(verbatim_doc_comment)]
     Sql {
         /// Data directory of `otwatch serve` or `otwatch demo`.
@@ -160,8 +163,55 @@ enum Command {
         /// Output format: table, csv or json (one object per line).
         #[arg(long, default_value = "table")]
         format: otwatch_history::OutputFormat,
+        /// Print at most N rows; says so on stderr when rows were cut.
+        #[arg(long, value_name = "N")]
+        max_rows: Option<u64>,
+        /// Memory one query may hold (joins, sorts, aggregations), in bytes;
+        /// sorts and aggregations spill to $TMPDIR beyond it, anything else
+        /// fails naming the limit.
+        #[arg(long, value_name = "BYTES", default_value_t = otwatch_history::sql::DEFAULT_MEMORY_LIMIT)]
+        memory_limit: u64,
         /// The query.
         query: String,
+    },
+    /// Check or repair the Parquet history.
+    ///
+    /// Examples:
+    ///   otwatch history check --data-dir /var/lib/otwatch
+    ///   otwatch history repair --data-dir /var/lib/otwatch --forget-missing
+    #[command(verbatim_doc_comment)]
+    History {
+        #[command(subcommand)]
+        action: HistoryAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryAction {
+    /// Compare the Parquet history with its manifests: committed files
+    /// missing or damaged, partitions without a manifest, files no manifest
+    /// lists (queries ignore them). Exits 1 when a query could fail on what
+    /// it found.
+    Check {
+        /// Data directory of `otwatch serve` or `otwatch demo`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Also decode every page of every file (reads the whole history).
+        #[arg(long)]
+        full: bool,
+    },
+    /// With `otwatch serve` stopped: cut what a crashed flush left, index a
+    /// history written by an older otwatch, rebuild lost or corrupt
+    /// manifests from the files present.
+    Repair {
+        /// Data directory of `otwatch serve` or `otwatch demo`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Record every committed file or partition that is gone in
+        /// <table>/_lost (rows, bytes, when) so queries run again without
+        /// it. Safe while serving.
+        #[arg(long)]
+        forget_missing: bool,
     },
 }
 
@@ -318,6 +368,56 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The history directory of `data_dir`, which must exist.
+fn existing_history(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let history = otwatch_runtime::history_dir(data_dir);
+    anyhow::ensure!(
+        history.exists(),
+        "no history in {} (expected {}); run `otwatch serve` or `otwatch demo` first, or pass --data-dir",
+        data_dir.display(),
+        history.display()
+    );
+    Ok(history)
+}
+
+fn print_repair(r: &otwatch_history::TableRepair) {
+    let table = r.table.name();
+    if let Some(rec) = &r.recovery {
+        if rec.changed() {
+            println!(
+                "{table}: recovered to offset {}: removed {} uncommitted file(s), cut {} manifest(s), removed {} manifest(s), rebuilt {:?}, missing partitions {:?}{}",
+                rec.next_offset,
+                rec.removed_files,
+                rec.truncated.len(),
+                rec.removed_manifests,
+                rec.rebuilt,
+                rec.missing_partitions,
+                if rec.indexed { ", indexed for the first time" } else { "" }
+            );
+        } else {
+            println!(
+                "{table}: nothing to recover (committed offset {})",
+                rec.next_offset
+            );
+        }
+    }
+    if let Some(f) = &r.forgot {
+        if f.recorded.is_empty() {
+            println!("{table}: nothing missing to forget");
+        } else {
+            println!(
+                "{table}: recorded {} loss(es) in _lost ({} row(s){}); queries run again without them",
+                f.recorded.len(),
+                f.rows,
+                if f.rows_unknown { " and partitions of unknown size" } else { "" }
+            );
+        }
+    }
+    if let Some(e) = &r.error {
+        println!("{table}: {e}");
+    }
+}
+
 /// Exit status when a component of a running service failed (EX_SOFTWARE).
 const EXIT_COMPONENT_FAILED: u8 = 70;
 
@@ -456,19 +556,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql {
             data_dir,
             format,
+            max_rows,
+            memory_limit,
             query,
         } => {
             init_logging("warn");
-            let history = otwatch_runtime::history_dir(&data_dir);
-            anyhow::ensure!(
-                history.exists(),
-                "no history in {} (expected {}); run `otwatch serve` or `otwatch demo` first, or pass --data-dir",
-                data_dir.display(),
-                history.display()
-            );
-            let batches = otwatch_history::query(&history, &query).await?;
-            print!("{}", otwatch_history::format_batches(&batches, format)?);
+            let history = existing_history(&data_dir)?;
+            let config = otwatch_history::SqlConfig {
+                memory_limit,
+                max_rows,
+                ..Default::default()
+            };
+            config.validate()?;
+            let mut stream = otwatch_history::query_stream(&history, &query, &config).await?;
+            let mut out = otwatch_history::BatchWriter::new(std::io::stdout().lock(), format);
+            while let Some(batch) = stream.next_batch().await {
+                out.write(&batch?)?;
+            }
+            drop(out.finish()?);
+            if stream.truncated() {
+                eprintln!(
+                    "(result cut at --max-rows {}; more rows exist)",
+                    max_rows.unwrap_or_default()
+                );
+            }
             Ok(())
+        }
+        Command::History { action } => {
+            init_logging("warn");
+            match action {
+                HistoryAction::Check { data_dir, full } => {
+                    let history = existing_history(&data_dir)?;
+                    let report = otwatch_history::check(&history, full)?;
+                    print!("{report}");
+                    if !report.is_clean() {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Ok(())
+                }
+                HistoryAction::Repair {
+                    data_dir,
+                    forget_missing,
+                } => {
+                    let history = existing_history(&data_dir)?;
+                    let mut failed = false;
+                    for r in otwatch_history::repair(&history, forget_missing)? {
+                        print_repair(&r);
+                        failed |= r.error.is_some();
+                    }
+                    if failed {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Ok(())
+                }
+            }
         }
     };
     done.map(|()| ExitCode::SUCCESS)

@@ -52,11 +52,11 @@ enum Interrupted {
     Transient(String),
 }
 
+/// Failures of the disk (full, read-only, I/O errors) may pass: the writer
+/// is reopened and tries again. Anything else is a bug or damage that needs
+/// an operator, and fails the component.
 fn transient_history(e: &HistoryError) -> bool {
-    matches!(
-        e,
-        HistoryError::Io { .. } | HistoryError::Parquet { .. } | HistoryError::Poisoned { .. }
-    )
+    e.io_kind().is_some() || matches!(e, HistoryError::Poisoned { .. })
 }
 
 fn transient_log(e: &LogError) -> bool {
