@@ -15,14 +15,17 @@
 //!   sequence number in the record), and the log recovers, per producer, the
 //!   highest sequence it holds ([`EventLog::producer_seq`]), the way Kafka's
 //!   idempotent producer state is recovered; the collector dedupes with it;
-//! - consumers read from an offset and may commit the offset they will resume
+//! - consumers read from an offset and commit the offset they will resume
 //!   from. Consumers whose state lives elsewhere (the history writer commits
 //!   its offset with its Parquet files, the detector with its checkpoint)
-//!   seek instead.
+//!   open at that position with [`EventLog::consumer_at`] and commit too,
+//!   so that the log knows what it may delete;
+//! - damaged records are reported and skipped, never read as wrong data and
+//!   never a reason to stop; offsets never go back.
 
 mod local;
 
-pub use local::{LocalLog, LocalLogConfig};
+pub use local::{DamageCounts, LocalLog, LocalLogConfig};
 
 use arrow::array::RecordBatch;
 use std::time::Duration;
@@ -47,12 +50,15 @@ impl Topic {
     }
 }
 
-/// Which producer wrote a record, and the highest sequence number in it.
+/// Which producer wrote a record, and the highest sequence number the
+/// record answers for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProducerMark {
     /// Producer id; the collector uses `site/agent`.
     pub producer: String,
-    /// Highest producer sequence number in the record.
+    /// Highest producer sequence number the record answers for: its rows'
+    /// highest, or higher when the producer's later events were refused (a
+    /// record may then carry no rows and only this mark).
     pub last_seq: u64,
 }
 
@@ -89,6 +95,12 @@ pub enum LogError {
     },
     #[error("arrow encoding failed: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("offset {offset} of topic {topic} is beyond the end of the log ({end}): records this consumer had read are gone; open it with consumer_at so that the log continues numbering after it")]
+    OffsetBeyondEnd {
+        topic: &'static str,
+        offset: u64,
+        end: u64,
+    },
     #[error("offset {offset} of topic {topic} is no longer in the log (oldest is {oldest})")]
     OffsetGone {
         topic: &'static str,
@@ -117,6 +129,19 @@ pub trait EventLog: Send + Sync + 'static {
     /// A consumer of `topic` in consumer group `group`, positioned at the
     /// group's committed offset (or the start of the log).
     async fn consumer(&self, topic: Topic, group: &str) -> Result<Box<dyn Consumer>>;
+
+    /// A consumer of `topic` in group `group` positioned at `offset`, for
+    /// consumers that keep their position with their own state (the history
+    /// with its files, the detector with its checkpoint). If the log ends
+    /// before `offset`, records this consumer already processed are gone:
+    /// the log reports it and continues numbering at `offset`, so that
+    /// nothing appended later is skipped.
+    async fn consumer_at(
+        &self,
+        topic: Topic,
+        group: &str,
+        offset: u64,
+    ) -> Result<Box<dyn Consumer>>;
 }
 
 /// Reads one topic in order.

@@ -427,6 +427,13 @@ impl TableWriter {
     /// Checks every batch against the table schema and rebinds it to the
     /// canonical schema object (cheap: columns are shared), so schema
     /// metadata on incoming batches never leaks into files.
+    /// Whether `batch` can be written to this table (its schema matches and
+    /// its non-null columns hold no nulls), without writing it. Lets a
+    /// consumer set aside one foreign record instead of failing a flush.
+    pub fn accepts(&self, batch: &RecordBatch) -> Result<(), HistoryError> {
+        self.conform(std::slice::from_ref(batch)).map(|_| ())
+    }
+
     fn conform(&self, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, HistoryError> {
         let table = self.table.name();
         let mut out = Vec::with_capacity(batches.len());

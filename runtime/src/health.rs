@@ -76,6 +76,8 @@ struct Component {
     position: AtomicU64,
     /// Failed attempts since the service started.
     failures: AtomicU64,
+    /// It has opened its state and positioned itself in the log.
+    opened: std::sync::atomic::AtomicBool,
 }
 
 /// The registry of components. Cheap to clone.
@@ -94,6 +96,11 @@ impl Reporter {
     /// The component's name, as it appears in logs and probes.
     pub fn name(&self) -> &str {
         &self.component.name
+    }
+
+    /// The log topic it consumes, if any.
+    pub fn topic(&self) -> Option<Topic> {
+        self.component.topic
     }
 
     /// The component is doing its job (again). Logs a recovery.
@@ -155,6 +162,17 @@ impl Reporter {
         }
     }
 
+    /// The component has opened its state and its position in the log:
+    /// the service may start taking events in.
+    pub fn opened(&self) {
+        self.component.opened.store(true, Ordering::Release);
+    }
+
+    /// Whether [`opened`](Self::opened) was called.
+    pub fn is_opened(&self) -> bool {
+        self.component.opened.load(Ordering::Acquire)
+    }
+
     /// Everything before `offset` of the component's topic is processed.
     pub fn set_position(&self, offset: u64) {
         self.component.position.store(offset, Ordering::Release);
@@ -192,6 +210,7 @@ impl Health {
             state: Mutex::new(State::Starting),
             position: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            opened: std::sync::atomic::AtomicBool::new(false),
         });
         self.components.lock().unwrap().push(component.clone());
         Reporter { component }

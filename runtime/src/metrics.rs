@@ -5,7 +5,7 @@
 use crate::health::Health;
 use crate::service::Counters;
 use otwatch_collector::CollectorMetrics;
-use otwatch_eventlog::{EventLog, Topic};
+use otwatch_eventlog::{EventLog, LocalLog, Topic};
 use otwatch_metrics::{Endpoints, Metric};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ pub fn endpoints(
     collector: Arc<CollectorMetrics>,
     health: Health,
     counters: Arc<Counters>,
-    log: Arc<dyn EventLog>,
+    log: Arc<LocalLog>,
     ready_max_lag: u64,
 ) -> Endpoints {
     let (h1, l1) = (health.clone(), log.clone());
@@ -34,9 +34,10 @@ pub fn render(
     collector: &CollectorMetrics,
     health: &Health,
     counters: &Counters,
-    log: &dyn EventLog,
+    log: &LocalLog,
 ) -> String {
     let c = collector.snapshot();
+    let damage = log.damage();
     let events_end = log.end_offset(Topic::Events);
     let alerts_end = log.end_offset(Topic::Alerts);
     let at = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Acquire);
@@ -94,6 +95,11 @@ pub fn render(
                 c.events_duplicate,
             ),
             Metric::counter(
+                "otwatch_collector_events_refused_total",
+                "Events refused alone for breaking a limit of their own (too old, too long, ...); the rest of their batch was stored and the agent set them aside.",
+                c.events_refused,
+            ),
+            Metric::counter(
                 "otwatch_collector_append_failures_total",
                 "Appends to the event log that failed (the agent resends).",
                 c.append_failures,
@@ -109,9 +115,34 @@ pub fn render(
                 alerts_end,
             ),
             Metric::counter(
+                "otwatch_log_damaged_regions_total",
+                "Damaged stretches of the event log found since start (each logged with its file, bytes and offsets, and copied to quarantine/).",
+                at(&damage.regions),
+            ),
+            Metric::counter(
+                "otwatch_log_records_lost_total",
+                "Acknowledged records of the event log that no longer read back (damage), since start.",
+                at(&damage.records_lost),
+            ),
+            Metric::counter(
+                "otwatch_log_segments_deleted_total",
+                "Event log segments deleted by retention since start.",
+                at(&damage.segments_deleted),
+            ),
+            Metric::gauge(
+                "otwatch_log_events_segments",
+                "Segment files of the events topic.",
+                log.segment_count(Topic::Events) as u64,
+            ),
+            Metric::counter(
                 "otwatch_detector_alerts_total",
                 "Alerts raised since the service started.",
                 at(&counters.alerts_raised),
+            ),
+            Metric::counter(
+                "otwatch_history_records_skipped_total",
+                "Event log records the history writers set aside because they do not fit their table (logged with their offset).",
+                at(&counters.history_records_skipped),
             ),
             Metric::counter(
                 "otwatch_history_rows_written_total",

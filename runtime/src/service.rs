@@ -53,6 +53,9 @@ pub struct Counters {
     pub alerts_raised: Arc<AtomicU64>,
     /// Rows written to the events table since start.
     pub events_written: Arc<AtomicU64>,
+    /// Log records the history writers skipped because they do not fit
+    /// their table.
+    pub history_records_skipped: Arc<AtomicU64>,
 }
 
 /// The running central service.
@@ -123,6 +126,7 @@ impl Service {
                     Table::Events => counters.events_written.clone(),
                     Table::Alerts => Arc::new(AtomicU64::new(0)),
                 },
+                records_skipped: counters.history_records_skipped.clone(),
             };
             let reporter = register(
                 Stage::Output,
@@ -155,12 +159,31 @@ impl Service {
         );
         supervisor.spawn(Stage::Detect, reporter, |ctx| detector.run(ctx));
 
+        // Retention waits for every consumer this service runs.
+        for topic in Topic::ALL {
+            let groups: Vec<String> = stages
+                .iter()
+                .filter(|(_, r)| r.topic() == Some(topic))
+                .map(|(_, r)| r.name().to_string())
+                .collect();
+            log.retain_for(topic, &groups);
+        }
+        // Ingest starts once every consumer has its position in the log, so
+        // that a log that lost records continues numbering after them first.
+        while stages.iter().any(|(_, r)| !r.is_opened()) {
+            if let Some(failure) = supervisor.try_failure() {
+                return Err(failure).context("the service could not start");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
         let ingest = IngestComponent {
             collector,
             listener,
             tls,
         };
-        let reporter = register(Stage::Ingest, "ingest".into(), None);
+        let reporter = health.register("ingest", None);
+        stages.push((Stage::Ingest, reporter.clone()));
         supervisor.spawn(Stage::Ingest, reporter, |ctx| ingest.run(ctx));
         if secure {
             tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening (TLS, client certificates required)");

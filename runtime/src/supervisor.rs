@@ -15,6 +15,11 @@
 //! - transient trouble (a full disk, a receiver that is down) is not a
 //!   failure: components retry it themselves and report `retrying`, which
 //!   turns `/healthz` 503 while it lasts (see [`crate::health`]).
+//!
+//! To check what a deployment does when a component fails (does systemd or
+//! Kubernetes restart the service, does an alert fire on `/healthz`), set
+//! `OTWATCH_FAIL_COMPONENT=<component>` (e.g. `history-events`): that
+//! component panics a second after it has opened.
 
 use crate::health::Reporter;
 use futures::FutureExt;
@@ -129,7 +134,24 @@ impl Supervisor {
             reporter: reporter.clone(),
             stop: slot.stop.subscribe(),
         };
-        let future = run(context);
+        let inner = run(context);
+        let injected =
+            std::env::var("OTWATCH_FAIL_COMPONENT").ok().as_deref() == Some(reporter.name());
+        let opened = reporter.clone();
+        let future = async move {
+            if !injected {
+                return inner.await;
+            }
+            tokio::select! {
+                result = inner => result,
+                _ = async {
+                    while !opened.is_opened() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } => panic!("failure injected by OTWATCH_FAIL_COMPONENT"),
+            }
+        };
         let failures = self.failures_tx.clone();
         let stopping = self.stopping.clone();
         let name = reporter.name().to_string();

@@ -110,11 +110,11 @@ impl DetectorComponent {
         let (mut detector, offset) = restore(&path, self.config.clone())?;
         let mut consumer = self
             .log
-            .consumer(Topic::Events, GROUP)
+            .consumer_at(Topic::Events, GROUP, offset)
             .await
             .context("cannot open a consumer of the event log")?;
-        consumer.seek(offset);
         ctx.reporter.set_position(offset);
+        ctx.reporter.opened();
         ctx.reporter.running();
         let mut backoff = Backoff::default();
         let mut saved_at = Instant::now();

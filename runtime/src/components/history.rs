@@ -42,6 +42,8 @@ pub struct HistoryComponent {
     pub config: HistoryConfig,
     /// Rows written since start, for `/metrics`.
     pub rows_written: Arc<AtomicU64>,
+    /// Records skipped because they do not fit the table, for `/metrics`.
+    pub records_skipped: Arc<AtomicU64>,
 }
 
 /// Why one round of the writer ended.
@@ -107,13 +109,15 @@ impl HistoryComponent {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot open the {table} history")),
         };
+        // The table's committed offset is where reading resumes; if the log
+        // ends before it, the log continues numbering there.
         let mut consumer = self
             .log
-            .consumer(topic, &group(table))
+            .consumer_at(topic, &group(table), writer.next_offset())
             .await
             .context("cannot open a consumer of the event log")?;
-        consumer.seek(writer.next_offset());
         ctx.reporter.set_position(writer.next_offset());
+        ctx.reporter.opened();
         let mut pending = Vec::new();
         let mut rows = 0usize;
         let mut first_at: Option<Instant> = None;
@@ -139,6 +143,14 @@ impl HistoryComponent {
             };
             let drained = got.is_empty();
             for d in got {
+                // A record that does not fit the table (written by something
+                // else than the collector or the detector) is set aside with
+                // an error; stopping on it would stop the history for good.
+                if let Err(e) = writer.accepts(&d.batch) {
+                    self.records_skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(table = table.name(), offset = d.offset, error = %e, "a record of the event log does not fit the table: skipped");
+                    continue;
+                }
                 rows += d.batch.num_rows();
                 pending.push(d.batch);
                 first_at.get_or_insert_with(Instant::now);

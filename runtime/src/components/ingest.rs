@@ -17,6 +17,7 @@ pub struct IngestComponent {
 
 impl IngestComponent {
     pub async fn run(self, ctx: Context) -> anyhow::Result<()> {
+        ctx.reporter.opened();
         ctx.reporter.running();
         let mut stop = ctx.stop.clone();
         self.collector

@@ -136,6 +136,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open consumer group {group}"))?;
     ctx.reporter.set_position(consumer.position());
+    ctx.reporter.opened();
     ctx.reporter.running();
     let mut backoff = Backoff::default();
     loop {
