@@ -81,7 +81,7 @@ impl Central {
             None => None,
         };
         let secure = tls.is_some();
-        let collector = Collector::new(log.clone(), config.collector.clone());
+        let collector = Collector::new(log.clone(), config.collector.clone())?;
         let collector_metrics = collector.metrics();
         let (stop_server, server_stop) = watch::channel(false);
         let server = tokio::spawn(async move {

@@ -13,6 +13,8 @@
 //! - a bad batch is answered with `INVALID_ARGUMENT` naming the broken limit, a
 //!   batch that claims another site or agent with `PERMISSION_DENIED`; both
 //!   are counted and logged and affect no other agent;
+//! - a collector is only ever built from a valid configuration
+//!   ([`CollectorConfig::validate`]);
 //! - with TLS ([`tls`]), the agent's identity is its verified client
 //!   certificate's; headers and payload cannot change it. Plaintext, where
 //!   agents name themselves with headers, is for loopback trials only (the
@@ -61,6 +63,45 @@ impl Default for CollectorConfig {
             tls: None,
         }
     }
+}
+
+impl CollectorConfig {
+    /// Checks that the settings can serve agents at all; the error names the
+    /// key (`collector.…`). The TLS files are read, and named in errors, when
+    /// the acceptor is built ([`tls::ServerTlsConfig::acceptor`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err(format!(
+                "collector.max_connections = 0 would refuse every agent: give how many connections to serve at once (default {})",
+                connections::DEFAULT_MAX_CONNECTIONS
+            ));
+        }
+        self.limits
+            .validate()
+            .map_err(|e| format!("collector.{e}"))?;
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("cert", Some(&tls.cert)),
+                ("key", Some(&tls.key)),
+                ("client_ca", Some(&tls.client_ca)),
+                ("crl", tls.crl.as_ref()),
+            ] {
+                if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(format!(
+                        "collector.tls.{key} is empty: give the path of the PEM file"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a collector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("invalid collector configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// Counters of the ingest server, for logs, metrics and the demo scorecard.
@@ -150,15 +191,19 @@ struct Inner {
 }
 
 impl Collector {
-    pub fn new(log: Arc<dyn EventLog>, config: CollectorConfig) -> Self {
-        Collector {
+    /// A collector appending to `log`; refuses an invalid `config` (see
+    /// [`CollectorConfig::validate`]), so no collector runs with limits that
+    /// would refuse every agent.
+    pub fn new(log: Arc<dyn EventLog>, config: CollectorConfig) -> Result<Self, CollectorError> {
+        config.validate().map_err(CollectorError::InvalidConfig)?;
+        Ok(Collector {
             inner: Arc::new(Inner {
                 log,
                 config,
                 metrics: Arc::default(),
                 producer_locks: Mutex::default(),
             }),
-        }
+        })
     }
 
     pub fn metrics(&self) -> Arc<CollectorMetrics> {
