@@ -12,7 +12,8 @@
 //!   itself, and appends of one agent are serialized;
 //! - a bad batch is answered with `INVALID_ARGUMENT` naming the broken limit, a
 //!   batch that claims another site or agent with `PERMISSION_DENIED`; both
-//!   are counted and logged and affect no other agent;
+//!   are counted and logged and affect no other agent. What decoding a batch
+//!   may allocate is bounded by the limits before it is decoded ([`service`]);
 //! - a collector is only ever built from a valid configuration
 //!   ([`CollectorConfig::validate`]);
 //! - with TLS ([`tls`]), the agent's identity is its verified client
@@ -21,11 +22,12 @@
 //!   central binary refuses it elsewhere).
 
 pub mod connections;
+pub mod service;
 pub mod tls;
 
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
 use otwatch_proto::limits::Limits;
-use otwatch_proto::v1::ingest_server::{Ingest, IngestServer};
+use otwatch_proto::v1::ingest_server::Ingest;
 use otwatch_proto::{Ack, EventBatch};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -210,13 +212,10 @@ impl Collector {
         self.inner.metrics.clone()
     }
 
-    /// The tonic service, with message size limits applied.
-    pub fn into_service(self) -> IngestServer<Collector> {
-        let max = self.inner.config.limits.max_message_bytes;
-        IngestServer::new(self)
-            .max_decoding_message_size(max)
-            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    /// The tonic service: message size limits, and batches checked against
+    /// the limits before they are decoded (see [`service`]).
+    pub fn into_service(self) -> service::IngestService {
+        service::IngestService::new(self)
     }
 
     /// Validates, dedupes and appends one batch; returns the ack to send.
@@ -438,7 +437,18 @@ impl Ingest for Collector {
                             break;
                         }
                         Err(status) => {
-                            tracing::info!(%status, "stream ended");
+                            if refused_before_decoding(&status) {
+                                collector
+                                    .inner
+                                    .metrics
+                                    .batches_invalid
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(code = ?status.code(), reason = status.message(), "batch refused before decoding");
+                            } else {
+                                tracing::info!(%status, "stream ended");
+                            }
+                            // The agent learns why (when it is still there).
+                            let _ = tx.send(Err(status)).await;
                             break;
                         }
                     };
@@ -455,4 +465,15 @@ impl Ingest for Collector {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// Whether `status`, from reading the next message of a stream, refuses the
+/// batch itself: too large on the wire or decompressed (tonic), or refused
+/// by the limits or unreadable ([`service`]). Anything else is the stream
+/// ending (the agent went away).
+fn refused_before_decoding(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
 }
