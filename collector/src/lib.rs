@@ -14,6 +14,9 @@
 //!   batch that claims another site or agent with `PERMISSION_DENIED`; both
 //!   are counted and logged and affect no other agent. What decoding a batch
 //!   may allocate is bounded by the limits before it is decoded ([`service`]);
+//! - a batch whose sequence numbers would jump further than
+//!   `limits.max_seq_gap` above the agent's high-water mark, or past
+//!   `i64::MAX`, is refused: the agent's later events stay storable;
 //! - a collector is only ever built from a valid configuration
 //!   ([`CollectorConfig::validate`]);
 //! - with TLS ([`tls`]), the agent's identity is its verified client
@@ -28,7 +31,7 @@ pub mod tls;
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
 use otwatch_proto::limits::Limits;
 use otwatch_proto::v1::ingest_server::Ingest;
-use otwatch_proto::{Ack, EventBatch};
+use otwatch_proto::{Ack, ControllerEvent, EventBatch};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,6 +221,24 @@ impl Collector {
         service::IngestService::new(self)
     }
 
+    /// Refuses a batch whose sequence numbers would move the agent's
+    /// high-water mark `held` too far (see [`Limits::check_seq_advance`]):
+    /// counted with the invalid batches, logged, `INVALID_ARGUMENT`.
+    fn check_sequence(&self, held: u64, events: &[ControllerEvent]) -> Result<(), Status> {
+        self.inner
+            .config
+            .limits
+            .check_seq_advance(held, events)
+            .map_err(|e| {
+                self.inner
+                    .metrics
+                    .batches_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, held, "batch refused: its sequence numbers jump out of this agent's reach");
+                Status::invalid_argument(e.to_string())
+            })
+    }
+
     /// Validates, dedupes and appends one batch; returns the ack to send.
     pub async fn ingest(
         &self,
@@ -257,6 +278,7 @@ impl Collector {
             .log
             .producer_seq(Topic::Events, &producer)
             .unwrap_or(0);
+        self.check_sequence(held, &batch.events)?;
         // Sequence numbers strictly increase within a batch (validated), so
         // the already-held events are a prefix.
         let dup = batch.events.partition_point(|e| e.seq <= held);
