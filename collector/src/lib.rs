@@ -17,6 +17,9 @@
 //! - a batch whose sequence numbers would jump further than
 //!   `limits.max_seq_gap` above the agent's high-water mark, or past
 //!   `i64::MAX`, is refused: the agent's later events stay storable;
+//! - which connections are served, and which are closed to make room, follows
+//!   the admission rules of [`connections`]: a real agent gets in within a
+//!   bounded time while others flood the port;
 //! - a collector is only ever built from a valid configuration
 //!   ([`CollectorConfig::validate`]);
 //! - with TLS ([`tls`]), the agent's identity is its verified client
@@ -48,11 +51,18 @@ pub use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// Most agent connections served at once (TLS handshakes in progress
-    /// included); further connections are closed at once, logged and
-    /// counted, and their agents retry with backoff. With
-    /// `limits.max_message_bytes` this bounds the collector's memory: see
-    /// "Delivery guarantees" in the README.
+    /// included). When all are taken, a newcomer takes the place of the
+    /// longest-idle connection without a gRPC stream, or is closed at once
+    /// (logged, counted; its agent retries with backoff) when every
+    /// connection has a stream (see [`connections`]). With the limits this
+    /// bounds the collector's memory: see "Delivery guarantees" in the
+    /// README. Default 1024; at least 1.
     pub max_connections: usize,
+    /// Most connections from one IP address at once, so that one host cannot
+    /// take every slot. Gateways of one site behind a NAT share an address:
+    /// raise it if more than this many agents connect through one. Default
+    /// 64; at least 1.
+    pub max_connections_per_ip: usize,
     /// Limits on what agents may send.
     pub limits: Limits,
     /// TLS with client certificates. Required by `otwatch serve` unless it is
@@ -64,6 +74,7 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             max_connections: connections::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: connections::DEFAULT_MAX_CONNECTIONS_PER_IP,
             limits: Limits::default(),
             tls: None,
         }
@@ -75,11 +86,23 @@ impl CollectorConfig {
     /// key (`collector.…`). The TLS files are read, and named in errors, when
     /// the acceptor is built ([`tls::ServerTlsConfig::acceptor`]).
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_connections == 0 {
-            return Err(format!(
-                "collector.max_connections = 0 would refuse every agent: give how many connections to serve at once (default {})",
-                connections::DEFAULT_MAX_CONNECTIONS
-            ));
+        for (key, value, default) in [
+            (
+                "max_connections",
+                self.max_connections,
+                connections::DEFAULT_MAX_CONNECTIONS,
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                connections::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "collector.{key} = 0 would refuse every agent: give how many connections to serve at once (default {default})"
+                ));
+            }
         }
         self.limits
             .validate()
@@ -126,8 +149,22 @@ pub struct CollectorMetrics {
     pub tls_handshake_failures: AtomicU64,
     /// Connections open now (a gauge).
     pub connections_open: AtomicU64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections closed at once because `max_connections` were open, each
+    /// with a gRPC stream.
     pub connections_refused: AtomicU64,
+    /// Connections closed at once because their address already had
+    /// `max_connections_per_ip` open, each with a gRPC stream.
+    pub connections_refused_per_ip: AtomicU64,
+    /// Connections without a gRPC stream (TLS handshakes in progress
+    /// included) closed to make room for a newcomer, because all slots, or
+    /// all of the newcomer's address, were taken.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because they had no gRPC stream for
+    /// `connections::IDLE_TIMEOUT`.
+    pub connections_idle_closed: AtomicU64,
+    /// TLS handshakes that did not complete within `tls::HANDSHAKE_TIMEOUT`
+    /// (also counted in `tls_handshake_failures`).
+    pub tls_handshake_timeouts: AtomicU64,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -144,6 +181,10 @@ pub struct CollectorCounts {
     pub tls_handshake_failures: u64,
     pub connections_open: u64,
     pub connections_refused: u64,
+    pub connections_refused_per_ip: u64,
+    pub connections_evicted: u64,
+    pub connections_idle_closed: u64,
+    pub tls_handshake_timeouts: u64,
 }
 
 impl CollectorMetrics {
@@ -161,6 +202,10 @@ impl CollectorMetrics {
             tls_handshake_failures: g(&self.tls_handshake_failures),
             connections_open: g(&self.connections_open),
             connections_refused: g(&self.connections_refused),
+            connections_refused_per_ip: g(&self.connections_refused_per_ip),
+            connections_evicted: g(&self.connections_evicted),
+            connections_idle_closed: g(&self.connections_idle_closed),
+            tls_handshake_timeouts: g(&self.tls_handshake_timeouts),
         }
     }
 }
@@ -324,8 +369,8 @@ impl Collector {
 
     /// Serves the ingest service on `listener` until `shutdown` completes:
     /// over TLS with client certificates when `tls` is given, else plaintext
-    /// (agents then name themselves with headers). At most
-    /// `max_connections` connections at once (see [`connections`]).
+    /// (agents then name themselves with headers). Connections are admitted
+    /// by the rules of [`connections`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -333,7 +378,12 @@ impl Collector {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let metrics = self.metrics();
-        let slots = connections::Slots::new(self.inner.config.max_connections, metrics.clone());
+        let config = &self.inner.config;
+        let admission = connections::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            metrics.clone(),
+        );
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
@@ -345,7 +395,7 @@ impl Collector {
             Some(acceptor) => {
                 router
                     .serve_with_incoming_shutdown(
-                        tls::tls_incoming(listener, acceptor, slots, metrics),
+                        tls::tls_incoming(listener, acceptor, admission, metrics),
                         shutdown,
                     )
                     .await
@@ -353,7 +403,7 @@ impl Collector {
             None => {
                 router
                     .serve_with_incoming_shutdown(
-                        connections::plain_incoming(listener, slots),
+                        connections::plain_incoming(listener, admission),
                         shutdown,
                     )
                     .await
@@ -364,13 +414,15 @@ impl Collector {
     /// Who is on the other end: the verified certificate's identity on a TLS
     /// connection, the headers on a plaintext one.
     fn identity<T>(&self, request: &Request<T>) -> Result<AgentIdentity, Status> {
-        if let Some(peer) = request.extensions().get::<tls::PeerInfo>() {
-            return peer.identity.clone().map_err(|reason| {
+        let peer = request.extensions().get::<connections::PeerInfo>();
+        if let Some(Some(identity)) = peer.map(|p| &p.identity) {
+            let remote = peer.map(|p| p.remote);
+            return identity.clone().map_err(|reason| {
                 self.inner
                     .metrics
                     .streams_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(remote = ?peer.remote, %reason, "client certificate names no agent; stream refused");
+                tracing::warn!(?remote, %reason, "client certificate names no agent; stream refused");
                 Status::unauthenticated(reason)
             });
         }
@@ -422,23 +474,24 @@ impl Ingest for Collector {
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let identity = self.identity(&request)?;
-        let peer = request
-            .extensions()
-            .get::<tls::PeerInfo>()
-            .and_then(|p| p.remote)
+        let peer = request.extensions().get::<connections::PeerInfo>().cloned();
+        let remote = peer
+            .as_ref()
+            .map(|p| p.remote)
             .or_else(|| request.remote_addr());
+        // Counted from here until the stream task ends: meanwhile the
+        // connection is neither idle nor evictable.
+        let open = peer.as_ref().map(|p| p.streams.stream_opened());
         let mut inbound = request.into_inner();
-        let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent);
-        self.inner
-            .metrics
-            .streams_opened
-            .fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent, remote = ?remote);
+        let metrics = self.inner.metrics.clone();
+        metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let held = self
             .inner
             .log
             .producer_seq(Topic::Events, &identity.producer())
             .unwrap_or(0);
-        span.in_scope(|| tracing::info!(?peer, durable_seq = held, "agent connected"));
+        span.in_scope(|| tracing::info!(durable_seq = held, "agent connected"));
         // Acks are few and small; a short buffer keeps a slow reader from
         // holding many and still lets the next batch be processed.
         let (tx, rx) = mpsc::channel(8);
@@ -451,6 +504,7 @@ impl Ingest for Collector {
         let collector = self.clone();
         tokio::spawn(
             async move {
+                let _open = open;
                 loop {
                     let batch = match inbound.message().await {
                         Ok(Some(batch)) => batch,
@@ -460,11 +514,7 @@ impl Ingest for Collector {
                         }
                         Err(status) => {
                             if refused_before_decoding(&status) {
-                                collector
-                                    .inner
-                                    .metrics
-                                    .batches_invalid
-                                    .fetch_add(1, Ordering::Relaxed);
+                                metrics.batches_invalid.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(code = ?status.code(), reason = status.message(), "batch refused before decoding");
                             } else {
                                 tracing::info!(%status, "stream ended");

@@ -25,6 +25,11 @@ fn invalid_settings_are_refused_by_name() {
         }),
         "invalid collector configuration: collector.max_connections = 0 would refuse every agent: give how many connections to serve at once (default 1024)"
     );
+    assert!(refusal(CollectorConfig {
+        max_connections_per_ip: 0,
+        ..Default::default()
+    })
+    .contains("collector.max_connections_per_ip = 0"));
     for (limits, key) in [
         (
             Limits {
