@@ -1,6 +1,6 @@
-//! Admission of agent connections: which connections are served and which
-//! are closed to make room; and the accept loop for plaintext (loopback)
-//! serving.
+//! Admission of agent connections: which connections are served, which are
+//! closed to make room, and how the server's connections end at shutdown;
+//! and the accept loop for plaintext (loopback) serving.
 //!
 //! A real agent opens a connection and, at once, one gRPC stream on it that
 //! it keeps open. A connection without a stream serves nobody, so the rules
@@ -48,6 +48,10 @@
 //! - no connection lives longer than [`MAX_CONNECTION_AGE`] (plus
 //!   [`MAX_CONNECTION_AGE_GRACE`]): its agent then reconnects and resends what
 //!   is unacked, and its certificate is checked again;
+//! - at shutdown every open stream is ended at once with `UNAVAILABLE`
+//!   ([`Admission::drain`]), and connections still open [`SHUTDOWN_GRACE`]
+//!   later are closed ([`Admission::close_all`]), so the server stops within
+//!   seconds even with agents streaming;
 //! - every closing and refusal is counted in [`CollectorMetrics`] and logged
 //!   with the peer address at `debug` level; a `warn` line sums them up at
 //!   most every [`ADMISSION_REPORT_INTERVAL`], so a flood cannot flood the
@@ -96,6 +100,9 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 /// How long after [`MAX_CONNECTION_AGE`] a connection is closed regardless.
 /// Agent streams never end by themselves, so this is when they reconnect.
 pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+/// How long after the shutdown signal connections may take to close by
+/// themselves (their streams are ended at once) before they are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the collector closed a connection; the text ends its reads and writes
 /// and the `debug` log line.
@@ -104,7 +111,7 @@ pub type CloseReason = &'static str;
 const EVICTED: CloseReason = "every connection slot is taken: the longest-idle connection without a gRPC stream makes room for a newcomer";
 const EVICTED_PER_IP: CloseReason = "its address holds collector.max_connections_per_ip connections: its longest-idle connection without a gRPC stream makes room for a newcomer from the same address";
 const IDLE: CloseReason = "no gRPC stream within the idle timeout";
-const STOPPED: CloseReason = "the collector stopped serving";
+const SHUTTING_DOWN: CloseReason = "the collector is shutting down";
 
 /// The connection slots of one server and the rules that fill them (see the
 /// module documentation). Clone-cheap.
@@ -118,6 +125,8 @@ struct Shared {
     max_per_ip: usize,
     metrics: Arc<CollectorMetrics>,
     table: Mutex<Table>,
+    /// Set at shutdown: every open stream ends.
+    draining: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -179,6 +188,7 @@ impl Admission {
             max_per_ip,
             metrics,
             table: Mutex::default(),
+            draining: watch::channel(false).0,
         });
         tokio::spawn(idle_sweeper(Arc::downgrade(&shared)));
         Admission { shared }
@@ -242,6 +252,29 @@ impl Admission {
             shared: self.shared.clone(),
             closed,
         })
+    }
+
+    /// Ends every open stream (with `UNAVAILABLE`, so its agent reconnects
+    /// later and resends what is unacked). Connections then close as their
+    /// streams end.
+    pub fn drain(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Closes every connection at once: reads and writes fail.
+    pub fn close_all(&self) {
+        let shared = &self.shared;
+        let mut table = shared.table.lock().unwrap();
+        let ids: Vec<u64> = table.conns.keys().copied().collect();
+        if !ids.is_empty() {
+            tracing::info!(
+                connections = ids.len(),
+                "closing the connections still open after the shutdown grace"
+            );
+        }
+        for id in ids {
+            table.remove(id, Some(SHUTTING_DOWN), &shared.metrics);
+        }
     }
 
     /// Connections in the table now.
@@ -317,9 +350,9 @@ impl Slot {
         let mut closed = self.closed.clone();
         async move {
             match closed.wait_for(Option::is_some).await {
-                Ok(reason) => reason.unwrap_or(STOPPED),
+                Ok(reason) => reason.unwrap_or(SHUTTING_DOWN),
                 // The admission is gone: so is the server.
-                Err(_) => STOPPED,
+                Err(_) => SHUTTING_DOWN,
             }
         }
     }
@@ -334,6 +367,7 @@ impl Slot {
         StreamTracker {
             id: self.id,
             shared: Arc::downgrade(&self.shared),
+            draining: self.shared.draining.subscribe(),
         }
     }
 }
@@ -345,12 +379,13 @@ impl Drop for Slot {
     }
 }
 
-/// Tells the admission when streams open and end on one connection.
-/// Carried to the service in [`PeerInfo`].
+/// Tells the admission when streams open and end on one connection, and the
+/// streams when the server shuts down. Carried to the service in [`PeerInfo`].
 #[derive(Clone, Debug)]
 pub struct StreamTracker {
     id: u64,
     shared: Weak<Shared>,
+    draining: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -378,6 +413,14 @@ impl StreamTracker {
         }
         StreamGuard {
             tracker: self.clone(),
+        }
+    }
+
+    /// Resolves when the server shuts down (or is gone): the stream must end.
+    pub fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.clone();
+        async move {
+            let _ = draining.wait_for(|&d| d).await;
         }
     }
 }
@@ -454,7 +497,7 @@ enum Close {
 }
 
 impl<S> Conn<S> {
-    /// A connection closed when `slot` is taken back (idle, evicted).
+    /// A connection closed when `slot` is taken back (idle, evicted, shutdown).
     pub fn new(io: S, info: PeerInfo, slot: Slot) -> Self {
         let close = Close::On(Box::pin(slot.closed()));
         Conn {
@@ -667,5 +710,18 @@ mod tests {
         drop(stream);
         assert_eq!(busy.closed().await, IDLE);
         assert_eq!(counts(&admission).connections_idle_closed, 2);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_streams_then_closes_connections() {
+        let admission = Admission::new(10, 10, Arc::default());
+        let slot = admission.admit(addr(1, 1)).unwrap();
+        let streams = slot.streams();
+        let _stream = streams.stream_opened();
+        admission.drain();
+        streams.shutting_down().await;
+        admission.close_all();
+        assert_eq!(slot.closed().await, SHUTTING_DOWN);
+        assert_eq!(admission.open(), 0);
     }
 }

@@ -21,7 +21,10 @@
 //!   the admission rules of [`connections`]: a real agent gets in within a
 //!   bounded time while others flood the port;
 //! - a collector is only ever built from a valid configuration
-//!   ([`CollectorConfig::validate`]);
+//!   ([`CollectorConfig::validate`]), and [`Collector::serve`] returns within
+//!   seconds of its shutdown signal, agents streaming or not: their streams
+//!   end with `UNAVAILABLE` and they resend what is unacked to the next
+//!   collector;
 //! - with TLS ([`tls`]), the agent's identity is its verified client
 //!   certificate's; headers and payload cannot change it. Plaintext, where
 //!   agents name themselves with headers, is for loopback trials only (the
@@ -165,6 +168,8 @@ pub struct CollectorMetrics {
     /// TLS handshakes that did not complete within `tls::HANDSHAKE_TIMEOUT`
     /// (also counted in `tls_handshake_failures`).
     pub tls_handshake_timeouts: AtomicU64,
+    /// Agent streams ended by a shutdown of the collector.
+    pub streams_ended_by_shutdown: AtomicU64,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -185,6 +190,7 @@ pub struct CollectorCounts {
     pub connections_evicted: u64,
     pub connections_idle_closed: u64,
     pub tls_handshake_timeouts: u64,
+    pub streams_ended_by_shutdown: u64,
 }
 
 impl CollectorMetrics {
@@ -206,6 +212,7 @@ impl CollectorMetrics {
             connections_evicted: g(&self.connections_evicted),
             connections_idle_closed: g(&self.connections_idle_closed),
             tls_handshake_timeouts: g(&self.tls_handshake_timeouts),
+            streams_ended_by_shutdown: g(&self.streams_ended_by_shutdown),
         }
     }
 }
@@ -371,12 +378,19 @@ impl Collector {
     /// over TLS with client certificates when `tls` is given, else plaintext
     /// (agents then name themselves with headers). Connections are admitted
     /// by the rules of [`connections`].
+    ///
+    /// When `shutdown` completes, the port closes, every open agent stream
+    /// ends at once with `UNAVAILABLE` (a batch being appended is appended
+    /// and acked first), and connections still open after
+    /// [`connections::SHUTDOWN_GRACE`] are closed; then `serve` returns.
+    /// Agents reconnect to the next collector and resend what is unacked.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         tls: Option<tls::Acceptor>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        use futures::FutureExt;
         let metrics = self.metrics();
         let config = &self.inner.config;
         let admission = connections::Admission::new(
@@ -391,23 +405,44 @@ impl Collector {
             .max_connection_age(connections::MAX_CONNECTION_AGE)
             .max_connection_age_grace(connections::MAX_CONNECTION_AGE_GRACE)
             .add_service(self.into_service());
-        match tls {
-            Some(acceptor) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tls::tls_incoming(listener, acceptor, admission, metrics),
-                        shutdown,
-                    )
-                    .await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        connections::plain_incoming(listener, admission),
-                        shutdown,
-                    )
-                    .await
-            }
+        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+        let drain = admission.clone();
+        // tonic stops accepting and waits for open connections to end; agent
+        // streams never end by themselves, so they are ended here.
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                open_connections = drain.open(),
+                "shutting down: agent streams end now, connections are closed within {:?}",
+                connections::SHUTDOWN_GRACE
+            );
+            drain.drain();
+            stopping.send_replace(true);
+        };
+        let served = match tls {
+            Some(acceptor) => router
+                .serve_with_incoming_shutdown(
+                    tls::tls_incoming(listener, acceptor, admission.clone(), metrics),
+                    signal,
+                )
+                .boxed(),
+            None => router
+                .serve_with_incoming_shutdown(
+                    connections::plain_incoming(listener, admission.clone()),
+                    signal,
+                )
+                .boxed(),
+        };
+        // Connections whose peers do not close them after their streams ended.
+        let force = async {
+            let _ = stopped.wait_for(|&s| s).await;
+            tokio::time::sleep(connections::SHUTDOWN_GRACE).await;
+            admission.close_all();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            result = served => result,
+            _ = force => unreachable!("the forced close never completes"),
         }
     }
 
@@ -482,6 +517,7 @@ impl Ingest for Collector {
         // Counted from here until the stream task ends: meanwhile the
         // connection is neither idle nor evictable.
         let open = peer.as_ref().map(|p| p.streams.stream_opened());
+        let shutting_down = peer.map(|p| p.streams.shutting_down());
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent, remote = ?remote);
         let metrics = self.inner.metrics.clone();
@@ -505,8 +541,30 @@ impl Ingest for Collector {
         tokio::spawn(
             async move {
                 let _open = open;
+                let shutting_down = async move {
+                    match shutting_down {
+                        Some(signal) => signal.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(shutting_down);
                 loop {
-                    let batch = match inbound.message().await {
+                    // Only the wait for the next batch is cut short by a
+                    // shutdown: a batch being appended is finished and acked.
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        _ = &mut shutting_down => {
+                            metrics.streams_ended_by_shutdown.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("collector shutting down: stream ended; the agent resends what is unacked to the next collector");
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "the collector is shutting down: reconnect and resend what is unacknowledged",
+                                )))
+                                .await;
+                            break;
+                        }
+                    };
+                    let batch = match next {
                         Ok(Some(batch)) => batch,
                         Ok(None) => {
                             tracing::info!("agent closed the stream");
