@@ -315,18 +315,20 @@ async fn idle_sweeper(shared: Weak<Shared>) {
             let refused = delta(|c| c.connections_refused);
             let refused_per_ip = delta(|c| c.connections_refused_per_ip);
             let handshake_timeouts = delta(|c| c.tls_handshake_timeouts);
-            if evicted + idle + refused + refused_per_ip + handshake_timeouts > 0 {
+            let handshake_failures = delta(|c| c.tls_handshake_failures);
+            if evicted + idle + refused + refused_per_ip + handshake_failures > 0 {
                 tracing::warn!(
                     evicted,
                     idle_closed = idle,
                     refused,
                     refused_per_ip,
+                    handshake_failures,
                     handshake_timeouts,
                     open = now.connections_open,
                     max_connections = shared.max,
                     max_connections_per_ip = shared.max_per_ip,
                     seconds = last_report.elapsed().as_secs(),
-                    "connections closed or refused without serving an agent (idle without a gRPC stream, evicted to make room, over a cap, or stalled in the TLS handshake); many of them mean a scan or a flood, or caps too low for the fleet"
+                    "connections closed or refused without serving an agent (idle without a gRPC stream, evicted to make room, over a cap, or failed in the TLS handshake); many of them mean a scan or a flood, or caps too low for the fleet"
                 );
             }
             reported = now;

@@ -20,11 +20,14 @@
 //!   the slots are full), then handshakes in its own task, bounded by
 //!   [`HANDSHAKE_TIMEOUT`]. So a flood of half-open connections that send
 //!   nothing holds no slot longer than that, and never keeps a real agent
-//!   waiting behind it. A failed handshake is logged with the peer address
-//!   and reason at `warn` and counted (`tls_handshake_failures`); a timed
-//!   out one is counted (`tls_handshake_timeouts` as well) and logged at
-//!   `debug`, with a `warn` summary (half-open floods would otherwise flood
-//!   the log); neither is ever fatal;
+//!   waiting behind it. Every failed handshake is counted
+//!   (`tls_handshake_failures`; `tls_handshake_timeouts` too for a timeout).
+//!   One refused by TLS (unknown CA, expired or revoked certificate, no
+//!   certificate) is logged with the peer address and reason at `warn`; one
+//!   that timed out or that the peer closed before it completed (a scan, a
+//!   TCP health check, a flood giving up) at `debug`, summed up at `warn`
+//!   every [`ADMISSION_REPORT_INTERVAL`](crate::connections::ADMISSION_REPORT_INTERVAL)
+//!   (a flood would otherwise flood the log). None is ever fatal;
 //! - replaced TLS files (a new revocation list, a renewed certificate) are
 //!   taken within [`RELOAD_CHECK_INTERVAL`] without a restart, and every open
 //!   connection is then closed so that its agent handshakes again against
@@ -304,7 +307,11 @@ pub fn tls_incoming(
                         metrics
                             .tls_handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            tracing::debug!(%remote, "the peer closed the connection during the TLS handshake");
+                        } else {
+                            tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                        }
                         return;
                     }
                     Err(_) => {
