@@ -52,6 +52,46 @@ async fn idle_tls(
     }
 }
 
+/// About 500 new connections a second to `addr` from 40 addresses, each
+/// sending nothing and kept open for 60 s unless the collector closes it:
+/// soon more than `max_connections` (1024) at once, and more than the
+/// collector could ever give a handshake slot of its own. Runs until `stop`;
+/// returns how many connections were made.
+async fn half_open_flood(addr: SocketAddr, stop: Arc<AtomicBool>) -> u64 {
+    let opened = Arc::new(AtomicU64::new(0));
+    // Bounds the file descriptors the flood holds.
+    let open_at_once = Arc::new(tokio::sync::Semaphore::new(4000));
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tick.tick().await;
+        let Ok(permit) = open_at_once.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (from, opened) = (loopback(10 + (i % 40) as u8), opened.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connect = tokio::time::timeout(Duration::from_secs(5), tcp_from(from, addr));
+            let Ok(Ok(mut tcp)) = connect.await else {
+                return;
+            };
+            opened.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 16];
+            let held_until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < held_until && !stop.load(Ordering::Relaxed) {
+                let read = tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf));
+                if let Ok(Ok(0) | Err(_)) = read.await {
+                    return; // closed by the collector
+                }
+            }
+        });
+    }
+    opened.load(Ordering::Relaxed)
+}
+
 async fn tls_server(dir: &std::path::Path, config: CollectorConfig) -> (Server, Pki) {
     let pki = Pki::new(&dir.join("pki"));
     let config = CollectorConfig {
@@ -123,50 +163,8 @@ async fn a_flood_of_half_open_connections_does_not_keep_a_real_agent_out() {
     let dir = tempfile::tempdir().unwrap();
     let (server, pki) = tls_server(dir.path(), CollectorConfig::default()).await;
 
-    // About 500 new connections a second from 40 addresses, each sending
-    // nothing and kept open for 60 s unless the collector closes it: soon
-    // more than `max_connections` (1024) at once, and more than the
-    // collector could ever hand a handshake slot of its own.
     let stop = Arc::new(AtomicBool::new(false));
-    let flood = tokio::spawn({
-        let stop = stop.clone();
-        let addr = server.addr;
-        async move {
-            let opened = Arc::new(AtomicU64::new(0));
-            // Bounds the file descriptors the flood holds.
-            let open_at_once = Arc::new(tokio::sync::Semaphore::new(4000));
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            for i in 0u64.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                tick.tick().await;
-                let Ok(permit) = open_at_once.clone().try_acquire_owned() else {
-                    continue;
-                };
-                let (from, opened) = (loopback(10 + (i % 40) as u8), opened.clone());
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let connect =
-                        tokio::time::timeout(Duration::from_secs(5), tcp_from(from, addr));
-                    let Ok(Ok(mut tcp)) = connect.await else {
-                        return;
-                    };
-                    opened.fetch_add(1, Ordering::Relaxed);
-                    let mut buf = [0u8; 16];
-                    let held_until = Instant::now() + Duration::from_secs(60);
-                    while Instant::now() < held_until && !stop.load(Ordering::Relaxed) {
-                        let read = tokio::time::timeout(Duration::from_secs(1), tcp.read(&mut buf));
-                        if let Ok(Ok(0) | Err(_)) = read.await {
-                            return; // closed by the collector
-                        }
-                    }
-                });
-            }
-            opened.load(Ordering::Relaxed)
-        }
-    });
+    let flood = tokio::spawn(half_open_flood(server.addr, stop.clone()));
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let started = Instant::now();
@@ -217,4 +215,51 @@ async fn one_address_cannot_take_every_slot() {
     // Another agent still gets in.
     let (mut agent, _) = open_within(&server, Some(&pki), DEADLINE).await.unwrap();
     assert!(agent.send(batch(1..=3)).await.is_ok());
+}
+
+/// Not a test: measures how long a real agent waits for its stream while a
+/// flood goes on against a collector started by hand (`otwatch serve` with
+/// TLS and the certificates of `common::Pki` in `OTWATCH_FLOOD_PKI`, the
+/// agent `plant-a`/`gw-1`) at `OTWATCH_FLOOD_ADDR`. `OTWATCH_FLOOD_KIND`:
+/// `half-open` (500 connections a second from 40 addresses, sending
+/// nothing, held 60 s) or `idle-tls` (`OTWATCH_FLOOD_COUNT`, 1100,
+/// connections through the TLS handshake from 20 addresses, then silent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures a collector started by hand"]
+async fn flood_a_running_collector() {
+    let env = |key: &str| std::env::var(key).ok();
+    let addr: SocketAddr = env("OTWATCH_FLOOD_ADDR").unwrap().parse().unwrap();
+    let pki = Pki {
+        dir: env("OTWATCH_FLOOD_PKI").unwrap().into(),
+    };
+    let kind = env("OTWATCH_FLOOD_KIND").unwrap_or("half-open".into());
+    let count: usize = env("OTWATCH_FLOOD_COUNT").map_or(1100, |c| c.parse().unwrap());
+    let target = common::Target { addr, tls: true };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut idle = Vec::new();
+    let flood = match kind.as_str() {
+        "half-open" => Some(tokio::spawn(half_open_flood(addr, stop.clone()))),
+        "idle-tls" => {
+            for i in 0..count {
+                idle.extend(idle_tls(&pki, loopback(10 + (i % 20) as u8), addr).await);
+            }
+            println!("{} of {count} silent TLS connections open", idle.len());
+            None
+        }
+        other => panic!("unknown OTWATCH_FLOOD_KIND {other}"),
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let result = open_within(target, Some(&pki), Duration::from_secs(300)).await;
+    let waited = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(flood) = flood {
+        println!("{} half-open connections made", flood.await.unwrap());
+    }
+    match result {
+        Ok((_, attempts)) => {
+            println!("{kind}: the agent got its stream after {waited:?} ({attempts} attempt(s))")
+        }
+        Err(e) => println!("{kind}: {e}"),
+    }
 }

@@ -141,3 +141,40 @@ async fn a_message_that_inflates_past_the_limit_is_refused_with_its_reason() {
     );
     assert_eq!(server.metrics.batches_invalid.load(Ordering::Relaxed), 1);
 }
+
+/// Not a test: measures a collector started by hand, e.g.
+/// `otwatch serve --insecure-loopback --listen 127.0.0.1:4317`. Sends the
+/// bomb (empty events up to `OTWATCH_BOMB_BYTES`, default 8 MiB − 1 KiB,
+/// gzip) on `OTWATCH_BOMB_STREAMS` (6) connections at once to
+/// `OTWATCH_BOMB_ADDR` and prints each answer; read the collector's peak
+/// memory from `VmHWM` in `/proc/PID/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures a collector started by hand"]
+async fn bomb_a_running_collector() {
+    let env = |key: &str| std::env::var(key).ok();
+    let addr = env("OTWATCH_BOMB_ADDR").expect("OTWATCH_BOMB_ADDR");
+    let streams: usize = env("OTWATCH_BOMB_STREAMS").map_or(6, |s| s.parse().unwrap());
+    let bytes: usize = env("OTWATCH_BOMB_BYTES").map_or((8 << 20) - 1024, |s| s.parse().unwrap());
+    let target = common::Target {
+        addr: addr.parse().unwrap(),
+        tls: false,
+    };
+    let (bomb, events) = empty_events(bytes);
+    let started = std::time::Instant::now();
+    let answers: Vec<_> = (0..streams)
+        .map(|_| {
+            let bomb = bomb.clone();
+            tokio::spawn(async move {
+                let channel = channel(target, None, None).await.unwrap();
+                send_raw(channel, bomb, true).await
+            })
+        })
+        .collect();
+    for answer in answers {
+        println!("{:?}", answer.await.unwrap());
+    }
+    println!(
+        "{streams} streams, each one message of {events} empty events ({bytes} bytes decompressed), answered in {:?}",
+        started.elapsed()
+    );
+}

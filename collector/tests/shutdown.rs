@@ -87,7 +87,7 @@ async fn shutdown_ends_tls_agent_streams() {
 async fn shutdown_closes_the_connection_of_an_agent_that_hangs() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(open_log(dir.path()), CollectorConfig::default()).await;
-    let addr_server = common::ServerAddr::of(&server);
+    let target = common::Target::from(&server);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let hung = std::thread::spawn(move || {
@@ -96,7 +96,9 @@ async fn shutdown_closes_the_connection_of_an_agent_that_hangs() {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let mut agent = open(addr_server.channel().await.unwrap()).await.unwrap();
+            let mut agent = open(channel(target, None, None).await.unwrap())
+                .await
+                .unwrap();
             assert_eq!(agent.send(batch(1..=3)).await.unwrap().durable_seq, 3);
             ready_tx.send(()).unwrap();
             // The agent's only thread blocks: nothing it receives is read,

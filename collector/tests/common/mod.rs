@@ -171,45 +171,45 @@ pub fn open_log(dir: &Path) -> Arc<LocalLog> {
     Arc::new(LocalLog::open(dir, LocalLogConfig::default()).unwrap())
 }
 
-/// A channel to `server` from source address `from` (127.0.0.1 if `None`),
-/// over TLS with the agent's certificate when the server speaks TLS.
+/// Where a collector listens, and whether it speaks TLS: one of [`Server`]
+/// or one started by hand (the measurements).
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl From<&Server> for Target {
+    fn from(server: &Server) -> Target {
+        Target {
+            addr: server.addr,
+            tls: server.tls,
+        }
+    }
+}
+
+/// A channel to a collector from source address `from` (127.0.0.1 if
+/// `None`), over TLS with the agent's certificate when it speaks TLS.
 pub async fn channel(
-    server: &Server,
+    to: impl Into<Target>,
     pki: Option<&Pki>,
     from: Option<IpAddr>,
 ) -> Result<Channel, String> {
-    let scheme = if server.tls { "https" } else { "http" };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", server.addr))
+    let to = to.into();
+    let scheme = if to.tls { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", to.addr))
         .unwrap()
         .connect_timeout(Duration::from_secs(5))
         .local_address(from);
-    if server.tls {
+    if to.tls {
         endpoint = endpoint
-            .tls_config(pki.expect("a TLS server needs the PKI").client())
+            .tls_config(pki.expect("a TLS collector needs the PKI").client())
             .unwrap();
     }
     endpoint
         .connect()
         .await
         .map_err(|e| format!("connect: {e:?}"))
-}
-
-/// A plaintext server's address, to connect from another runtime.
-#[derive(Clone, Copy)]
-pub struct ServerAddr(SocketAddr);
-
-impl ServerAddr {
-    pub fn of(server: &Server) -> Self {
-        assert!(!server.tls);
-        ServerAddr(server.addr)
-    }
-
-    pub async fn channel(self) -> Result<Channel, tonic::transport::Error> {
-        Endpoint::from_shared(format!("http://{}", self.0))
-            .unwrap()
-            .connect()
-            .await
-    }
 }
 
 /// One ingest stream: batches go in, acks come back.
@@ -252,16 +252,17 @@ pub async fn open(channel: Channel) -> Result<Stream, String> {
 /// it works, for at most `deadline`; returns the stream and the attempts
 /// made.
 pub async fn open_within(
-    server: &Server,
+    to: impl Into<Target>,
     pki: Option<&Pki>,
     deadline: Duration,
 ) -> Result<(Stream, u32), String> {
+    let to = to.into();
     let mut attempts = 0;
     let mut last = String::new();
     let attempt = async {
         loop {
             attempts += 1;
-            match channel(server, pki, None).await {
+            match channel(to, pki, None).await {
                 Ok(channel) => match open(channel).await {
                     Ok(stream) => return stream,
                     Err(e) => last = e,
