@@ -28,13 +28,16 @@
 //!   any other, so a flood of half-open connections (that send nothing) holds
 //!   each slot for at most that long and yields it to newcomers before that.
 //!
-//! What a real agent can count on: while others flood the port from at most
-//! `max_connections / max_connections_per_ip` addresses, its connection is
-//! never closed before it has had [`IDLE_TIMEOUT`] to open its stream; from
-//! more addresses at `R` new connections per second, it is closed no sooner
-//! than `max_connections / R` seconds (1024 at 1,000/s: about a second, far
-//! longer than a handshake takes). Once its stream is open, only its own
-//! end, the keepalive, the connection age or a shutdown closes it.
+//! What a real agent can count on: its connection is admitted at once
+//! unless every connection (or every one from its address) has a stream.
+//! It is closed to make room only once it is the longest idle, that is once
+//! every slot not held by a stream is taken by a connection accepted after
+//! it: with `S` connections holding streams and others opening `R` new ones
+//! a second, not before `(max_connections - S) / R` seconds (1024 slots at
+//! 1,000/s: about a second, far longer than a handshake and a stream take).
+//! A flood from one address only ever replaces its own connections. Once
+//! its stream is open, only its own end, the keepalive, the connection age
+//! or a shutdown closes it.
 //!
 //! Other promises:
 //! - together with the per-connection stream cap
