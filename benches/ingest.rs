@@ -227,7 +227,8 @@ async fn ingest_phase(mut args: Args) {
             tls: tls.clone(),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tls.map(|t| t.acceptor().unwrap());

@@ -367,7 +367,7 @@ poll_interval = "50ms"
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
                 collector = serve();
             }
-            4..=6 => {
+            _ => {
                 // A frozen collector (disk stall, VM pause): no acks, then it resumes.
                 collector.signal("-STOP");
                 freezes += 1;

@@ -27,7 +27,7 @@ async fn start_with(
     config: CollectorConfig,
 ) -> (SocketAddr, Arc<LocalLog>, Arc<CollectorMetrics>) {
     let log = Arc::new(LocalLog::open(dir, LocalLogConfig::default()).unwrap());
-    let collector = Collector::new(log.clone(), config);
+    let collector = Collector::new(log.clone(), config).unwrap();
     let metrics = collector.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

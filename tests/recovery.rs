@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{batch, now_ns, open_on};
+use common::{batch, open_on};
 use otwatch_eventlog::EventLog;
 use otwatch_runtime::{history_dir, ServerConfig, Service};
 use std::path::{Path, PathBuf};
@@ -345,5 +345,59 @@ fn two_services_never_share_a_data_directory() {
         err.contains("in use by another process") && err.contains(&format!("pid {}", first.id())),
         "{err}"
     );
-    let _ = now_ns();
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_promptly_while_an_agent_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = otwatch()
+        .args(["serve", "--insecure-loopback", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        assert!(Instant::now() < deadline, "serve never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stream = open_on(channel, Some("plant-a"), "gw-1").await.unwrap();
+    stream.acks.message().await.unwrap().unwrap();
+    let ack = stream.send(batch("plant-a", "gw-1", 1..=10)).await.unwrap();
+    assert_eq!(ack.durable_seq, 10);
+
+    let asked = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(60) {
+            let _ = serve.kill();
+            panic!("serve was still running 60 s after SIGTERM with an agent connected");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    println!("serve stopped {:?} after SIGTERM", asked.elapsed());
+    // The agent's stream ended (UNAVAILABLE, or closed with the process).
+    assert!(!matches!(stream.acks.message().await, Ok(Some(_))));
 }

@@ -63,7 +63,8 @@ async fn start(
             tls: Some(tls.clone()),
             ..Default::default()
         },
-    );
+    )
+    .unwrap();
     let metrics = collector.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

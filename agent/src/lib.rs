@@ -420,7 +420,7 @@ mod tests {
         let log = Arc::new(
             otwatch_eventlog::LocalLog::open(dir.path().join("log"), Default::default()).unwrap(),
         );
-        let collector = otwatch_collector::Collector::new(log, Default::default());
+        let collector = otwatch_collector::Collector::new(log, Default::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let text = format!(

@@ -21,6 +21,19 @@
 //!   the refused events (seq and reason) so that the agent can set them
 //!   aside instead of resending the batch forever. Refusals are counted
 //!   (`events_refused`) and logged, one line per batch;
+//! - what decoding a batch may allocate is bounded by the limits before it
+//!   is decoded ([`service`]);
+//! - a batch whose sequence numbers would jump further than
+//!   `limits.max_seq_gap` above the agent's high-water mark, or past
+//!   `i64::MAX`, is refused: the agent's later events stay storable;
+//! - which connections are served, and which are closed to make room, follows
+//!   the admission rules of [`connections`]: a real agent gets in within a
+//!   bounded time while others flood the port;
+//! - a collector is only ever built from a valid configuration
+//!   ([`CollectorConfig::validate`]), and [`Collector::serve`] returns within
+//!   seconds of its shutdown signal, agents streaming or not: their streams
+//!   end with `UNAVAILABLE` and they resend what is unacked to the next
+//!   collector;
 //! - with TLS ([`tls`]), the agent's identity is its verified client
 //!   certificate's; headers and payload cannot change it. Plaintext, where
 //!   agents name themselves with headers, is for loopback trials only (the
@@ -53,13 +66,14 @@
 //! `max_future_skew_secs`, in between).
 
 pub mod connections;
+pub mod service;
 pub mod tls;
 
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
 use otwatch_proto::limits::Limits;
-use otwatch_proto::v1::ingest_server::{Ingest, IngestServer};
+use otwatch_proto::v1::ingest_server::Ingest;
 use otwatch_proto::v1::Refused;
-use otwatch_proto::{Ack, EventBatch};
+use otwatch_proto::{Ack, ControllerEvent, EventBatch};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,11 +90,18 @@ pub use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// Most agent connections served at once (TLS handshakes in progress
-    /// included); further connections are closed at once, logged and
-    /// counted, and their agents retry with backoff. With
-    /// `limits.max_message_bytes` this bounds the collector's memory: see
-    /// "Delivery guarantees" in the README.
+    /// included). When all are taken, a newcomer takes the place of the
+    /// longest-idle connection without a gRPC stream, or is closed at once
+    /// (logged, counted; its agent retries with backoff) when every
+    /// connection has a stream (see [`connections`]). With the limits this
+    /// bounds the collector's memory: see "Delivery guarantees" in the
+    /// README. Default 1024; at least 1.
     pub max_connections: usize,
+    /// Most connections from one IP address at once, so that one host cannot
+    /// take every slot. Gateways of one site behind a NAT share an address:
+    /// raise it if more than this many agents connect through one. Default
+    /// 64; at least 1.
+    pub max_connections_per_ip: usize,
     /// Limits on what agents may send.
     pub limits: Limits,
     /// TLS with client certificates. Required by `otwatch serve` unless it is
@@ -92,10 +113,62 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             max_connections: connections::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: connections::DEFAULT_MAX_CONNECTIONS_PER_IP,
             limits: Limits::default(),
             tls: None,
         }
     }
+}
+
+impl CollectorConfig {
+    /// Checks that the settings can serve agents at all; the error names the
+    /// key (`collector.…`). The TLS files are read, and named in errors, when
+    /// the acceptor is built ([`tls::ServerTlsConfig::acceptor`]).
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, value, default) in [
+            (
+                "max_connections",
+                self.max_connections,
+                connections::DEFAULT_MAX_CONNECTIONS,
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip,
+                connections::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "collector.{key} = 0 would refuse every agent: give how many connections to serve at once (default {default})"
+                ));
+            }
+        }
+        self.limits
+            .validate()
+            .map_err(|e| format!("collector.{e}"))?;
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("cert", Some(&tls.cert)),
+                ("key", Some(&tls.key)),
+                ("client_ca", Some(&tls.client_ca)),
+                ("crl", tls.crl.as_ref()),
+            ] {
+                if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(format!(
+                        "collector.tls.{key} is empty: give the path of the PEM file"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a collector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("invalid collector configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// Counters of the ingest server, for logs, metrics and the demo scorecard.
@@ -118,8 +191,24 @@ pub struct CollectorMetrics {
     pub tls_handshake_failures: AtomicU64,
     /// Connections open now (a gauge).
     pub connections_open: AtomicU64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections closed at once because `max_connections` were open, each
+    /// with a gRPC stream.
     pub connections_refused: AtomicU64,
+    /// Connections closed at once because their address already had
+    /// `max_connections_per_ip` open, each with a gRPC stream.
+    pub connections_refused_per_ip: AtomicU64,
+    /// Connections without a gRPC stream (TLS handshakes in progress
+    /// included) closed to make room for a newcomer, because all slots, or
+    /// all of the newcomer's address, were taken.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because they had no gRPC stream for
+    /// `connections::IDLE_TIMEOUT`.
+    pub connections_idle_closed: AtomicU64,
+    /// TLS handshakes that did not complete within `tls::HANDSHAKE_TIMEOUT`
+    /// (also counted in `tls_handshake_failures`).
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Agent streams ended by a shutdown of the collector.
+    pub streams_ended_by_shutdown: AtomicU64,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -137,6 +226,11 @@ pub struct CollectorCounts {
     pub tls_handshake_failures: u64,
     pub connections_open: u64,
     pub connections_refused: u64,
+    pub connections_refused_per_ip: u64,
+    pub connections_evicted: u64,
+    pub connections_idle_closed: u64,
+    pub tls_handshake_timeouts: u64,
+    pub streams_ended_by_shutdown: u64,
 }
 
 impl CollectorMetrics {
@@ -155,6 +249,11 @@ impl CollectorMetrics {
             tls_handshake_failures: g(&self.tls_handshake_failures),
             connections_open: g(&self.connections_open),
             connections_refused: g(&self.connections_refused),
+            connections_refused_per_ip: g(&self.connections_refused_per_ip),
+            connections_evicted: g(&self.connections_evicted),
+            connections_idle_closed: g(&self.connections_idle_closed),
+            tls_handshake_timeouts: g(&self.tls_handshake_timeouts),
+            streams_ended_by_shutdown: g(&self.streams_ended_by_shutdown),
         }
     }
 }
@@ -190,28 +289,47 @@ struct Inner {
 }
 
 impl Collector {
-    pub fn new(log: Arc<dyn EventLog>, config: CollectorConfig) -> Self {
-        Collector {
+    /// A collector appending to `log`; refuses an invalid `config` (see
+    /// [`CollectorConfig::validate`]), so no collector runs with limits that
+    /// would refuse every agent.
+    pub fn new(log: Arc<dyn EventLog>, config: CollectorConfig) -> Result<Self, CollectorError> {
+        config.validate().map_err(CollectorError::InvalidConfig)?;
+        Ok(Collector {
             inner: Arc::new(Inner {
                 log,
                 config,
                 metrics: Arc::default(),
                 producer_locks: Mutex::default(),
             }),
-        }
+        })
     }
 
     pub fn metrics(&self) -> Arc<CollectorMetrics> {
         self.inner.metrics.clone()
     }
 
-    /// The tonic service, with message size limits applied.
-    pub fn into_service(self) -> IngestServer<Collector> {
-        let max = self.inner.config.limits.max_message_bytes;
-        IngestServer::new(self)
-            .max_decoding_message_size(max)
-            .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    /// The tonic service: message size limits, and batches checked against
+    /// the limits before they are decoded (see [`service`]).
+    pub fn into_service(self) -> service::IngestService {
+        service::IngestService::new(self)
+    }
+
+    /// Refuses a batch whose sequence numbers would move the agent's
+    /// high-water mark `held` too far (see [`Limits::check_seq_advance`]):
+    /// counted with the invalid batches, logged, `INVALID_ARGUMENT`.
+    fn check_sequence(&self, held: u64, events: &[ControllerEvent]) -> Result<(), Status> {
+        self.inner
+            .config
+            .limits
+            .check_seq_advance(held, events)
+            .map_err(|e| {
+                self.inner
+                    .metrics
+                    .batches_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, held, "batch refused: its sequence numbers jump out of this agent's reach");
+                Status::invalid_argument(e.to_string())
+            })
     }
 
     /// Validates, dedupes and appends one batch; returns the ack to send.
@@ -272,6 +390,7 @@ impl Collector {
             .log
             .producer_seq(Topic::Events, &producer)
             .unwrap_or(0);
+        self.check_sequence(held, &batch.events)?;
         // Sequence numbers strictly increase within a batch (validated), so
         // the already-held events are a prefix.
         let dup = batch.events.partition_point(|e| e.seq <= held);
@@ -357,16 +476,28 @@ impl Collector {
 
     /// Serves the ingest service on `listener` until `shutdown` completes:
     /// over TLS with client certificates when `tls` is given, else plaintext
-    /// (agents then name themselves with headers). At most
-    /// `max_connections` connections at once (see [`connections`]).
+    /// (agents then name themselves with headers). Connections are admitted
+    /// by the rules of [`connections`].
+    ///
+    /// When `shutdown` completes, the port closes, every open agent stream
+    /// ends at once with `UNAVAILABLE` (a batch being appended is appended
+    /// and acked first), and connections still open after
+    /// [`connections::SHUTDOWN_GRACE`] are closed; then `serve` returns.
+    /// Agents reconnect to the next collector and resend what is unacked.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         tls: Option<tls::Acceptor>,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
+        use futures::FutureExt;
         let metrics = self.metrics();
-        let slots = connections::Slots::new(self.inner.config.max_connections, metrics.clone());
+        let config = &self.inner.config;
+        let admission = connections::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            metrics.clone(),
+        );
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(connections::MAX_STREAMS_PER_CONNECTION)
             .http2_keepalive_interval(Some(connections::KEEPALIVE_INTERVAL))
@@ -374,36 +505,59 @@ impl Collector {
             .max_connection_age(connections::MAX_CONNECTION_AGE)
             .max_connection_age_grace(connections::MAX_CONNECTION_AGE_GRACE)
             .add_service(self.into_service());
-        match tls {
-            Some(acceptor) => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tls::tls_incoming(listener, acceptor, slots, metrics),
-                        shutdown,
-                    )
-                    .await
-            }
-            None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        connections::plain_incoming(listener, slots),
-                        shutdown,
-                    )
-                    .await
-            }
+        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+        let drain = admission.clone();
+        // tonic stops accepting and waits for open connections to end; agent
+        // streams never end by themselves, so they are ended here.
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                open_connections = drain.open(),
+                "shutting down: agent streams end now, connections are closed within {:?}",
+                connections::SHUTDOWN_GRACE
+            );
+            drain.drain();
+            stopping.send_replace(true);
+        };
+        let served = match tls {
+            Some(acceptor) => router
+                .serve_with_incoming_shutdown(
+                    tls::tls_incoming(listener, acceptor, admission.clone(), metrics),
+                    signal,
+                )
+                .boxed(),
+            None => router
+                .serve_with_incoming_shutdown(
+                    connections::plain_incoming(listener, admission.clone()),
+                    signal,
+                )
+                .boxed(),
+        };
+        // Connections whose peers do not close them after their streams ended.
+        let force = async {
+            let _ = stopped.wait_for(|&s| s).await;
+            tokio::time::sleep(connections::SHUTDOWN_GRACE).await;
+            admission.close_all();
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            result = served => result,
+            _ = force => unreachable!("the forced close never completes"),
         }
     }
 
     /// Who is on the other end: the verified certificate's identity on a TLS
     /// connection, the headers on a plaintext one.
     fn identity<T>(&self, request: &Request<T>) -> Result<AgentIdentity, Status> {
-        if let Some(peer) = request.extensions().get::<tls::PeerInfo>() {
-            return peer.identity.clone().map_err(|reason| {
+        let peer = request.extensions().get::<connections::PeerInfo>();
+        if let Some(Some(identity)) = peer.map(|p| &p.identity) {
+            let remote = peer.map(|p| p.remote);
+            return identity.clone().map_err(|reason| {
                 self.inner
                     .metrics
                     .streams_unauthenticated
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(remote = ?peer.remote, %reason, "client certificate names no agent; stream refused");
+                tracing::warn!(?remote, %reason, "client certificate names no agent; stream refused");
                 Status::unauthenticated(reason)
             });
         }
@@ -455,23 +609,25 @@ impl Ingest for Collector {
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let identity = self.identity(&request)?;
-        let peer = request
-            .extensions()
-            .get::<tls::PeerInfo>()
-            .and_then(|p| p.remote)
+        let peer = request.extensions().get::<connections::PeerInfo>().cloned();
+        let remote = peer
+            .as_ref()
+            .map(|p| p.remote)
             .or_else(|| request.remote_addr());
+        // Counted from here until the stream task ends: meanwhile the
+        // connection is neither idle nor evictable.
+        let open = peer.as_ref().map(|p| p.streams.stream_opened());
+        let shutting_down = peer.map(|p| p.streams.shutting_down());
         let mut inbound = request.into_inner();
-        let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent);
-        self.inner
-            .metrics
-            .streams_opened
-            .fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent, remote = ?remote);
+        let metrics = self.inner.metrics.clone();
+        metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
         let held = self
             .inner
             .log
             .producer_seq(Topic::Events, &identity.producer())
             .unwrap_or(0);
-        span.in_scope(|| tracing::info!(?peer, durable_seq = held, "agent connected"));
+        span.in_scope(|| tracing::info!(durable_seq = held, "agent connected"));
         // Acks are few and small; a short buffer keeps a slow reader from
         // holding many and still lets the next batch be processed.
         let (tx, rx) = mpsc::channel(8);
@@ -485,15 +641,45 @@ impl Ingest for Collector {
         let collector = self.clone();
         tokio::spawn(
             async move {
+                let _open = open;
+                let shutting_down = async move {
+                    match shutting_down {
+                        Some(signal) => signal.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(shutting_down);
                 loop {
-                    let batch = match inbound.message().await {
+                    // Only the wait for the next batch is cut short by a
+                    // shutdown: a batch being appended is finished and acked.
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        _ = &mut shutting_down => {
+                            metrics.streams_ended_by_shutdown.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("collector shutting down: stream ended; the agent resends what is unacked to the next collector");
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "the collector is shutting down: reconnect and resend what is unacknowledged",
+                                )))
+                                .await;
+                            break;
+                        }
+                    };
+                    let batch = match next {
                         Ok(Some(batch)) => batch,
                         Ok(None) => {
                             tracing::info!("agent closed the stream");
                             break;
                         }
                         Err(status) => {
-                            tracing::info!(%status, "stream ended");
+                            if refused_before_decoding(&status) {
+                                metrics.batches_invalid.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(code = ?status.code(), reason = status.message(), "batch refused before decoding");
+                            } else {
+                                tracing::info!(%status, "stream ended");
+                            }
+                            // The agent learns why (when it is still there).
+                            let _ = tx.send(Err(status)).await;
                             break;
                         }
                     };
@@ -510,4 +696,15 @@ impl Ingest for Collector {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// Whether `status`, from reading the next message of a stream, refuses the
+/// batch itself: too large on the wire or decompressed (tonic), or refused
+/// by the limits or unreadable ([`service`]). Anything else is the stream
+/// ending (the agent went away).
+fn refused_before_decoding(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    )
 }

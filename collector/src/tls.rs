@@ -13,36 +13,43 @@
 //!   `otwatch://site/S/agent/A` URI, see `otwatch_proto::identity`) once per
 //!   connection and handed to the service as [`PeerInfo`]; nothing the agent
 //!   sends can change it;
-//! - a slow or hostile client cannot stall the accept loop: handshakes run
-//!   concurrently, at most [`MAX_HANDSHAKES`] at a time, each bounded by
-//!   [`HANDSHAKE_TIMEOUT`]; failures are logged with the peer address and
-//!   counted, never fatal;
+//! - a slow or hostile client cannot stall the accept loop: it never waits
+//!   for a handshake. Each accepted connection is admitted first (see
+//!   [`crate::connections`]: a handshake in progress holds a connection slot
+//!   like a connection without a stream, and gives it up to a newcomer when
+//!   the slots are full), then handshakes in its own task, bounded by
+//!   [`HANDSHAKE_TIMEOUT`]. So a flood of half-open connections that send
+//!   nothing holds no slot longer than that, and never keeps a real agent
+//!   waiting behind it. Every failed handshake is counted
+//!   (`tls_handshake_failures`; `tls_handshake_timeouts` too for a timeout).
+//!   One refused by TLS (unknown CA, expired or revoked certificate, no
+//!   certificate) is logged with the peer address and reason at `warn`; one
+//!   that timed out or that the peer closed before it completed (a scan, a
+//!   TCP health check, a flood giving up) at `debug`, summed up at `warn`
+//!   every [`ADMISSION_REPORT_INTERVAL`](crate::connections::ADMISSION_REPORT_INTERVAL)
+//!   (a flood would otherwise flood the log). None is ever fatal;
 //! - replaced TLS files (a new revocation list, a renewed certificate) are
 //!   taken within [`RELOAD_CHECK_INTERVAL`] without a restart, and every open
 //!   connection is then closed so that its agent handshakes again against
 //!   them ([`Acceptor`]); connections are also closed at
 //!   `MAX_CONNECTION_AGE`, so no certificate goes unchecked for longer.
 
-use crate::connections::{accept, Conn, Slots};
+use crate::connections::{accept, Admission, CloseReason, Conn, PeerInfo};
 use crate::{AgentIdentity, CollectorMetrics};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// Longest a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most handshakes in progress at once; further connections wait in the
-/// kernel's accept backlog.
-pub const MAX_HANDSHAKES: usize = 256;
 /// How often, at most, the TLS files are checked for replacements.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -200,13 +207,14 @@ pub struct Acceptor {
 impl Acceptor {
     /// Resolves when the TLS files in force for a connection accepted now
     /// are replaced (never, once the acceptor is gone).
-    fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn replaced(&self) -> impl std::future::Future<Output = CloseReason> + Send + 'static {
         let mut generation = self.generation.subscribe();
         generation.borrow_and_update();
         async move {
             if generation.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
+            "its TLS files changed"
         }
     }
 
@@ -238,16 +246,8 @@ impl Acceptor {
     }
 }
 
-/// What the ingest service learns about a TLS connection: its address and
-/// the identity its verified certificate names (or why it names none).
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-    pub identity: Result<AgentIdentity, String>,
-}
-
 /// A verified TLS connection, as tonic serves it.
-pub type TlsConn = Conn<TlsStream<TcpStream>, PeerInfo>;
+pub type TlsConn = Conn<TlsStream<TcpStream>>;
 
 fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String> {
     let (_, session) = stream.get_ref();
@@ -259,22 +259,18 @@ fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String>
     Ok(AgentIdentity { site, agent })
 }
 
-/// Accepts TCP connections on `listener` within `slots` and yields those
-/// that complete a verified TLS handshake. Runs until the returned stream is
-/// dropped.
+/// Accepts TCP connections on `listener`, admitted by `admission`, and
+/// yields those that complete a verified TLS handshake. Runs until the
+/// returned stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     mut acceptor: Acceptor,
-    slots: Slots,
+    admission: Admission,
     metrics: Arc<CollectorMetrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, remote) = tokio::select! {
                 pair = accept(&listener) => pair,
                 _ = tx.closed() => return,
@@ -286,8 +282,8 @@ pub fn tls_incoming(
                 }
             };
             // The slot is taken before the handshake, so handshakes count
-            // against the cap too.
-            let Some(slot) = slots.admit(remote) else {
+            // against the caps too, and a stalled one can be evicted.
+            let Some(slot) = admission.admit(remote) else {
                 continue;
             };
             // The files first, then the watch: a connection is closed only
@@ -296,31 +292,52 @@ pub fn tls_incoming(
             let replaced = acceptor.replaced();
             let (acceptor, tx, metrics) = (current, tx.clone(), metrics.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let evicted = slot.closed();
+                let handshake = tokio::select! {
+                    handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
+                    // Made room for a newcomer, or the server is stopping.
+                    reason = evicted => {
+                        tracing::debug!(%remote, reason, "TLS handshake abandoned");
+                        return;
+                    }
+                };
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         metrics
                             .tls_handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            tracing::debug!(%remote, "the peer closed the connection during the TLS handshake");
+                        } else {
+                            tracing::warn!(%remote, error = %e, "TLS handshake refused");
+                        }
                         return;
                     }
                     Err(_) => {
                         metrics
                             .tls_handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                        metrics
+                            .tls_handshake_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
                         return;
                     }
                 };
                 let info = PeerInfo {
-                    remote: Some(remote),
-                    identity: peer_identity(&stream),
+                    remote,
+                    identity: Some(peer_identity(&stream)),
+                    streams: slot.streams(),
                 };
+                let closed = slot.closed();
                 let conn = Conn::new(stream, info, slot).closed_when(replaced);
-                let _ = tx.send(Ok(conn)).await;
+                // Waiting for tonic to take the connection: a close (eviction,
+                // shutdown) drops it meanwhile.
+                tokio::select! {
+                    _ = tx.send(Ok(conn)) => {}
+                    _ = closed => {}
+                }
             });
         }
     });

@@ -8,6 +8,14 @@
 //! listed with that text in the batch's ack. The agent
 //! runs the same check before it queues an event, so a misbehaving source is
 //! caught at the edge with a local error instead of a stuck queue.
+//!
+//! Two checks are the collector's alone:
+//! - [`Limits::check_encoded_batch`] reads a batch's protobuf encoding before
+//!   it is decoded and refuses one with more events (or attributes on one
+//!   event) than the limits allow, so that decoding never materialises more
+//!   than `max_events_per_batch` events however small they are on the wire;
+//! - [`Limits::check_seq_advance`] refuses sequence numbers that would move
+//!   an agent's high-water mark out of reach of its later events.
 
 use crate::v1::{ControllerEvent, EventBatch, EventKind};
 use serde::{Deserialize, Serialize};
@@ -36,7 +44,19 @@ pub struct Limits {
     /// How far in the past an event timestamp may be, in seconds. Generous by
     /// default so that an agent can drain a queue after a long WAN outage.
     pub max_past_secs: u64,
+    /// Largest step (collector only) by which one batch may move an agent's
+    /// high-water mark: the highest sequence number in a batch may be at most
+    /// this far above the highest one already held for the agent. An agent
+    /// whose queue dropped or quarantined events skips that many numbers,
+    /// never billions; a batch that jumps further would make every later event
+    /// of the agent look like a duplicate, so it is refused. Default 2^32.
+    pub max_seq_gap: u64,
 }
+
+/// The largest sequence number an agent may use. Agents number their events
+/// from 1 and their queues stop at `i64::MAX`; the collector refuses anything
+/// above it, so no agent identity can be pushed to the end of the `u64` range.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -49,6 +69,7 @@ impl Default for Limits {
             max_attr_len: 1024,
             max_future_skew_secs: 300,
             max_past_secs: 90 * 24 * 3600,
+            max_seq_gap: 1 << 32,
         }
     }
 }
@@ -115,6 +136,17 @@ pub enum ValidationError {
     },
     #[error("event {index}: value is not a finite number")]
     NotFinite { index: usize },
+    #[error("batch is not a valid EventBatch encoding: {reason} at byte {offset}")]
+    Malformed { offset: usize, reason: &'static str },
+    #[error("event {index}: seq {seq} is above the largest sequence number an agent may use ({max})", max = MAX_SEQ)]
+    SeqTooLarge { index: usize, seq: u64 },
+    #[error("event {index}: seq {seq} is {gap} above the highest sequence number held for this agent ({held}), above the limit max_seq_gap = {limit}", gap = seq - held)]
+    SeqJump {
+        index: usize,
+        seq: u64,
+        held: u64,
+        limit: u64,
+    },
 }
 
 impl Limits {
@@ -136,6 +168,103 @@ impl Limits {
         }
         if self.max_past_secs == 0 {
             return Err("limits.max_past_secs = 0 would refuse every event: give the age in seconds events may have when they arrive".into());
+        }
+        // A full batch of consecutive events moves the mark by its length.
+        if self.max_seq_gap < self.max_events_per_batch as u64 {
+            return Err(format!(
+                "limits.max_seq_gap = {} is below limits.max_events_per_batch = {}: a full batch from a new agent would be refused",
+                self.max_seq_gap, self.max_events_per_batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the protobuf encoding of an `EventBatch` before it is decoded:
+    /// at most `max_events_per_batch` events, at most `max_attrs` attribute
+    /// entries in each. An empty event is two bytes on the wire but a few
+    /// hundred once decoded, so without this check a message of
+    /// `max_message_bytes` could decode into a hundred times that; with it,
+    /// what decoding allocates is bounded by the limits (events × their fixed
+    /// size, plus the bytes of the message). Only the field headers are read,
+    /// nothing is allocated.
+    ///
+    /// Encodings that the decoder would refuse anyway (truncated fields,
+    /// lengths past the end, field number 0) are refused here too, as are
+    /// groups, a deprecated protobuf feature `otwatch.v1` never uses.
+    pub fn check_encoded_batch(&self, encoded: &[u8]) -> Result<(), ValidationError> {
+        /// `EventBatch.events`.
+        const EVENTS_FIELD: u64 = 3;
+        /// `ControllerEvent.attrs` (one length-delimited entry per attribute).
+        const ATTRS_FIELD: u64 = 10;
+        let mut events = 0usize;
+        let mut first_attrs_breach = None;
+        let mut reader = WireReader::new(encoded, 0);
+        while let Some(field) = reader.next_field()? {
+            if field.number != EVENTS_FIELD {
+                continue;
+            }
+            let Some(event) = field.body else {
+                return Err(ValidationError::Malformed {
+                    offset: field.offset,
+                    reason: "events (field 3) is not length-delimited",
+                });
+            };
+            let mut attrs = 0usize;
+            let mut inner = WireReader::new(event, field.offset + field.header_len);
+            while let Some(inner_field) = inner.next_field()? {
+                if inner_field.number == ATTRS_FIELD && inner_field.body.is_some() {
+                    attrs += 1;
+                }
+            }
+            if attrs > self.max_attrs && first_attrs_breach.is_none() {
+                first_attrs_breach = Some(ValidationError::TooManyAttrs {
+                    index: events,
+                    count: attrs,
+                    limit: self.max_attrs,
+                });
+            }
+            events += 1;
+        }
+        if events > self.max_events_per_batch {
+            return Err(ValidationError::TooManyEvents {
+                count: events,
+                limit: self.max_events_per_batch,
+            });
+        }
+        match first_attrs_breach {
+            Some(breach) => Err(breach),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that a batch moves its agent's high-water mark `held` (the
+    /// highest sequence number the collector holds for the agent) by at most
+    /// `max_seq_gap`, and uses no sequence number above [`MAX_SEQ`]. Either
+    /// would leave the agent's later events below the mark, dropped as
+    /// duplicates for good.
+    pub fn check_seq_advance(
+        &self,
+        held: u64,
+        events: &[ControllerEvent],
+    ) -> Result<(), ValidationError> {
+        let Some((index, seq)) = events
+            .iter()
+            .map(|e| e.seq)
+            .enumerate()
+            .max_by_key(|&(_, seq)| seq)
+        else {
+            return Ok(());
+        };
+        if seq > MAX_SEQ {
+            return Err(ValidationError::SeqTooLarge { index, seq });
+        }
+        if seq > held && seq - held > self.max_seq_gap {
+            return Err(ValidationError::SeqJump {
+                index,
+                seq,
+                held,
+                limit: self.max_seq_gap,
+            });
         }
         Ok(())
     }
@@ -293,6 +422,111 @@ impl Limits {
     }
 }
 
+/// One field of a protobuf message, as [`WireReader`] finds it.
+struct WireField<'a> {
+    number: u64,
+    /// Where the field's key starts, counted from the start of the message.
+    offset: usize,
+    /// Bytes from `offset` to the start of `body`: the key and the length
+    /// prefix (the whole field when it has no body).
+    header_len: usize,
+    /// The contents of a length-delimited field; `None` for other wire types.
+    body: Option<&'a [u8]>,
+}
+
+/// Walks the fields of one protobuf message without decoding them.
+struct WireReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Offset of `buf` within the outermost message, for error messages.
+    base: usize,
+}
+
+impl<'a> WireReader<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        WireReader { buf, pos: 0, base }
+    }
+
+    fn malformed(&self, reason: &'static str) -> ValidationError {
+        ValidationError::Malformed {
+            offset: self.base + self.pos,
+            reason,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, ValidationError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&byte) = self.buf.get(self.pos) else {
+                return Err(self.malformed("truncated varint"));
+            };
+            self.pos += 1;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(self.malformed("varint longer than 10 bytes"))
+    }
+
+    fn skip(&mut self, len: u64) -> Result<&'a [u8], ValidationError> {
+        let rest = self.buf.len() - self.pos;
+        if len > rest as u64 {
+            return Err(self.malformed("field runs past the end of its message"));
+        }
+        let body = &self.buf[self.pos..self.pos + len as usize];
+        self.pos += len as usize;
+        Ok(body)
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn next_field(&mut self) -> Result<Option<WireField<'a>>, ValidationError> {
+        if self.pos == self.buf.len() {
+            return Ok(None);
+        }
+        let start = self.pos;
+        let key = self.varint()?;
+        let number = key >> 3;
+        if number == 0 || key > u64::from(u32::MAX) {
+            self.pos = start;
+            return Err(self.malformed("invalid field key"));
+        }
+        let body = match key & 0x07 {
+            0 => {
+                self.varint()?;
+                None
+            }
+            1 => {
+                self.skip(8)?;
+                None
+            }
+            2 => {
+                let len = self.varint()?;
+                Some(self.skip(len)?)
+            }
+            5 => {
+                self.skip(4)?;
+                None
+            }
+            3 | 4 => {
+                self.pos = start;
+                return Err(self.malformed("groups are not part of otwatch.v1"));
+            }
+            _ => {
+                self.pos = start;
+                return Err(self.malformed("invalid wire type"));
+            }
+        };
+        let header_len = self.pos - start - body.map_or(0, <[u8]>::len);
+        Ok(Some(WireField {
+            number,
+            offset: self.base + start,
+            header_len,
+            body,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +645,195 @@ mod tests {
             ..Limits::default()
         };
         assert!(never.validate().unwrap_err().contains("max_past_secs"));
+    }
+
+    #[test]
+    fn a_zero_sequence_gap_is_refused_by_name() {
+        let small = Limits {
+            max_seq_gap: 10,
+            ..Limits::default()
+        };
+        let err = small.validate().unwrap_err();
+        assert!(err.contains("limits.max_seq_gap = 10"), "{err}");
+    }
+
+    fn encode(b: &EventBatch) -> Vec<u8> {
+        use prost::Message;
+        b.encode_to_vec()
+    }
+
+    fn check_encoded(limits: &Limits, bytes: &[u8]) -> String {
+        match limits.check_encoded_batch(bytes) {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn encoded_batches_within_the_limits_pass() {
+        let limits = Limits::default();
+        let mut e = event(2);
+        e.text = Some("hello".into());
+        e.attrs = (0..32).map(|i| (format!("k{i}"), "v".into())).collect();
+        let full = batch((1..=10_000).map(event).collect());
+        for b in [batch(vec![event(1), e]), full, batch(vec![])] {
+            assert_eq!(check_encoded(&limits, &encode(&b)), "ok");
+        }
+    }
+
+    #[test]
+    fn encoded_batches_with_too_many_events_are_refused_before_decoding() {
+        let limits = Limits::default();
+        let many = batch((1..=10_001).map(event).collect());
+        assert_eq!(
+            check_encoded(&limits, &encode(&many)),
+            "batch has 10001 events, above the limit max_events_per_batch = 10000"
+        );
+        // The decompression bomb: empty events, two bytes each on the wire.
+        let mut bomb = encode(&batch(vec![]));
+        bomb.extend(std::iter::repeat_n([0x1a, 0x00], 1 << 20).flatten());
+        assert_eq!(
+            check_encoded(&limits, &bomb),
+            "batch has 1048576 events, above the limit max_events_per_batch = 10000"
+        );
+    }
+
+    #[test]
+    fn encoded_events_with_too_many_attributes_are_refused_before_decoding() {
+        let mut e = event(2);
+        e.attrs = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+        let b = batch(vec![event(1), e]);
+        assert_eq!(
+            check_encoded(&Limits::default(), &encode(&b)),
+            "event 1: 33 attributes, above the limit max_attrs = 32"
+        );
+        // Repeated entries for one key count each time: decoding builds
+        // every entry before the map keeps one.
+        let mut bytes = encode(&batch(vec![]));
+        let entry = [0x52, 0x02, 0x0a, 0x00]; // attrs { key: "" }
+        let body: Vec<u8> = std::iter::repeat_n(entry, 40).flatten().collect();
+        bytes.push(0x1a);
+        prost::encoding::encode_varint(body.len() as u64, &mut bytes);
+        bytes.extend(body);
+        assert!(check_encoded(&Limits::default(), &bytes).contains("40 attributes"));
+    }
+
+    #[test]
+    fn malformed_encodings_are_refused_with_their_offset() {
+        let limits = Limits::default();
+        let good = encode(&batch(vec![event(1)]));
+        let truncated = &good[..good.len() - 3];
+        assert!(
+            check_encoded(&limits, truncated).contains("runs past the end"),
+            "{}",
+            check_encoded(&limits, truncated)
+        );
+        assert_eq!(
+            check_encoded(&limits, &[0x1b]),
+            "batch is not a valid EventBatch encoding: groups are not part of otwatch.v1 at byte 0"
+        );
+        assert!(check_encoded(&limits, &[0x18, 0x01]).contains("events (field 3)"));
+        assert!(check_encoded(&limits, &[0x00]).contains("invalid field key"));
+        assert!(check_encoded(&limits, &[0x08, 0xff]).contains("truncated varint"));
+    }
+
+    /// Whatever the bytes, a batch that passes the wire check and decodes
+    /// holds no more events, and no event more attributes, than the limits.
+    #[test]
+    fn the_wire_check_bounds_what_decoding_yields() {
+        use prost::Message;
+        let limits = Limits {
+            max_events_per_batch: 3,
+            max_attrs: 2,
+            ..Limits::default()
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut passed, mut refused_counts) = (0, 0);
+        for _ in 0..20_000 {
+            // Batches around the limits, then bytes changed at random.
+            let events = (0..next() % 6)
+                .map(|i| {
+                    let mut e = event(i + 1);
+                    e.attrs = (0..next() % 4)
+                        .map(|k| (format!("k{k}"), "v".into()))
+                        .collect();
+                    e
+                })
+                .collect();
+            let mut bytes = encode(&batch(events));
+            for _ in 0..(next() % 3) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = next() as u8,
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => {
+                        let end = (at + (next() as usize % 40)).min(bytes.len());
+                        let chunk = bytes[at..end].to_vec();
+                        bytes.splice(at..at, chunk);
+                    }
+                }
+            }
+            match limits.check_encoded_batch(&bytes) {
+                Err(
+                    ValidationError::TooManyEvents { .. } | ValidationError::TooManyAttrs { .. },
+                ) => {
+                    refused_counts += 1;
+                    continue;
+                }
+                Err(_) => continue,
+                Ok(()) => {}
+            }
+            let Ok(decoded) = EventBatch::decode(bytes.as_slice()) else {
+                continue;
+            };
+            passed += 1;
+            assert!(decoded.events.len() <= 3, "{bytes:?}");
+            assert!(
+                decoded.events.iter().all(|e| e.attrs.len() <= 2),
+                "{bytes:?}"
+            );
+        }
+        assert!(passed > 100, "only {passed} mutations passed the check");
+        assert!(
+            refused_counts > 100,
+            "only {refused_counts} mutations broke a count"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_cannot_push_an_agent_out_of_reach() {
+        let limits = Limits::default();
+        let check = |held, seqs: &[u64]| {
+            let events: Vec<_> = seqs.iter().map(|&s| event(s)).collect();
+            match limits.check_seq_advance(held, &events) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert_eq!(check(0, &[1, 2, 3]), "ok");
+        assert_eq!(check(10, &[5, 6]), "ok");
+        assert_eq!(check(0, &[]), "ok");
+        assert_eq!(check(100, &[100 + (1 << 32)]), "ok");
+        assert_eq!(
+            check(0, &[1, u64::MAX]),
+            "event 1: seq 18446744073709551615 is above the largest sequence number an agent may use (9223372036854775807)"
+        );
+        assert_eq!(check(MAX_SEQ - 1, &[MAX_SEQ]), "ok");
+        assert_eq!(
+            check(100, &[101, 101 + (1 << 32)]),
+            "event 1: seq 4294967397 is 4294967297 above the highest sequence number held for this agent (100), above the limit max_seq_gap = 4294967296"
+        );
     }
 
     #[test]

@@ -170,15 +170,7 @@ impl ServerConfig {
     }
 
     fn validate_values(&self) -> anyhow::Result<()> {
-        if self.collector.max_connections == 0 {
-            anyhow::bail!(
-                "collector.max_connections = 0 would refuse every agent: give at least 1"
-            );
-        }
-        self.collector
-            .limits
-            .validate()
-            .map_err(|e| anyhow::anyhow!("collector.{e}"))?;
+        self.collector.validate().map_err(anyhow::Error::msg)?;
         self.detector
             .validate()
             .map_err(|e| anyhow::anyhow!("[detector]: {e}"))?;

@@ -97,7 +97,8 @@ impl Service {
             None => None,
         };
         let secure = tls.is_some();
-        let collector = Collector::new(log.clone(), config.collector.clone());
+        let collector = Collector::new(log.clone(), config.collector.clone())
+            .context("the [collector] configuration is invalid")?;
         let collector_metrics = collector.metrics();
 
         let health = Health::default();

@@ -35,7 +35,7 @@ impl TestCollector {
                 .build()
                 .unwrap();
             let log = Arc::new(LocalLog::open(&dir, LocalLogConfig::default()).unwrap());
-            let collector = Collector::new(log.clone(), config);
+            let collector = Collector::new(log.clone(), config).unwrap();
             let metrics = collector.metrics();
             let listener = rt.block_on(async {
                 let want = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
