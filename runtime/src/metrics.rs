@@ -56,8 +56,33 @@ pub fn render(
             ),
             Metric::counter(
                 "otwatch_collector_connections_refused_total",
-                "Connections closed at once because max_connections were open.",
+                "Connections closed at once because max_connections were open, every one of them with an agent stream.",
                 c.connections_refused,
+            ),
+            Metric::counter(
+                "otwatch_collector_connections_refused_per_ip_total",
+                "Connections closed at once because their address had max_connections_per_ip open, every one with a stream.",
+                c.connections_refused_per_ip,
+            ),
+            Metric::counter(
+                "otwatch_collector_connections_evicted_total",
+                "Connections without a stream (handshakes included) closed to make room for a newcomer.",
+                c.connections_evicted,
+            ),
+            Metric::counter(
+                "otwatch_collector_connections_idle_closed_total",
+                "Connections closed because they had no gRPC stream for 10 s.",
+                c.connections_idle_closed,
+            ),
+            Metric::counter(
+                "otwatch_collector_tls_handshake_timeouts_total",
+                "TLS handshakes that took longer than 10 s (also counted as failures).",
+                c.tls_handshake_timeouts,
+            ),
+            Metric::counter(
+                "otwatch_collector_streams_ended_by_shutdown_total",
+                "Agent streams ended because the collector was stopping.",
+                c.streams_ended_by_shutdown,
             ),
             Metric::counter(
                 "otwatch_collector_tls_handshake_failures_total",
