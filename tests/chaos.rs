@@ -21,6 +21,7 @@ mod common;
 use common::agent_binary;
 
 use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
+use otwatch_testkit::Tmpfs;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::io::Write;
@@ -151,39 +152,6 @@ fn generate(path: PathBuf, rate: u64, stop: Arc<AtomicBool>, written: Arc<Atomic
         file.write_all(chunk.as_bytes()).unwrap();
         written.store(i, Ordering::Release);
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A tmpfs mounted on a directory, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` where this machine does not let the test mount (not root).
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-
-    /// Fills the file system with one file until a write fails.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        while file.write_all(&chunk).is_ok() {}
-        while file.write_all(&[0u8; 512]).is_ok() {}
-        path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

@@ -10,6 +10,7 @@ mod common;
 use common::{batch, open_on};
 use otwatch_eventlog::EventLog;
 use otwatch_runtime::{history_dir, ServerConfig, Service};
+use otwatch_testkit::Tmpfs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,51 +167,12 @@ async fn a_lost_newest_log_segment_does_not_hide_later_events_from_the_history()
     );
 }
 
-/// A tmpfs of `size` mounted on `at`, unmounted when dropped; `None` where
-/// this machine does not let the test mount (not root).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system of `dir` with one file until a write fails.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    while file
-        .write_all(&chunk)
-        .and_then(|_| file.sync_data())
-        .is_ok()
-    {}
-    // The last bytes of a page may still fit: take them too.
-    while file.write_all(&[0u8; 512]).is_ok() {}
-    path
-}
-
 #[tokio::test]
 async fn a_full_disk_pauses_the_history_and_the_detector_visibly_and_they_resume() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let disk = dir.path().join("small-disk");
-    let Some(_mount) = Tmpfs::mount(&disk, "4m") else {
+    let Some(mount) = Tmpfs::mount(&disk, "4m") else {
         eprintln!("skipped: mounting a tmpfs is not permitted here");
         return;
     };
@@ -225,7 +187,7 @@ async fn a_full_disk_pauses_the_history_and_the_detector_visibly_and_they_resume
     let service = Service::start(config(&data)).await.unwrap();
     send(&service, 1..=50).await;
     assert!(service.wait_caught_up(Duration::from_secs(30)).await);
-    let filler = fill(&disk);
+    let filler = mount.fill();
 
     send(&service, 51..=300).await;
     let deadline = Instant::now() + Duration::from_secs(60);

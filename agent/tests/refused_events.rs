@@ -100,7 +100,7 @@ async fn a_refused_event_is_set_aside_and_the_rest_is_delivered() {
         collector.stored().await.len() == 3
     })
     .await;
-    let stored = common::stored_events(&collector.log).await;
+    let stored = otwatch_testkit::log_events(collector.log.as_ref()).await;
     assert_eq!((stored[2].seq, stored[2].value), (4, Some(2.0)));
     agent.stop(Duration::from_secs(5)).await.unwrap();
 }

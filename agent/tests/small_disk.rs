@@ -13,39 +13,8 @@ use common::{agent_toml, append_lines, now_ns, TestCollector};
 use otwatch_agent::config::AgentConfig;
 use otwatch_agent::Agent;
 use otwatch_collector::CollectorConfig;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use otwatch_testkit::Tmpfs;
 use std::time::{Duration, Instant};
-
-/// A mounted tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "skipped: cannot mount a tmpfs here ({})",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Some(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily: files the agent's tasks still hold open (after a failed
-        // assertion) must not leave the mount behind.
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_smaller_than_a_segment_keeps_delivering() {
@@ -75,7 +44,7 @@ async fn a_data_dir_smaller_than_a_segment_keeps_delivering() {
         })
         .collect();
     append_lines(&events, &lines);
-    let data_dir = tmpfs.0.join("agent");
+    let data_dir = tmpfs.path().join("agent");
     let config = agent_toml(&data_dir, &events, &collector.url(), "");
     let agent = Agent::start(AgentConfig::parse(&config, "test").unwrap()).unwrap();
 

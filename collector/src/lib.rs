@@ -378,13 +378,16 @@ impl Collector {
             })
             .collect();
         let producer = identity.producer();
-        let lock = inner
-            .producer_locks
-            .lock()
-            .unwrap()
-            .entry(producer.clone())
-            .or_default()
-            .clone();
+        let lock = {
+            let mut locks = inner.producer_locks.lock().unwrap();
+            // Bounded: locks no ingest holds now are dropped once there are
+            // many (a new one is made when its agent sends again; only
+            // concurrent ingests of one agent must share one).
+            if locks.len() > 4 * inner.config.max_connections {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(producer.clone()).or_default().clone()
+        };
         let _guard = lock.lock().await;
         let held = inner
             .log

@@ -13,7 +13,6 @@ use otwatch_proto::{Ack, ControllerEvent, EventBatch, EventKind};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tonic::Code;
 
@@ -130,22 +129,11 @@ fn refused_seqs(ack: &Ack) -> Vec<u64> {
 }
 
 async fn stored_seqs(log: &LocalLog) -> Vec<u64> {
-    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = consumer
-            .poll(1000, Duration::from_millis(10))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for d in got {
-            for e in otwatch_proto::arrow::batch_to_events(&d.batch).unwrap() {
-                out.push(e.seq);
-            }
-        }
-    }
+    otwatch_testkit::log_events(log)
+        .await
+        .iter()
+        .map(|e| e.seq)
+        .collect()
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ pub fn endpoints(
         metrics: Box::new(move || render(&collector, &health, &counters, log.as_ref())),
         health: Box::new(move || h1.liveness(l1.as_ref())),
         ready: Some(Box::new(move || {
-            h2.readiness(l2.as_ref(), None, ready_max_lag)
+            h2.readiness(l2.as_ref(), l2.check().err(), ready_max_lag)
         })),
     }
 }

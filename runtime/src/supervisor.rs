@@ -87,6 +87,31 @@ impl Context {
     }
 }
 
+/// Evaluates `$attempt` (an expression, `.await` included, yielding a
+/// `Result`) until it succeeds: an error for which `$transient` is true is
+/// reported as `retrying` (prefixed with `$what`) and tried again after a
+/// pause from `$backoff`, any other error is the result. Yields
+/// `Ok(Some(value))`, `Ok(None)` when the component was told to stop while
+/// waiting, or `Err(error)`. A macro rather than a function because the
+/// attempt borrows what the component owns.
+#[macro_export]
+macro_rules! retry_transient {
+    ($ctx:expr, $backoff:expr, $what:expr, $transient:expr, $attempt:expr) => {
+        loop {
+            match $attempt {
+                Ok(value) => break Ok(Some(value)),
+                Err(e) if ($transient)(&e) => {
+                    $ctx.reporter.retrying(&format!("{}: {}", $what, e));
+                    if $ctx.pause($backoff.next_pause()).await {
+                        break Ok(None);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    };
+}
+
 struct StageTasks {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,

@@ -1,11 +1,10 @@
 //! Helpers shared by the integration tests that talk gRPC to a collector.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use otwatch_eventlog::{EventLog, LocalLog, Topic};
+use otwatch_eventlog::LocalLog;
 use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::{Ack, ControllerEvent, EventBatch, EventKind};
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Streaming;
@@ -113,20 +112,5 @@ impl Stream {
 
 /// Every (site/agent, seq) in the log's events topic.
 pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
-    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = consumer
-            .poll(1000, Duration::from_millis(10))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for d in got {
-            for e in otwatch_proto::arrow::batch_to_events(&d.batch).unwrap() {
-                out.push((format!("{}/{}", e.site, e.agent), e.seq));
-            }
-        }
-    }
+    otwatch_testkit::log_seqs(log).await
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
-use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
+use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ impl TestCollector {
 
     /// Every (site/agent, seq) the log holds, in log order.
     pub async fn stored(&self) -> Vec<(String, u64)> {
-        stored(&self.log).await
+        otwatch_testkit::log_seqs(self.log.as_ref()).await
     }
 }
 
@@ -83,33 +83,6 @@ impl Drop for TestCollector {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-/// Every (site/agent, seq) in the log's events topic.
-pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
-    stored_events(log)
-        .await
-        .into_iter()
-        .map(|e| (format!("{}/{}", e.site, e.agent), e.seq))
-        .collect()
-}
-
-/// Every event in the log's events topic.
-pub async fn stored_events(log: &LocalLog) -> Vec<otwatch_proto::ControllerEvent> {
-    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = consumer
-            .poll(1000, Duration::from_millis(10))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for d in got {
-            out.extend(otwatch_proto::arrow::batch_to_events(&d.batch).unwrap());
         }
     }
 }

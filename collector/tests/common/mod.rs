@@ -6,7 +6,7 @@
 
 use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
-use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
+use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
 use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 use otwatch_proto::v1::ingest_client::IngestClient;
@@ -368,20 +368,5 @@ use tokio_stream::StreamExt as _;
 
 /// Every (site/agent, seq) in the log's events topic.
 pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
-    let mut consumer = log.consumer(Topic::Events, "check").await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = consumer
-            .poll(1000, Duration::from_millis(10))
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for d in got {
-            for e in otwatch_proto::arrow::batch_to_events(&d.batch).unwrap() {
-                out.push((format!("{}/{}", e.site, e.agent), e.seq));
-            }
-        }
-    }
+    otwatch_testkit::log_seqs(log).await
 }

@@ -632,6 +632,15 @@ impl LocalLog {
         apply_retention(&self.shared, now)
     }
 
+    /// Why the log cannot take appends now, if it cannot (its writer thread
+    /// is gone).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.writer.is_closed() {
+            return Err("the event log's writer thread has stopped: appends fail".into());
+        }
+        Ok(())
+    }
+
     /// Damage found and records lost since the log opened.
     pub fn damage(&self) -> &DamageCounts {
         &self.shared.damage

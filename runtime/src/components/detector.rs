@@ -21,6 +21,7 @@
 //! meanwhile.
 
 use crate::health::Backoff;
+use crate::retry_transient;
 use crate::supervisor::Context;
 use anyhow::Context as _;
 use otwatch_detector::{Detector, DetectorConfig};
@@ -126,17 +127,15 @@ impl DetectorComponent {
             } else {
                 Duration::from_millis(250)
             };
-            let got = match consumer.poll(RECORDS_PER_POLL, wait).await {
-                Ok(got) => got,
-                Err(e) if transient(&e) => {
-                    ctx.reporter
-                        .retrying(&format!("cannot read the event log: {e}"));
-                    if ctx.pause(backoff.next_pause()).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e).context("cannot read the event log"),
+            let polled = retry_transient!(
+                ctx,
+                backoff,
+                "cannot read the event log",
+                transient,
+                consumer.poll(RECORDS_PER_POLL, wait).await
+            );
+            let Some(got) = polled.context("cannot read the event log")? else {
+                return Ok(());
             };
             let drained = got.is_empty();
             let mut raised = Vec::new();
@@ -201,27 +200,26 @@ impl DetectorComponent {
         backoff: &mut Backoff,
     ) -> anyhow::Result<bool> {
         let batch = otwatch_proto::arrow::alerts_to_batch(raised)?;
-        loop {
-            let record = Record {
-                batch: batch.clone(),
-                producer: None,
-            };
-            match self.log.append(Topic::Alerts, vec![record]).await {
-                Ok(_) => {
-                    self.alerts_raised
-                        .fetch_add(raised.len() as u64, Ordering::Relaxed);
-                    ctx.reporter.running();
-                    return Ok(true);
-                }
-                Err(e) if transient(&e) => {
-                    ctx.reporter
-                        .retrying(&format!("cannot append alerts to the event log: {e}"));
-                    if ctx.pause(backoff.next_pause()).await {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => return Err(e).context("cannot append alerts to the event log"),
-            }
+        let record = || Record {
+            batch: batch.clone(),
+            producer: None,
+        };
+        let appended = retry_transient!(
+            ctx,
+            backoff,
+            "cannot append alerts to the event log",
+            transient,
+            self.log.append(Topic::Alerts, vec![record()]).await
+        );
+        if appended
+            .context("cannot append alerts to the event log")?
+            .is_none()
+        {
+            return Ok(false);
         }
+        self.alerts_raised
+            .fetch_add(raised.len() as u64, Ordering::Relaxed);
+        ctx.reporter.running();
+        Ok(true)
     }
 }

@@ -19,6 +19,7 @@ mod stdout;
 pub use format::{alert_json, alert_line, format_ts};
 
 use crate::health::Backoff;
+use crate::retry_transient;
 use crate::supervisor::Context;
 use anyhow::Context as _;
 use otwatch_eventlog::{EventLog, LogError, Topic};
@@ -139,6 +140,7 @@ pub async fn run(
     ctx.reporter.opened();
     ctx.reporter.running();
     let mut backoff = Backoff::default();
+    let log_transient = |e: &LogError| matches!(e, LogError::Io { .. } | LogError::Fs(_));
     loop {
         let stopping = ctx.stopping();
         let wait = if stopping {
@@ -146,16 +148,15 @@ pub async fn run(
         } else {
             Duration::from_millis(250)
         };
-        let got = match consumer.poll(RECORDS_PER_POLL, wait).await {
-            Ok(got) => got,
-            Err(e @ LogError::Io { .. }) | Err(e @ LogError::Fs(_)) => {
-                ctx.reporter.retrying(&e.to_string());
-                if ctx.pause(backoff.next_pause()).await {
-                    return Ok(());
-                }
-                continue;
-            }
-            Err(e) => return Err(e).context("cannot read the alerts topic"),
+        let polled = retry_transient!(
+            ctx,
+            backoff,
+            "cannot read the alerts topic",
+            log_transient,
+            consumer.poll(RECORDS_PER_POLL, wait).await
+        );
+        let Some(got) = polled.context("cannot read the alerts topic")? else {
+            return Ok(());
         };
         if got.is_empty() {
             if stopping {
@@ -166,36 +167,40 @@ pub async fn run(
         let next = consumer.position();
         let mut alerts = Vec::new();
         for d in &got {
-            alerts.extend(
-                otwatch_proto::arrow::batch_to_alerts(&d.batch).with_context(|| {
-                    format!("alerts record at offset {} is unreadable", d.offset)
-                })?,
-            );
-        }
-        loop {
-            match output.deliver(&alerts).await {
-                Ok(()) => break,
-                Err(OutputError::Transient(e)) => {
-                    ctx.reporter.retrying(&e);
-                    // Not committed: delivered again at the next start.
-                    if ctx.pause(backoff.next_pause()).await {
-                        return Ok(());
-                    }
-                }
+            // One unreadable record must not stop the output for good.
+            match otwatch_proto::arrow::batch_to_alerts(&d.batch) {
+                Ok(more) => alerts.extend(more),
+                Err(e) => tracing::error!(
+                    offset = d.offset,
+                    error = %e,
+                    "a record of the alerts topic is not alerts: skipped"
+                ),
             }
         }
-        loop {
-            match consumer.commit(next).await {
-                Ok(()) => break,
-                Err(e @ LogError::Io { .. }) | Err(e @ LogError::Fs(_)) => {
-                    ctx.reporter
-                        .retrying(&format!("cannot commit offset {next}: {e}"));
-                    if ctx.pause(backoff.next_pause()).await {
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e).context("cannot commit the output's offset"),
-            }
+        // Not committed until delivered: a stop while the receiver fails
+        // delivers these again at the next start.
+        let delivered = retry_transient!(
+            ctx,
+            backoff,
+            "cannot deliver",
+            |_: &OutputError| true,
+            output.deliver(&alerts).await
+        );
+        if delivered?.is_none() {
+            return Ok(());
+        }
+        let committed = retry_transient!(
+            ctx,
+            backoff,
+            format!("cannot commit offset {next}"),
+            log_transient,
+            consumer.commit(next).await
+        );
+        if committed
+            .context("cannot commit the output's offset")?
+            .is_none()
+        {
+            return Ok(());
         }
         backoff.reset();
         ctx.reporter.set_position(next);

@@ -1,0 +1,92 @@
+//! Helpers the test suites of several crates share, so each is written
+//! once: reading back what the event log holds, and a small disk (a tmpfs)
+//! a test can fill to see how the code under test meets `ENOSPC`.
+//!
+//! Only for tests: nothing here is part of the product.
+
+use otwatch_eventlog::{EventLog, Topic};
+use otwatch_proto::ControllerEvent;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Every event in the log's `events` topic, in log order.
+pub async fn log_events(log: &dyn EventLog) -> Vec<ControllerEvent> {
+    let mut consumer = log.consumer(Topic::Events, "testkit-check").await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let got = consumer
+            .poll(1000, Duration::from_millis(10))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return out;
+        }
+        for d in got {
+            out.extend(otwatch_proto::arrow::batch_to_events(&d.batch).unwrap());
+        }
+    }
+}
+
+/// Every `(site/agent, seq)` in the log's `events` topic, in log order.
+pub async fn log_seqs(log: &dyn EventLog) -> Vec<(String, u64)> {
+    log_events(log)
+        .await
+        .into_iter()
+        .map(|e| (format!("{}/{}", e.site, e.agent), e.seq))
+        .collect()
+}
+
+/// A tmpfs mounted on a directory, unmounted (lazily) when dropped.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `4m`, `2g`)
+    /// on `dir`, creating it. `None`, with a note on stderr, where this
+    /// machine does not let the test mount (not root, or no mount
+    /// namespace): the caller skips what needs it.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "skipped: cannot mount a tmpfs here ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fills the file system with one file until a write fails, and
+    /// returns it: remove it to give the space back.
+    pub fn fill(&self) -> PathBuf {
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        // What is left is less than a chunk: take it too.
+        while file.write_all(&[0u8; 512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
