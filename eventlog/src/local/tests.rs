@@ -543,3 +543,134 @@ async fn the_index_stays_sparse() {
         assert_eq!(first_value(&got[0]), at as i64 * 10);
     }
 }
+
+mod model {
+    //! The log against a model: a list of the records each append was
+    //! acknowledged for. Through appends of groups of any size across
+    //! segment boundaries, reopens, torn last writes and consumers reading
+    //! from anywhere, the log holds exactly the model's records at the
+    //! model's offsets; a torn last write loses only records of that write.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// One append call (one group commit) of this many records.
+        Append(usize),
+        Reopen,
+        /// A crash during the last write: this fraction of its bytes are
+        /// cut off the newest segment before the log reopens.
+        TearLastWrite(f64),
+        /// A consumer reads from this fraction of the offsets on.
+        Read(f64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (1usize..5).prop_map(Op::Append),
+            1 => Just(Op::Reopen),
+            1 => (0.01f64..1.0).prop_map(Op::TearLastWrite),
+            2 => (0.0f64..1.0).prop_map(Op::Read),
+        ]
+    }
+
+    /// The value a record carries: unique, so a misplaced record shows.
+    fn value(n: u64) -> i64 {
+        n as i64 * 7 + 3
+    }
+
+    async fn check(log: &LocalLog, model: &[Option<i64>], from: u64) -> Result<(), TestCaseError> {
+        let mut c = log.consumer(Topic::Events, "model").await.unwrap();
+        c.seek(from);
+        let mut got = Vec::new();
+        loop {
+            let batch = c.poll(7, Duration::from_millis(5)).await.unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend(batch.into_iter().map(|d| (d.offset, first_value(&d))));
+        }
+        let expected: Vec<(u64, i64)> = model
+            .iter()
+            .enumerate()
+            .skip(from as usize)
+            .filter_map(|(o, v)| v.map(|v| (o as u64, v)))
+            .collect();
+        prop_assert_eq!(got, expected);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn the_log_matches_its_model_through_crashes(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let config = LocalLogConfig { segment_bytes: 4096, ..Default::default() };
+                let mut log = LocalLog::open(dir.path(), config.clone()).unwrap();
+                // Offset → value of each record the log must hold (None:
+                // an offset a torn write took).
+                let mut model: Vec<Option<i64>> = Vec::new();
+                let mut counter = 0u64;
+                // The offsets of the last append, while nothing came after it.
+                let mut last_write: Option<std::ops::Range<u64>> = None;
+                for op in ops {
+                    match op {
+                        Op::Append(n) => {
+                            let records: Vec<Record> = (0..n)
+                                .map(|_| {
+                                    counter += 1;
+                                    Record { batch: batch(value(counter), 3), producer: None }
+                                })
+                                .collect();
+                            let offsets = log.append(Topic::Events, records).await.unwrap();
+                            let first = model.len() as u64;
+                            prop_assert_eq!(&offsets, &(first..first + n as u64).collect::<Vec<_>>());
+                            for i in 0..n as u64 {
+                                model.push(Some(value(counter - n as u64 + 1 + i)));
+                            }
+                            last_write = Some(first..first + n as u64);
+                        }
+                        Op::Reopen => {
+                            drop(log);
+                            log = LocalLog::open(dir.path(), config.clone()).unwrap();
+                            prop_assert_eq!(log.end_offset(Topic::Events), model.len() as u64);
+                            last_write = None;
+                        }
+                        Op::TearLastWrite(frac) => {
+                            let Some(write) = last_write.take() else { continue };
+                            drop(log);
+                            // The bytes of the last write are at the end of
+                            // the newest segment (a write that rolled a segment
+                            // started a new one).
+                            let newest = segments(dir.path()).pop().unwrap();
+                            let len = fs::metadata(&newest).unwrap().len();
+                            let positions = frame_positions(&newest);
+                            let in_segment = (write.end - write.start).min(positions.len() as u64) as usize;
+                            let start = positions[positions.len() - in_segment];
+                            let cut = ((len - start) as f64 * frac).ceil() as u64;
+                            let f = OpenOptions::new().write(true).open(&newest).unwrap();
+                            f.set_len(len - cut.max(1)).unwrap();
+                            drop(f);
+                            log = LocalLog::open(dir.path(), config.clone()).unwrap();
+                            let end = log.end_offset(Topic::Events);
+                            // Some prefix of the write survives, nothing before it is lost.
+                            prop_assert!(end >= write.start && end < write.end, "end {} after tearing {:?}", end, write);
+                            model.truncate(end as usize);
+                        }
+                        Op::Read(frac) => {
+                            let from = (model.len() as f64 * frac) as u64;
+                            check(&log, &model, from).await?;
+                        }
+                    }
+                }
+                check(&log, &model, 0).await?;
+                drop(log);
+                let log = LocalLog::open(dir.path(), config).unwrap();
+                prop_assert_eq!(log.end_offset(Topic::Events), model.len() as u64);
+                check(&log, &model, 0).await
+            })?;
+        }
+    }
+}
