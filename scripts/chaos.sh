@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# A longer chaos run than the one in the test suite: an agent streams a file
-# at a fixed rate over mutual TLS while the agent and the collector are
-# SIGKILLed or frozen at random, then the collector stays down for a long
-# outage; at the end the history must hold every event exactly once.
+# A longer chaos run than the one in the test suite (tests/chaos.rs): an
+# agent streams a file at a fixed rate over mutual TLS while the agent and
+# the collector are SIGKILLed or frozen at random, bits of the collector's
+# event log are flipped and its disk (a tmpfs, when this user may mount
+# one) is filled; then the collector stays down for a long outage. At the
+# end it prints events written, stored, lost and duplicated: nothing may be
+# duplicated, and only events of log records the flips damaged may be lost.
 #
 # Usage: scripts/chaos.sh [ROUNDS] [OUTAGE_SECS] [RATE_PER_SEC] [SEED]
 #        (defaults: 200 rounds, 300 s outage, 5000 events/s, seed 7)
