@@ -88,6 +88,11 @@ pub struct SenderConfig {
     /// ::1, localhost): events would cross the network readable and the
     /// agent's identity unproven.
     pub url: String,
+    /// More collectors, tried in turn after `url` when the current one
+    /// cannot be reached or drops the connection (any collector of a
+    /// deployment takes any agent; the agent resends only what is
+    /// unacknowledged). Each follows the same rules as `url`. Default: none.
+    pub urls: Vec<String>,
     /// TLS with a client certificate. Required for an `https://` url.
     pub tls: Option<ClientTlsConfig>,
     /// Most events in one batch.
@@ -116,6 +121,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             url: "http://127.0.0.1:4317".into(),
+            urls: Vec::new(),
             tls: None,
             batch_max_events: 1000,
             batch_max_delay: Duration::from_millis(200),
@@ -312,14 +318,29 @@ impl SenderConfig {
         if self.connect_timeout.is_zero() {
             return Err("collector.connect_timeout must be above 0 (e.g. \"10s\")".into());
         }
-        self.check_url()
+        for (i, url) in self.addresses().iter().enumerate() {
+            self.check_url(url).map_err(|e| {
+                if i == 0 {
+                    e
+                } else {
+                    e.replacen("collector.url ", &format!("collector.urls[{}] ", i - 1), 1)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every collector address, in the order they are tried: `url`, then `urls`.
+    pub fn addresses(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.urls.iter().map(String::as_str))
+            .collect()
     }
 
     /// The URL must parse, and plaintext is for a collector on this machine
     /// only: events and the agent's identity headers would otherwise cross
     /// the network unauthenticated and readable.
-    fn check_url(&self) -> Result<(), String> {
-        let url = &self.url;
+    fn check_url(&self, url: &str) -> Result<(), String> {
         let uri: tonic::codegen::http::Uri = url.parse().map_err(|e| {
             format!("collector.url {url:?} is not a URL ({e}): use https://HOST:4317")
         })?;

@@ -154,10 +154,21 @@ impl Sender {
         let mut backoff = self.config.reconnect_min;
         let mut offset = load_offset(&self.seq_offset_path);
         let mut reported_gap = None;
+        let addresses: Vec<String> = self
+            .config
+            .addresses()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // Which collector to try next, and how many failed in a row: the
+        // next collector is tried at once, the backoff starts once every
+        // one of them failed.
+        let (mut current, mut failed_in_row) = (0usize, 0usize);
         while !*shutdown.borrow() {
             let started = Instant::now();
+            let url = &addresses[current];
             let outcome = self
-                .session(&mut shutdown, &mut offset, &mut reported_gap)
+                .session(url, &mut shutdown, &mut offset, &mut reported_gap)
                 .await;
             self.metrics.connected.store(false, Ordering::Relaxed);
             match outcome {
@@ -167,9 +178,17 @@ impl Sender {
                     // A connection that worked for a while resets the backoff.
                     if started.elapsed() > self.config.reconnect_max {
                         backoff = self.config.reconnect_min;
+                        failed_in_row = 0;
                     }
+                    failed_in_row += 1;
+                    current = (current + 1) % addresses.len();
+                    if failed_in_row < addresses.len() {
+                        tracing::warn!(%url, error = %error_chain(&e), next = %addresses[current], "connection to collector lost; trying the next one");
+                        continue;
+                    }
+                    failed_in_row = 0;
                     let wait = rand::rng().random_range(backoff / 2..=backoff);
-                    tracing::warn!(error = %error_chain(&e), retry_in = ?wait, unacked = self.queue.last_seq() - self.queue.acked(), "connection to collector lost");
+                    tracing::warn!(%url, error = %error_chain(&e), retry_in = ?wait, unacked = self.queue.last_seq() - self.queue.acked(), "connection to collector lost");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
@@ -185,19 +204,20 @@ impl Sender {
     /// already counted (see [`Sender::account_collector_loss`]).
     async fn session(
         &self,
+        url: &str,
         shutdown: &mut watch::Receiver<bool>,
         offset: &mut u64,
         reported_gap: &mut Option<(u64, u64)>,
     ) -> Result<(), SessionError> {
         let cfg = &self.config;
-        let mut endpoint = Endpoint::from_shared(cfg.url.clone())
-            .map_err(|e| SessionError::Config(format!("collector.url {:?}: {e}", cfg.url)))?
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| SessionError::Config(format!("collector url {url:?}: {e}")))?
             .connect_timeout(cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20));
         if let Some(tls) = &cfg.tls {
-            let tls = crate::tls::client_config(tls, &cfg.url).map_err(SessionError::Config)?;
+            let tls = crate::tls::client_config(tls, url).map_err(SessionError::Config)?;
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| SessionError::Config(format!("collector.tls: {e}")))?;
@@ -206,7 +226,7 @@ impl Sender {
             .connect()
             .await
             .map_err(|source| SessionError::Connect {
-                url: cfg.url.clone(),
+                url: url.to_string(),
                 source,
             })?;
         // An ack may list a refusal (seq and a reason of under 200 bytes)
@@ -264,7 +284,7 @@ impl Sender {
         self.metrics.connects.fetch_add(1, Ordering::Relaxed);
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
-            url = %cfg.url,
+            %url,
             durable_seq = greeting.durable_seq,
             seq_offset = offset,
             resend = self.queue.last_seq().saturating_sub(next - 1),
