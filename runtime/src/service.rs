@@ -89,6 +89,17 @@ impl Service {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        // Every port is bound before any component starts, so a port in use
+        // fails the start with nothing left running.
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some((
+                addr,
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            )),
+            None => None,
+        };
         let tls = match &config.collector.tls {
             Some(tls) => Some(
                 tls.acceptor()
@@ -173,6 +184,11 @@ impl Service {
         // that a log that lost records continues numbering after them first.
         while stages.iter().any(|(_, r)| !r.is_opened()) {
             if let Some(failure) = supervisor.try_failure() {
+                // Nothing started may keep running once start has failed.
+                supervisor.begin_stop();
+                for stage in [Stage::Ingest, Stage::Detect, Stage::Output] {
+                    supervisor.stop_stage(stage, Duration::from_secs(5)).await;
+                }
                 return Err(failure).context("the service could not start");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -193,10 +209,7 @@ impl Service {
         }
 
         let (stop_http, http_stop) = watch::channel(false);
-        if let Some(addr) = config.metrics_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        if let Some((addr, listener)) = metrics_listener {
             tracing::info!(%addr, "metrics on http://{addr}/metrics, health on /healthz and /readyz");
             let endpoints = crate::metrics::endpoints(
                 collector_metrics.clone(),
