@@ -24,8 +24,8 @@ step "test peers: rsyslog with GnuTLS (the syslog output's receiver)"
 if ! dpkg -s rsyslog rsyslog-gnutls >/dev/null 2>&1; then
   # Only the packages: the tests start their own rsyslogd on loopback.
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls >/dev/null \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls >/dev/null; }
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null \
+    || { apt-get update -qq -o DPkg::Lock::Timeout=300 && apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null; }
 fi
 /usr/sbin/rsyslogd -v | head -1
 

@@ -618,3 +618,41 @@ fn bad_options_are_refused_naming_the_key() {
     .unwrap();
     crate::outputs::validate(&[ipv6]).unwrap();
 }
+
+/// Throughput to a real rsyslog, for the README's figures (not a pass or
+/// fail criterion): `cargo test -p otwatch-runtime --lib
+/// syslog_throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn syslog_throughput() {
+    let pki = Pki::new();
+    let Some(rsyslog) = Rsyslog::start(&pki, None) else {
+        return;
+    };
+    let n: u64 = 20_000;
+    let mut total = 0;
+    for (transport, port) in [(Transport::Tcp, rsyslog.tcp), (Transport::Tls, rsyslog.tls)] {
+        let mut config = config(format!("localhost:{port}"), transport, SyslogFormat::Cef);
+        config.tls = if transport == Transport::Tls {
+            pki.tls_files()
+        } else {
+            Default::default()
+        };
+        let (output, opened) = start_output(&config);
+        let sent = alerts(0, n);
+        let records: Vec<&[Alert]> = sent.chunks(64).collect();
+        // The log holds them all before the output starts.
+        let dir = Running::start(&output, opened, &records).await;
+        let started = Instant::now();
+        assert!(dir.wait_committed_all(Duration::from_secs(600)).await);
+        total += n as usize;
+        rsyslog.wait_for(total).await;
+        let took = started.elapsed();
+        println!(
+            "syslog {transport:?} CEF to rsyslog: {n} alerts in {:.2} s, {:.0} alerts/s (first connection's 1 s settle included)",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+        dir.stop().await;
+    }
+}

@@ -330,3 +330,34 @@ async fn the_service_runs_a_configured_webhook_and_reports_it_on_metrics() {
     }
     service.stop(Duration::from_secs(10)).await.unwrap();
 }
+
+/// Throughput to a local HTTP receiver, for the README's figures (not a
+/// pass or fail criterion): `cargo test -p otwatch-runtime --lib
+/// webhook_throughput -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn webhook_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = HttpReceiver::start(None, accept_all()).await;
+    let mut config = config(
+        format!("http://{}/hook", receiver.addr),
+        &key_file(dir.path()),
+    );
+    config.name = Some("throughput".into());
+    let (output, opened) = open(&config);
+    let n: u64 = 5_000;
+    let sent = alerts(0, n);
+    let records: Vec<&[otwatch_proto::Alert]> = sent.chunks(64).collect();
+    // The log holds them all before the output starts.
+    let running = Running::start(&output, opened, &records).await;
+    let started = std::time::Instant::now();
+    assert!(running.wait_committed_all(Duration::from_secs(600)).await);
+    let took = started.elapsed();
+    assert_eq!(receiver.requests().len(), n as usize);
+    println!(
+        "webhook (signed, one request per alert, keep-alive): {n} alerts in {:.2} s, {:.0} alerts/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    running.stop().await;
+}
