@@ -20,6 +20,15 @@ if ! python3 -c 'import pyarrow, duckdb' 2>/dev/null; then
 fi
 python3 -c 'import pyarrow, duckdb; print("pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
 
+step "test peers: rsyslog with GnuTLS (the syslog output's receiver)"
+if ! dpkg -s rsyslog rsyslog-gnutls >/dev/null 2>&1; then
+  # Only the packages: the tests start their own rsyslogd on loopback.
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null \
+    || { apt-get update -qq -o DPkg::Lock::Timeout=300 && apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null; }
+fi
+/usr/sbin/rsyslogd -v | head -1
+
 step "formatting"
 cargo fmt --all -- --check
 

@@ -1,6 +1,7 @@
 //! The central service's HTTP endpoint (`metrics_listen`): Prometheus
-//! figures (ingest counters, each component's state, failures and lag), and
-//! the `/healthz` and `/readyz` probes (see [`crate::health`]).
+//! figures (ingest counters, each component's state, failures and lag, each
+//! alert output's deliveries: [`crate::outputs::stats`]), and the
+//! `/healthz` and `/readyz` probes (see [`crate::health`]).
 
 use crate::health::Health;
 use crate::service::Counters;
@@ -177,5 +178,8 @@ pub fn render(
         ],
     );
     text.push_str(&otwatch_metrics::render_families(&health.families(log)));
+    text.push_str(&otwatch_metrics::render_families(
+        &crate::outputs::stats::families(log),
+    ));
     text
 }

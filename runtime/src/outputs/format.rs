@@ -1,5 +1,6 @@
-//! How an alert reads: one line for a person, one JSON object for a tool.
-//! Every output formats alerts through here, so they agree.
+//! How an alert reads: one line for a person, one JSON object for a tool,
+//! and what its ATT&CK for ICS technique means. Every output formats alerts
+//! through here, so they agree.
 
 use otwatch_proto::{severity_name, Alert};
 
@@ -51,4 +52,99 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
         "event_count": alert.event_count,
         "technique": alert.technique,
     })
+}
+
+/// The ATT&CK for ICS techniques otwatch's detectors name, and others an
+/// OT monitor commonly reports: (id, name, tactics). Tactics as MITRE lists
+/// them for the technique, joined with ", " where it serves several.
+const ATTACK_ICS: &[(&str, &str, &str)] = &[
+    (
+        "T0800",
+        "Activate Firmware Update Mode",
+        "Inhibit Response Function",
+    ),
+    ("T0801", "Monitor Process State", "Collection"),
+    ("T0806", "Brute Force I/O", "Impair Process Control"),
+    ("T0812", "Default Credentials", "Lateral Movement"),
+    ("T0813", "Denial of Control", "Impact"),
+    ("T0814", "Denial of Service", "Inhibit Response Function"),
+    ("T0815", "Denial of View", "Impact"),
+    (
+        "T0816",
+        "Device Restart/Shutdown",
+        "Inhibit Response Function",
+    ),
+    ("T0821", "Modify Controller Tasking", "Execution"),
+    ("T0826", "Loss of Availability", "Impact"),
+    ("T0827", "Loss of Control", "Impact"),
+    ("T0831", "Manipulation of Control", "Impact"),
+    ("T0832", "Manipulation of View", "Impact"),
+    ("T0836", "Modify Parameter", "Impair Process Control"),
+    (
+        "T0838",
+        "Modify Alarm Settings",
+        "Inhibit Response Function",
+    ),
+    (
+        "T0839",
+        "Module Firmware",
+        "Persistence, Impair Process Control",
+    ),
+    ("T0842", "Network Sniffing", "Discovery"),
+    ("T0843", "Program Download", "Lateral Movement"),
+    ("T0845", "Program Upload", "Collection"),
+    ("T0846", "Remote System Discovery", "Discovery"),
+    (
+        "T0855",
+        "Unauthorized Command Message",
+        "Impair Process Control",
+    ),
+    (
+        "T0856",
+        "Spoof Reporting Message",
+        "Evasion, Impair Process Control",
+    ),
+    (
+        "T0857",
+        "System Firmware",
+        "Persistence, Inhibit Response Function",
+    ),
+    ("T0858", "Change Operating Mode", "Execution, Evasion"),
+    ("T0859", "Valid Accounts", "Persistence, Lateral Movement"),
+    ("T0861", "Point & Tag Identification", "Collection"),
+    (
+        "T0866",
+        "Exploitation of Remote Services",
+        "Initial Access, Lateral Movement",
+    ),
+    ("T0868", "Detect Operating Mode", "Collection"),
+    ("T0878", "Alarm Suppression", "Inhibit Response Function"),
+    ("T0881", "Service Stop", "Inhibit Response Function"),
+    (
+        "T0886",
+        "Remote Services",
+        "Initial Access, Lateral Movement",
+    ),
+    ("T0888", "Remote System Information Discovery", "Discovery"),
+    ("T0889", "Modify Program", "Persistence"),
+];
+
+/// The name and tactic(s) of an ATT&CK for ICS technique id (`T0836` →
+/// `("Modify Parameter", "Impair Process Control")`); `None` for an empty
+/// or unlisted id (outputs then still carry the id itself).
+pub fn attack_ics(technique: &str) -> Option<(&'static str, &'static str)> {
+    ATTACK_ICS
+        .iter()
+        .find(|(id, _, _)| *id == technique)
+        .map(|(_, name, tactics)| (*name, *tactics))
+}
+
+/// This machine's host name, as outputs name the otwatch server to their
+/// receivers when the config names none; "otwatch" if it cannot be read.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "otwatch".to_string())
 }

@@ -1,5 +1,9 @@
 //! Alert outputs: components that read the `alerts` topic of the event log
-//! and hand each alert to a receiver (standard output, a JSON-lines file).
+//! and hand each alert to a receiver: standard output, a JSON-lines file, a
+//! SIEM over syslog (CEF or RFC 5424), a webhook, Splunk's HTTP Event
+//! Collector, a Kafka topic. Each type that talks to a receiver has its own
+//! folder (`config.rs`, the output in `mod.rs`, `tests.rs` against a real
+//! receiver).
 //!
 //! Every output is its own consumer of the log (group `output-<name>`), so
 //! it resumes on its own after a restart and never holds up detection or
@@ -10,13 +14,28 @@
 //! - a receiver that fails is retried with backoff, and the output shows
 //!   `retrying` with the cause in `/healthz` meanwhile; its backlog waits in
 //!   the log (the log keeps what any consumer has not committed);
-//! - a new output starts at the oldest alert the log holds.
+//! - a new output starts at the oldest alert the log holds;
+//! - secrets (tokens, HMAC keys) come from files or environment variables
+//!   ([`secret`]), TLS keys from files ([`tls`]); none is in the config
+//!   text, its `Debug` or the logs;
+//! - figures per output for `/metrics` ([`stats`]): alerts delivered,
+//!   failed attempts, retrying now, lag.
 
 mod format;
+mod http;
 mod jsonl;
+pub mod kafka;
+pub mod secret;
+pub mod splunk_hec;
+pub mod stats;
 mod stdout;
+pub mod syslog;
+#[cfg(test)]
+mod testing;
+pub mod tls;
+pub mod webhook;
 
-pub use format::{alert_json, alert_line, format_ts};
+pub use format::{alert_json, alert_line, attack_ics, format_ts};
 
 use crate::health::Backoff;
 use crate::retry_transient;
@@ -26,6 +45,7 @@ use otwatch_eventlog::{EventLog, LogError, Topic};
 use otwatch_proto::Alert;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +57,14 @@ pub enum OutputConfig {
     Stdout(stdout::StdoutConfig),
     /// One JSON object per alert and line, appended to a file.
     Jsonl(jsonl::JsonlConfig),
+    /// CEF or RFC 5424 records to a SIEM over UDP, TCP or TLS.
+    Syslog(syslog::SyslogConfig),
+    /// One HTTP POST of JSON per alert, signed with HMAC-SHA256.
+    Webhook(webhook::WebhookConfig),
+    /// Batches of events to Splunk's HTTP Event Collector.
+    SplunkHec(splunk_hec::SplunkHecConfig),
+    /// One message per alert on a Kafka topic.
+    Kafka(kafka::KafkaConfig),
 }
 
 impl OutputConfig {
@@ -45,6 +73,10 @@ impl OutputConfig {
         match self {
             OutputConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
             OutputConfig::Jsonl(c) => c.name.as_deref().unwrap_or("jsonl"),
+            OutputConfig::Syslog(c) => c.name.as_deref().unwrap_or("syslog"),
+            OutputConfig::Webhook(c) => c.name.as_deref().unwrap_or("webhook"),
+            OutputConfig::SplunkHec(c) => c.name.as_deref().unwrap_or("splunk_hec"),
+            OutputConfig::Kafka(c) => c.name.as_deref().unwrap_or("kafka"),
         }
     }
 
@@ -58,6 +90,10 @@ impl OutputConfig {
         Ok(match self {
             OutputConfig::Stdout(_) => Box::new(stdout::Stdout),
             OutputConfig::Jsonl(c) => Box::new(jsonl::Jsonl::open(resolve(data_dir, &c.path))?),
+            OutputConfig::Syslog(c) => Box::new(syslog::Syslog::open(self.name(), c)?),
+            OutputConfig::Webhook(c) => Box::new(webhook::Webhook::open(self.name(), c)?),
+            OutputConfig::SplunkHec(c) => Box::new(splunk_hec::SplunkHec::open(self.name(), c)?),
+            OutputConfig::Kafka(c) => Box::new(kafka::Kafka::open(self.name(), c)?),
         })
     }
 }
@@ -97,11 +133,18 @@ pub fn validate(outputs: &[OutputConfig]) -> anyhow::Result<()> {
                 "outputs: two outputs are named {name:?}; give each of them its own `name`"
             );
         }
-        if let OutputConfig::Jsonl(c) = output {
-            if c.path.as_os_str().is_empty() {
-                anyhow::bail!("outputs.{name}: path is empty");
+        let checked = match output {
+            OutputConfig::Stdout(_) => Ok(()),
+            OutputConfig::Jsonl(c) if c.path.as_os_str().is_empty() => {
+                Err(format!("outputs.{name}: path is empty"))
             }
-        }
+            OutputConfig::Jsonl(_) => Ok(()),
+            OutputConfig::Syslog(c) => c.check(name),
+            OutputConfig::Webhook(c) => c.check(name),
+            OutputConfig::SplunkHec(c) => c.check(name),
+            OutputConfig::Kafka(c) => c.check(name),
+        };
+        checked.map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
@@ -136,6 +179,8 @@ pub async fn run(
         .consumer(Topic::Alerts, &group)
         .await
         .with_context(|| format!("cannot open consumer group {group}"))?;
+    let name = group.strip_prefix("output-").unwrap_or(&group);
+    let stats = stats::register(name, ctx.reporter.clone());
     ctx.reporter.set_position(consumer.position());
     ctx.reporter.opened();
     ctx.reporter.running();
@@ -183,12 +228,18 @@ pub async fn run(
             ctx,
             backoff,
             "cannot deliver",
-            |_: &OutputError| true,
+            |_: &OutputError| {
+                stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                true
+            },
             output.deliver(&alerts).await
         );
         if delivered?.is_none() {
             return Ok(());
         }
+        stats
+            .delivered
+            .fetch_add(alerts.len() as u64, Ordering::Relaxed);
         let committed = retry_transient!(
             ctx,
             backoff,
