@@ -301,6 +301,10 @@ enum EvalCommand {
         /// Print each file's figures and the messages of its alerts.
         #[arg(long, short)]
         verbose: bool,
+        /// Keep every N-th row only: the same process sampled N times more
+        /// slowly (learning still covers the span of the first 400 rows).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
     },
     /// Any labelled CSV recordings of tag columns (one file per asset): the
     /// time column, a 0/1 label column, and every other column a numeric tag
@@ -525,7 +529,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     data,
                     json,
                     verbose,
-                } => eval::skab(&data, json, verbose).map(|_| ()),
+                    every,
+                } => eval::skab(&data, every as usize, json, verbose).map(|_| ()),
                 EvalCommand::Csv {
                     files,
                     time_col,
