@@ -175,6 +175,17 @@ impl Detector {
         self.alerts.iter().any(|r| r.id == id)
     }
 
+    /// The site and asset of alert `id`, if the detector knows it (see
+    /// [`Detector::knows_alert`]).
+    pub fn alert_subject(&self, id: &str) -> Option<(String, String)> {
+        let r = self.alerts.iter().find(|r| r.id == id)?;
+        let asset = &self.assets[r.asset as usize];
+        Some((
+            self.sites[asset.site as usize].name.clone(),
+            asset.name.clone(),
+        ))
+    }
+
     /// The SOC accepts the deviation of alert `id` as normal: what the
     /// alert named becomes part of what its model learned (see each
     /// model), and an open episode ends at the site's newest event time.
