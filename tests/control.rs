@@ -2,7 +2,7 @@
 //! alert the SOC accepts stops alerting, `model relearn --from --to` learns
 //! an asset again from the stored history, every decision lands in the
 //! `audit` table with who asked, and `otwatch audit verify` checks its
-//! hash chain.
+//! hash chain; a restart keeps the decisions and continues the chain.
 
 mod common;
 
@@ -111,7 +111,7 @@ impl Plant {
     }
 }
 
-async fn serve(dir: &Path) -> (Child, tonic::transport::Channel) {
+async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -158,10 +158,10 @@ fn stop(mut serve: Child) {
 }
 
 #[tokio::test]
-async fn accept_and_relearn_from_history_act_through_serve_and_are_audited() {
+async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (serve, channel) = serve(dir.path()).await;
+    let (serve, channel) = start_serve(dir.path()).await;
     // Three hours ago, on the minute, so that the interval is easy to give.
     let base = (now_ns() / 60_000_000_000 - 180) * 60_000_000_000;
     let mut plant = Plant {
@@ -280,5 +280,31 @@ async fn accept_and_relearn_from_history_act_through_serve_and_are_audited() {
             format!("{},model.accept,{SITE},{ASSET},{}", me.trim(), first[0]),
             format!("{},model.relearn,{SITE},{ASSET},", me.trim()),
         ]
+    );
+
+    // After a restart the decisions hold (from the detector's checkpoint)
+    // and a new one continues the chain.
+    let (serve, channel) = start_serve(dir.path()).await;
+    plant.stream = open_greeted(channel, SITE, "gw-1").await.unwrap();
+    let out = run(&["model", "accept", "--alert", &third[0]], &data);
+    assert!(out.status.success(), "model accept: {}", stderr(&out));
+    assert_eq!(open_access_alerts(&data), Vec::<String>::new());
+    plant
+        .send(&[
+            (790, MASTER, "write_single_register"),
+            (791, "10.0.0.99", "read_coils"),
+        ])
+        .await;
+    plant.send(&[(800, "10.0.0.77", "read_coils")]).await;
+    let fourth = open_alerts_other_than(&data, &[]).await;
+    assert_eq!(fourth.len(), 1, "only the fourth peer alerts: {fourth:?}");
+    assert!(!fourth.contains(&third[0]));
+    stop(serve);
+    let out = run(&["audit", "verify"], &data);
+    assert!(
+        out.status.success() && stdout(&out).contains("3 record(s), the hash chain holds"),
+        "audit verify: {}{}",
+        stdout(&out),
+        stderr(&out)
     );
 }
