@@ -174,6 +174,28 @@ enum Command {
         /// The query.
         query: String,
     },
+    /// What each model learned and which episodes are open; accept a
+    /// deviation as normal; relearn an asset. Asks the `otwatch serve`
+    /// running on --data-dir (through <data_dir>/admin.sock); decisions are
+    /// recorded in the event log and the `audit` table, with who asked.
+    ///
+    /// Examples:
+    ///   otwatch model status --data-dir /var/lib/otwatch --site plant-a
+    ///   otwatch model accept --data-dir /var/lib/otwatch --alert 4f0c2d…
+    ///   otwatch model relearn --data-dir /var/lib/otwatch --site plant-a --asset line1/press-01
+    ///   otwatch model relearn --site plant-a --from 2026-11-20T00:00:00Z --to 2026-11-21T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+    /// The audit trail of decisions (the `audit` table: `otwatch sql
+    /// "SELECT ts, user, host, command, site, asset, alert_id FROM audit
+    /// ORDER BY ts"`).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Check or repair the Parquet history.
     ///
     /// Examples:
@@ -213,6 +235,209 @@ enum HistoryAction {
         #[arg(long)]
         forget_missing: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// State per asset and model: learning or protecting since when, what
+    /// each learned, open episodes and the alerts that opened them.
+    Status {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this asset (of --site).
+        #[arg(long, requires = "site")]
+        asset: Option<String>,
+        /// Print the answer as JSON (one object).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the deviation of the episode an alert opened as normal: its
+    /// model widens only what moved, and the episode ends.
+    Accept {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// The alert's id (`otwatch model status`, the alerts outputs).
+        #[arg(long, value_name = "ID")]
+        alert: String,
+    },
+    /// Forget what a site (or one asset of it) learned and learn again:
+    /// from its next events for `learn`, or at once from the stored
+    /// history of [--from, --to).
+    Relearn {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        site: String,
+        /// Only this asset.
+        #[arg(long)]
+        asset: Option<String>,
+        /// Start of the history to learn from (RFC 3339, `YYYY-MM-DD
+        /// HH:MM:SS` UTC, or Unix seconds).
+        #[arg(long, value_name = "TIME", requires = "to")]
+        from: Option<String>,
+        /// End (excluded) of the history to learn from.
+        #[arg(long, value_name = "TIME", requires = "from")]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Walk the `audit` table in order and check its hash chain: reports the
+    /// first record that was changed, removed, inserted or reordered, and
+    /// exits 1 then.
+    Verify {
+        /// Data directory of `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Asks the running service and fails with its refusal, if it refuses.
+async fn ask_admin(
+    data_dir: &std::path::Path,
+    request: &otwatch_runtime::admin::Request,
+) -> anyhow::Result<otwatch_runtime::admin::Answer> {
+    let answer = otwatch_runtime::admin::ask(data_dir, request).await?;
+    if !answer.ok {
+        anyhow::bail!(
+            "{}",
+            answer
+                .error
+                .unwrap_or_else(|| "refused without a reason".into())
+        );
+    }
+    Ok(answer)
+}
+
+fn format_ns(ns: Option<i64>) -> String {
+    ns.map_or("-".into(), |ns| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    })
+}
+
+async fn run_model(action: ModelAction) -> anyhow::Result<()> {
+    use otwatch_runtime::admin::Request;
+    match action {
+        ModelAction::Status {
+            data_dir,
+            site,
+            asset,
+            json,
+        } => {
+            let answer = ask_admin(&data_dir, &Request::ModelStatus { site, asset }).await?;
+            let assets = answer.assets.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string(&assets)?);
+                return Ok(());
+            }
+            for a in &assets {
+                println!(
+                    "{} {}: {} since {} (at {}{})",
+                    a.site,
+                    a.asset,
+                    a.state,
+                    format_ns(a.since_ns),
+                    format_ns(a.at_ns),
+                    a.learn_until_ns.map_or(String::new(), |u| format!(
+                        ", learns until {}",
+                        format_ns(Some(u))
+                    ))
+                );
+                for m in &a.models {
+                    let name = if m.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", m.name)
+                    };
+                    println!("  {}{name} [{}]: {}", m.model, m.state, m.baseline);
+                    if m.open_since_ns.is_some() {
+                        println!(
+                            "    open since {}: alerts {}",
+                            format_ns(m.open_since_ns),
+                            m.open_alerts.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        ModelAction::Accept { data_dir, alert } => {
+            let answer = ask_admin(&data_dir, &Request::ModelAccept { alert_id: alert }).await?;
+            println!(
+                "{} (control record {})",
+                answer.detail.unwrap_or_default(),
+                answer.id.unwrap_or_default()
+            );
+            Ok(())
+        }
+        ModelAction::Relearn {
+            data_dir,
+            site,
+            asset,
+            from,
+            to,
+        } => {
+            let ns = |t: Option<String>| -> anyhow::Result<Option<i64>> {
+                t.map(|t| eval::parse_time(&t)).transpose()
+            };
+            let request = Request::ModelRelearn {
+                site,
+                asset,
+                from_ns: ns(from)?,
+                to_ns: ns(to)?,
+            };
+            let answer = ask_admin(&data_dir, &request).await?;
+            println!(
+                "{} (control record {})",
+                answer.detail.unwrap_or_default(),
+                answer.id.unwrap_or_default()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `otwatch audit verify`: reads the `audit` table in chain order and
+/// checks it. True when the chain holds.
+async fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<bool> {
+    let history = existing_history(data_dir)?;
+    let mut stream = otwatch_history::query_stream(
+        &history,
+        "SELECT id, ts, \"user\", host, command, site, asset, alert_id, args, prev_hash, hash FROM audit ORDER BY ts",
+        &otwatch_history::SqlConfig::default(),
+    )
+    .await?;
+    let mut records = Vec::new();
+    while let Some(batch) = stream.next_batch().await {
+        records.extend(otwatch_proto::arrow::batch_to_control(&batch?)?);
+    }
+    match otwatch_proto::arrow::verify_chain(&records) {
+        Ok(()) => {
+            println!(
+                "audit: {} record(s), the hash chain holds{}",
+                records.len(),
+                records.last().map_or(String::new(), |r| format!(
+                    " (last {} at {})",
+                    r.id,
+                    format_ns(Some(r.ts_ns))
+                ))
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("audit: {e}");
+            Ok(false)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -301,6 +526,10 @@ enum EvalCommand {
         /// Print each file's figures and the messages of its alerts.
         #[arg(long, short)]
         verbose: bool,
+        /// Keep every N-th row only: the same process sampled N times more
+        /// slowly (learning still covers the span of the first 400 rows).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
     },
     /// Any labelled CSV recordings of tag columns (one file per asset): the
     /// time column, a 0/1 label column, and every other column a numeric tag
@@ -525,7 +754,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     data,
                     json,
                     verbose,
-                } => eval::skab(&data, json, verbose).map(|_| ()),
+                    every,
+                } => eval::skab(&data, every as usize, json, verbose).map(|_| ()),
                 EvalCommand::Csv {
                     files,
                     time_col,
@@ -581,6 +811,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(())
+        }
+        Command::Model { action } => {
+            init_logging("warn");
+            run_model(action).await
+        }
+        Command::Audit { action } => {
+            init_logging("warn");
+            match action {
+                AuditAction::Verify { data_dir } => {
+                    if !audit_verify(&data_dir).await? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Ok(())
+                }
+            }
         }
         Command::History { action } => {
             init_logging("warn");

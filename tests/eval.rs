@@ -84,6 +84,8 @@ fn eval_csv_scores_a_recording_with_a_known_anomaly() {
         "{j}"
     );
     assert_eq!(n("unmatched_alert_episodes"), 0.0, "{j}");
+    // The textbook baseline ran on the same rows.
+    assert!(n("baseline_f1") > 0.0 && n("baseline_far") >= 0.0, "{j}");
     // far and mar are percentages consistent with the counts.
     let far = 100.0 * n("fp") / (n("fp") + n("tn"));
     assert!((n("far") - far).abs() < 0.01, "{j}");
@@ -108,11 +110,12 @@ fn eval_csv_scores_a_recording_with_a_known_anomaly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column \"nope\""));
 }
 
-/// The real benchmark. The figures measured with the default configuration
-/// are F1 0.806, FAR 9.79 %, MAR 26.83 % on the 34 labelled files, and on
-/// `anomaly-free.csv` (learned on its first 400 rows, then 2.5 hours of
-/// benign drift) 6.65 % of the rows flagged in 3 alert episodes and one
-/// new-normal notice; this guards them with a small margin.
+/// The real benchmark. Measured with the default configuration: F1 0.816,
+/// FAR 10.56 % on the 34 labelled files (the plain PCA T²+Q: 0.758 /
+/// 51.07 %); every 10th row 0.707 / 6.45 %. `anomaly-free.csv` (learned on
+/// its first 400 rows, then 2.5 hours of benign drift nobody accepts) is
+/// flagged from its first step on, in one or two episodes. This guards those
+/// figures with a small margin.
 #[test]
 fn eval_skab_keeps_its_published_figures() {
     let data = common::repo_dir().join("../shared/datasets/skab");
@@ -129,36 +132,48 @@ fn eval_skab_keeps_its_published_figures() {
         );
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_otwatch"))
-        .args(["eval", "skab", "--data"])
-        .arg(&data)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j = last_json(&out.stdout);
+    let skab = |every: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_otwatch"))
+            .args(["eval", "skab", "--data"])
+            .arg(&data)
+            .args(["--json", "--every", every])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            last_json(&out.stdout),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (j, text) = skab("1");
     let n = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
     assert_eq!(n("files"), 34.0);
     assert_eq!(n("tp") + n("fn"), 12771.0, "{j}");
     assert_eq!(n("tp") + n("fn") + n("fp") + n("tn"), 23801.0, "{j}");
-    assert!(n("f1") >= 0.795, "{j}");
+    assert!(n("f1") >= 0.80, "{j}");
     assert!(n("far") <= 12.0, "{j}");
     assert!(n("mar") <= 28.0, "{j}");
+    assert!((n("baseline_f1") - 0.758).abs() < 0.005, "{j}");
+    assert!((n("baseline_far") - 51.07).abs() < 0.1, "{j}");
     if data.join("anomaly-free/anomaly-free.csv").exists() {
         assert_eq!(n("anomaly_free_rows"), 9005.0, "{j}");
-        assert!(n("anomaly_free_far") <= 8.0, "{j}");
-        assert!(n("anomaly_free_episodes") <= 5.0, "{j}");
-        assert!(n("anomaly_free_new_normals") <= 2.0, "{j}");
+        assert!(n("anomaly_free_episodes") <= 2.0, "{j}");
         let far = 100.0 * n("anomaly_free_flagged") / n("anomaly_free_rows");
         assert!((n("anomaly_free_far") - far).abs() < 0.01, "{j}");
     }
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("Conv-AE") && text.contains("valve2") && text.contains("anomaly-free.csv"),
+        text.contains("Conv-AE")
+            && text.contains("valve2")
+            && text.contains("anomaly-free.csv")
+            && text.contains("plain PCA"),
         "{text}"
     );
+    // Ten times more slowly sampled, the same configuration.
+    let (j, _) = skab("10");
+    let n = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} in {j}"));
+    assert!(n("f1") >= 0.69 && n("far") <= 8.0, "{j}");
 }

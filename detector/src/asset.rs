@@ -4,8 +4,10 @@
 //!
 //! - **Learning** ends at the first event that is both `learn` after the
 //!   asset's first event and preceded by `min_learning_cycles` cycles (an
-//!   asset that sent no cycle at all ends after `learn`). From that event on
-//!   (`protect_from`) every model of the asset protects.
+//!   asset that sent no cycle at all ends after `learn`), or, when the SOC
+//!   relearns the asset from stored history, at the first event at or after
+//!   the end of that interval. From that event on (`protect_from`) every
+//!   model of the asset protects.
 //! - **cadence / silence**: the largest gap between consecutive events while
 //!   the asset was in a running mode is learned. Protecting, an asset in a
 //!   running mode is silent once its site's watermark (newest event of the
@@ -20,6 +22,10 @@
 //!   its text, so a new program checksum is a new token). Protecting, an
 //!   unseen transition is an alert. A CHANGE or ALARM does not become the
 //!   mode, so the transition after it is still judged from the mode.
+//!
+//! The SOC can accept what an alert of these models named
+//! ([`AssetState::accept`]): the transition becomes known, the gap or the
+//! busiest window becomes the learned one.
 
 use crate::alert::{duration, Draft};
 use crate::batch::{Columns, ACCESS, ALARM, CHANGE, CYCLE, SAMPLE, STATE};
@@ -64,12 +70,31 @@ pub(crate) struct AssetState {
     /// The joint model of the asset's SAMPLE tags.
     #[serde(default)]
     pub process: ProcessModel,
+    /// Set while the asset relearns from stored history: it protects from
+    /// its first event at or after this time.
+    #[serde(default)]
+    pub learn_until: Option<i64>,
+    /// Things of these models the SOC accepted.
+    #[serde(default)]
+    accepted: u32,
+}
+
+/// What an alert of the asset models names, for the SOC to accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum AssetTarget {
+    /// An unseen transition (`FROM -> TOKEN`).
+    Transition(String),
+    /// A silence this long (ns).
+    Silence(i64),
+    /// A window holding this many events.
+    Burst(u64),
 }
 
 /// A finding of an asset model, made at a batch row (whose agent is the evidence).
 pub(crate) struct AssetFinding {
     pub row: u32,
     pub draft: Draft,
+    pub target: AssetTarget,
 }
 
 /// One asset's rows of a batch, in time order, as contiguous slices.
@@ -111,7 +136,79 @@ impl AssetState {
             transitions: BTreeSet::new(),
             unseen: BTreeMap::new(),
             process: ProcessModel::default(),
+            learn_until: None,
+            accepted: 0,
         }
+    }
+
+    /// The same asset, having learned nothing: it learns again from its
+    /// next event (for `learn`), or over `[from, until)` of stored history
+    /// when `until` is given.
+    pub fn relearned(&self, until: Option<i64>) -> AssetState {
+        let mut fresh = AssetState::new(self.site, self.name.clone());
+        fresh.agent = self.agent.clone();
+        fresh.learn_until = until;
+        fresh
+    }
+
+    /// The SOC accepts what an alert of these models named. Returns what
+    /// changed.
+    pub fn accept(&mut self, target: &AssetTarget) -> String {
+        self.accepted += 1;
+        match target {
+            AssetTarget::Transition(key) => {
+                self.transitions.insert(key.clone());
+                self.unseen.remove(key);
+                format!("transition {key} is now known")
+            }
+            AssetTarget::Silence(gap) => {
+                self.max_gap_ns = self.max_gap_ns.max(*gap);
+                self.silent = false;
+                format!("gaps up to {} are now normal", duration(*gap))
+            }
+            AssetTarget::Burst(count) => {
+                self.burst.learned_max = self.burst.learned_max.max(*count);
+                self.burst_episode = Episode::default();
+                format!("up to {count} events per window are now normal")
+            }
+        }
+    }
+
+    /// The cadence and sequence models in words, for `otwatch model
+    /// status`: (model, summary, open since).
+    pub fn report(&self, at: i64, resolved: &Resolved) -> Vec<(&'static str, String, Option<i64>)> {
+        let accepted = if self.accepted > 0 {
+            format!("; {} accepted", self.accepted)
+        } else {
+            String::new()
+        };
+        let open_transition = self
+            .unseen
+            .values()
+            .filter(|&&t| at.saturating_sub(t) < resolved.quiet_ns)
+            .min()
+            .copied();
+        vec![
+            (
+                "cadence",
+                format!(
+                    "longest gap while running {}, busiest window {} event(s){}",
+                    duration(self.max_gap_ns),
+                    self.burst.learned_max,
+                    if self.silent { "; silent now" } else { "" }
+                ),
+                self.burst_episode.open_since(at, resolved.quiet_ns),
+            ),
+            (
+                "sequence",
+                format!(
+                    "mode {}; {} known transition(s){accepted}",
+                    self.mode.as_deref().unwrap_or("unknown"),
+                    self.transitions.len()
+                ),
+                open_transition,
+            ),
+        ]
     }
 
     /// The gap after which a running asset is silent; `None` until a gap was learned.
@@ -214,6 +311,7 @@ impl AssetState {
                     out.push(AssetFinding {
                         row: batch_rows[j],
                         draft: self.burst_draft(ts[j], seqs[j], config),
+                        target: AssetTarget::Burst(self.burst.count()),
                     });
                 }
             }
@@ -257,8 +355,14 @@ impl AssetState {
                 }
                 let cycles_ok =
                     self.cycles_learned >= config.min_learning_cycles || self.cycles_learned == 0;
-                if t - first >= cx.resolved.learn_ns && cycles_ok {
+                let over = match self.learn_until {
+                    // The SOC chose the window: it ends where they said.
+                    Some(until) => t >= until,
+                    None => t - first >= cx.resolved.learn_ns && cycles_ok,
+                };
+                if over {
                     self.protect_from = Some(t);
+                    self.learn_until = None;
                 }
             }
             let learning = self.protect_from.is_none_or(|p| t < p);
@@ -277,6 +381,7 @@ impl AssetState {
                             out.push(AssetFinding {
                                 row: batch_rows[i],
                                 draft: self.silence(last + after, gap, after),
+                                target: AssetTarget::Silence(gap),
                             });
                         }
                     }
@@ -302,6 +407,7 @@ impl AssetState {
                     out.push(AssetFinding {
                         row: batch_rows[i],
                         draft: self.burst_draft(t, seq, config),
+                        target: AssetTarget::Burst(self.burst.count()),
                     });
                 }
             }
@@ -315,6 +421,7 @@ impl AssetState {
                     {
                         out.push(AssetFinding {
                             row: batch_rows[i],
+                            target: AssetTarget::Transition(draft.name.clone()),
                             draft,
                         });
                     }

@@ -3,6 +3,14 @@
 //! Every duration is event time (the timestamps of the events), never wall
 //! clock. The defaults suit machines that cycle every few seconds to a few
 //! minutes and a learning window of half an hour or more.
+//!
+//! No option makes anything normal by itself: what the models learned
+//! changes only through a learning window (`learn`, or `otwatch model
+//! relearn`) or a decision of the SOC (`otwatch model accept`). The time
+//! scales that remain are reaction times (how long a deviation must be seen
+//! before it is an episode, how much the process statistics are smoothed),
+//! expressed in event time or in observations, so a process sampled every
+//! hour is judged with the same limits logic as one sampled every second.
 
 use crate::DetectorError;
 use serde::{Deserialize, Serialize};
@@ -19,9 +27,11 @@ pub struct DetectorConfig {
     /// CYCLE events an asset must have sent before it leaves learning, even
     /// when `learn` is over. Assets that send no cycles at all leave after `learn`.
     pub min_learning_cycles: u64,
-    /// Learned values a CYCLE or SAMPLE series needs before it is scored. A
-    /// series that first appears once its asset protects learns this many
-    /// values of its own first.
+    /// Values a CYCLE or SAMPLE series must have learned, within its asset's
+    /// learning window, to be scored. A series with fewer when the window
+    /// ends is not scored (`otwatch model status` says so; relearn over a
+    /// longer window): it never goes on learning from protected data. A
+    /// series first seen once its asset protects is not modelled either.
     pub min_series_points: usize,
     /// Most learning values kept per series. Beyond it the kept sample is
     /// thinned evenly (every 2nd, then every 4th value, ...), so memory stays
@@ -69,14 +79,23 @@ pub struct DetectorConfig {
     /// ... or after this much event time without an abnormal point.
     #[serde(with = "humantime_serde")]
     pub episode_quiet: Duration,
+    /// A SAMPLE tag that takes at most this many distinct values while
+    /// learning, all of them integers (coils, status bits, modes held as
+    /// numbers), or a single value of any kind (a tag constant while
+    /// learning), is modelled as a discrete state: the values and
+    /// transitions seen, and how often it changes. An unseen value or
+    /// transition is the alert, a seen toggle is not. Such tags are left out
+    /// of the `process` model. 0 models every tag as continuous.
+    pub discrete_max_values: usize,
     /// Run the `process` model: each asset's SAMPLE tags (and its cycle time)
     /// modelled jointly with PCA, Hotelling T² and Q/SPE.
     pub process: bool,
     /// Variables (tags, plus the cycle time) an asset needs for a process model.
     pub process_min_tags: usize,
     /// Observations (rows of SAMPLE tags sharing a timestamp) the process
-    /// model needs before it is fitted; an asset that protects with fewer
-    /// keeps learning until it has them.
+    /// model needs from its asset's learning window to be fitted; with
+    /// fewer it is not fitted (`otwatch model status` says so) and never
+    /// goes on learning from protected data.
     pub process_min_observations: usize,
     /// Most learning observations kept per asset (the most recent ones).
     pub process_max_learning_observations: usize,
@@ -89,9 +108,13 @@ pub struct DetectorConfig {
     pub process_drift_exponent: f64,
     /// Largest ρ used in that widening (caps it for near-constant ramps).
     pub process_max_autocorrelation: f64,
-    /// EWMA weight of each new observation in the smoothed T² and Q
-    /// (1 = no smoothing).
-    pub process_smoothing: f64,
+    /// Time constant of the EWMA that smooths T² and Q (event time). Each
+    /// observation weighs `1 − exp(−cadence / process_smoothing)`, with
+    /// `cadence` the asset's learned interval between observations: at one
+    /// observation per second about 0.1, at one per minute or slower each
+    /// observation is judged on its own.
+    #[serde(with = "humantime_serde")]
+    pub process_smoothing: Duration,
     /// Control limits: this quantile of the smoothed statistics over the
     /// learning observations ...
     pub process_quantile: f64,
@@ -101,30 +124,18 @@ pub struct DetectorConfig {
     /// ... times this margin.
     pub process_margin: f64,
     /// A process episode opens after this many consecutive observations
-    /// above a limit.
+    /// above a limit (observations at the asset's cadence, whatever it is),
+    /// and closes after as many below the release limits.
     pub process_open_points: u32,
-    /// An open process episode closes when both smoothed statistics are
-    /// below this fraction of their limits (hysteresis).
+    /// One observation above this multiple of a limit opens an episode at
+    /// once.
+    pub process_open_factor: f64,
+    /// An open process episode closes when both smoothed statistics have
+    /// been below this fraction of their limits for `process_open_points`
+    /// observations (hysteresis).
     pub process_release: f64,
     /// Tags named in a process alert, the largest contributors first.
     pub process_top_tags: usize,
-    /// Time constant with which the process model re-learns each
-    /// variable's centre from quiet observations (no open episode, both
-    /// smoothed statistics below `process_adapt_below` × their limits), so a
-    /// benign drift much slower than this is absorbed. 0 keeps the learned
-    /// centre for ever.
-    #[serde(with = "humantime_serde")]
-    pub process_adapt: Duration,
-    /// See `process_adapt`.
-    pub process_adapt_below: f64,
-    /// New normal: an episode open this long, while the level the process
-    /// holds has stayed beyond a limit for the last half of it, is closed;
-    /// the process model takes that level as its centre, widens the
-    /// tolerance of each tag to at least the size of its move, and raises a
-    /// low-severity `process-baseline` notice saying so (0: episodes stay
-    /// open until the process comes back).
-    #[serde(with = "humantime_serde")]
-    pub process_rebaseline_after: Duration,
 }
 
 impl Default for DetectorConfig {
@@ -148,23 +159,22 @@ impl Default for DetectorConfig {
             burst_min_excess: 20,
             episode_close_points: 20,
             episode_quiet: Duration::from_secs(10 * 60),
+            discrete_max_values: 8,
             process: true,
             process_min_tags: 2,
-            process_min_observations: 30,
+            process_min_observations: 5,
             process_max_learning_observations: 20_000,
             process_variance: 0.6,
             process_drift_exponent: 1.5,
             process_max_autocorrelation: 0.98,
-            process_smoothing: 0.1,
+            process_smoothing: Duration::from_secs(10),
             process_quantile: 0.99,
             process_limit_floor_z: 4.0,
             process_margin: 1.5,
             process_open_points: 3,
+            process_open_factor: 2.0,
             process_release: 0.8,
             process_top_tags: 3,
-            process_adapt: Duration::from_secs(5 * 60),
-            process_adapt_below: 0.5,
-            process_rebaseline_after: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -215,10 +225,8 @@ impl DetectorConfig {
         }
         let fractions = [
             ("process_variance", self.process_variance),
-            ("process_smoothing", self.process_smoothing),
             ("process_quantile", self.process_quantile),
             ("process_release", self.process_release),
-            ("process_adapt_below", self.process_adapt_below),
         ];
         for (name, value) in fractions {
             if !(value.is_finite() && value > 0.0 && value <= 1.0) {
@@ -245,6 +253,12 @@ impl DetectorConfig {
                 self.process_limit_floor_z
             )));
         }
+        if !(self.process_open_factor.is_finite() && self.process_open_factor >= 1.0) {
+            return Err(DetectorError::Config(format!(
+                "process_open_factor must be a number >= 1, not {}",
+                self.process_open_factor
+            )));
+        }
         if !(self.process_margin.is_finite() && self.process_margin > 0.0) {
             return Err(DetectorError::Config(format!(
                 "process_margin must be a positive number, not {}",
@@ -256,14 +270,19 @@ impl DetectorConfig {
                 "process_open_points must be at least 1".into(),
             ));
         }
+        if self.process_smoothing.is_zero() {
+            return Err(DetectorError::Config(
+                "process_smoothing must be longer than 0 (a very short one judges each observation on its own)".into(),
+            ));
+        }
         if self.process_min_tags < 2 {
             return Err(DetectorError::Config(
                 "process_min_tags must be at least 2".into(),
             ));
         }
-        if self.process_min_observations < 10 {
+        if self.process_min_observations < 3 {
             return Err(DetectorError::Config(
-                "process_min_observations must be at least 10".into(),
+                "process_min_observations must be at least 3".into(),
             ));
         }
         if self.process_max_learning_observations < 2 * self.process_min_observations {
@@ -278,6 +297,33 @@ impl DetectorConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Reads the copy of the configuration a checkpoint holds, leniently:
+    /// options an older otwatch had and this one has not (or whose type
+    /// changed) are dropped, missing ones take their defaults. The copy only
+    /// serves to report what changed, since the configured options always
+    /// win ([`crate::Detector::reconfigure`]).
+    pub(crate) fn from_checkpoint(value: serde_json::Value) -> DetectorConfig {
+        let serde_json::Value::Object(stored) = value else {
+            return DetectorConfig::default();
+        };
+        let mut config = serde_json::to_value(DetectorConfig::default()).expect("serializes");
+        for (key, v) in stored {
+            let serde_json::Value::Object(map) = &mut config else {
+                unreachable!("a struct serializes to an object")
+            };
+            if !map.contains_key(&key) {
+                continue;
+            }
+            let before = map.insert(key.clone(), v);
+            if serde_json::from_value::<DetectorConfig>(config.clone()).is_err() {
+                if let (serde_json::Value::Object(map), Some(before)) = (&mut config, before) {
+                    map.insert(key, before);
+                }
+            }
+        }
+        serde_json::from_value(config).unwrap_or_default()
     }
 
     /// The names of the options whose values differ between `self` and
@@ -303,6 +349,23 @@ impl DetectorConfig {
             burst_window_ns: ns(self.burst_window).max(1),
             quiet_ns: ns(self.episode_quiet),
         }
+    }
+}
+
+/// Serde of [`DetectorConfig`] inside a checkpoint: written as is, read with
+/// [`DetectorConfig::from_checkpoint`].
+pub(crate) mod lenient {
+    use super::DetectorConfig;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &DetectorConfig, s: S) -> Result<S::Ok, S::Error> {
+        c.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DetectorConfig, D::Error> {
+        Ok(DetectorConfig::from_checkpoint(
+            serde_json::Value::deserialize(d)?,
+        ))
     }
 }
 

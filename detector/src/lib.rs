@@ -7,11 +7,30 @@
 //! checkpointed together with the log offset it has consumed; a detector read
 //! back from a checkpoint continues exactly as the original would have.
 //!
-//! Models (see each module): per (site, asset, name) series `cycle` and
-//! `sample` (module `series`); per asset `cadence` and `sequence` (module
-//! `asset`); per site `access` (module `site`). Each asset learns for `learn` of event time (and
-//! `min_learning_cycles` cycles), then protects. Alerts are debounced: one
-//! per episode.
+//! Models (see each module): per (site, asset, name) series `cycle`,
+//! `sample` and `discrete` (module `series`); per asset `cadence`,
+//! `sequence` (module `asset`) and `process` (module `process`); per
+//! (asset, peer, operation) `access` (module `site`). Each asset learns for
+//! `learn` of event time (and `min_learning_cycles` cycles), then protects.
+//! Alerts are debounced: one per episode.
+//!
+//! **Nothing becomes normal without a decision.** No model learns after its
+//! learning window: what is normal changes only when the SOC accepts an
+//! alert's deviation ([`Detector::accept`]) or relearns an asset, from now
+//! or from stored history ([`Detector::relearn`]). Those decisions arrive as
+//! control records (see the runtime) and are part of the checkpoint, so a
+//! restart keeps them. [`Detector::report`] says, per asset and model, what
+//! was learned and which episodes are open.
+//!
+//! **Checkpoints.** The state serializes with serde. A checkpoint written
+//! before version 2 (the one with the automatic new normal and the
+//! site-wide access model) reads back: its learned cycle, sample, cadence,
+//! sequence and process models are kept (process models smooth
+//! as before, being without a learned cadence, but never take a new normal
+//! by themselves), options that no longer exist are dropped, and each
+//! site's access model learns per (asset, peer, operation) for `learn` from
+//! its next ACCESS event. Tags that were constant while learning keep their
+//! continuous model until the asset is relearned.
 //!
 //! How a batch is processed (vectorized: no per-event dispatch):
 //! 1. the dictionary strings of site, asset, kind and name are interned once
@@ -36,6 +55,7 @@ mod asset;
 mod batch;
 mod config;
 mod process;
+mod report;
 mod series;
 mod site;
 mod stats;
@@ -44,17 +64,18 @@ mod tests;
 
 pub use alert::alert_id;
 pub use config::DetectorConfig;
+pub use report::{AssetReport, ModelReport};
 
 use config::Resolved;
 
 use arrow::record_batch::RecordBatch;
-use asset::{AssetFinding, AssetRows, AssetState, ScanContext};
+use asset::{AssetFinding, AssetRows, AssetState, AssetTarget, ScanContext};
 use batch::{slots, Columns, Groups, CYCLE, SAMPLE, SKIP};
 use otwatch_proto::Alert;
 use process::{ProcessFinding, ProcessRows, ProcessScratch, NO_VAR};
 use serde::{Deserialize, Serialize};
-use series::{Finding, Input, Series, SeriesKind};
-use site::SiteState;
+use series::{Finding, Input, Series, SeriesKind, SeriesTarget};
+use site::{AccessTarget, SiteState};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -68,6 +89,42 @@ pub enum DetectorError {
     /// The configuration cannot be used.
     #[error("invalid detector config: {0}")]
     Config(String),
+    /// A decision names an alert, site or asset the detector does not know.
+    #[error("{0}")]
+    Unknown(String),
+    /// A decision cannot be applied (the episode is over, ...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Version of the detector state; see "Checkpoints" in the crate docs.
+const STATE_VERSION: u32 = 2;
+
+/// Alerts remembered for decisions: every open process episode, and the
+/// most recent others up to this many.
+const ALERTS_KEPT: usize = 10_000;
+
+/// What an alert named, for the SOC to accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AlertTarget {
+    Series { id: u32, what: SeriesTarget },
+    Process { first_seq: u64 },
+    Asset(AssetTarget),
+    Access(AccessTarget),
+}
+
+/// An alert the detector raised, remembered so that the SOC can act on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct AlertRef {
+    id: String,
+    ts: i64,
+    asset: u32,
+    detector: String,
+    name: String,
+    target: AlertTarget,
+    /// A process episode still open (other models' episodes are read from
+    /// the models themselves).
+    open: bool,
 }
 
 /// The end of an alert episode: the episode that alert `alert_id` opened is
@@ -118,6 +175,10 @@ pub struct DetectorStatus {
 /// crate documentation.
 #[derive(Serialize, Deserialize)]
 pub struct Detector {
+    /// 0 (absent) in checkpoints before version 2.
+    #[serde(default)]
+    version: u32,
+    #[serde(with = "config::lenient")]
     config: DetectorConfig,
     sites: Vec<SiteState>,
     assets: Vec<AssetState>,
@@ -125,6 +186,9 @@ pub struct Detector {
     events_seen: u64,
     batches_seen: u64,
     alerts_raised: u64,
+    /// Alerts the SOC may act on, oldest first.
+    #[serde(default)]
+    alerts: Vec<AlertRef>,
     /// Lookups by name, rebuilt from the tables after deserialization.
     #[serde(skip)]
     index: Index,
@@ -222,6 +286,7 @@ impl Detector {
     pub fn new(config: DetectorConfig) -> Result<Self, DetectorError> {
         config.validate()?;
         Ok(Detector {
+            version: STATE_VERSION,
             config,
             sites: Vec::new(),
             assets: Vec::new(),
@@ -229,6 +294,7 @@ impl Detector {
             events_seen: 0,
             batches_seen: 0,
             alerts_raised: 0,
+            alerts: Vec::new(),
             index: Index::default(),
             episode_ends: None,
             scratch: Scratch::default(),
@@ -341,13 +407,19 @@ impl Detector {
             let asset = &self.assets[id as usize];
             let agent = columns.agent.str(f.row as usize);
             let site = &self.sites[asset.site as usize].name;
-            alerts.push(f.draft.finish(site, &asset.name, agent));
+            let alert = f.draft.finish(site, &asset.name, agent);
+            self.remember(&alert, id, AlertTarget::Asset(f.target), false);
+            alerts.push(alert);
         }
-        for (id, f) in s.series_findings.drain(..) {
-            let asset = &self.assets[self.series[id as usize].asset as usize];
+        for (id, f) in std::mem::take(&mut s.series_findings) {
+            let asset_id = self.series[id as usize].asset;
+            let asset = &self.assets[asset_id as usize];
             let site = &self.sites[asset.site as usize].name;
             let agent = columns.agent.str(f.row as usize);
-            alerts.push(f.draft.finish(site, &asset.name, agent));
+            let alert = f.draft.finish(site, &asset.name, agent);
+            let target = AlertTarget::Series { id, what: f.target };
+            self.remember(&alert, asset_id, target, false);
+            alerts.push(alert);
         }
         alerts[first_new..].sort_by(|a, b| a.ts_ns.cmp(&b.ts_ns).then_with(|| a.id.cmp(&b.id)));
 
@@ -481,35 +553,24 @@ impl Detector {
             for f in s.process_findings.drain(..) {
                 match f {
                     ProcessFinding::Opened { row, draft } => {
-                        alerts.push(draft.finish(
-                            site,
-                            &asset.name,
-                            columns.agent.str(row as usize),
-                        ));
-                    }
-                    ProcessFinding::Rebaselined {
-                        row,
-                        draft,
-                        ts,
-                        first_seq,
-                        name,
-                    } => {
-                        alerts.push(draft.finish(
-                            site,
-                            &asset.name,
-                            columns.agent.str(row as usize),
-                        ));
-                        if let Some(ends) = &mut self.episode_ends {
-                            ends.push(EpisodeEnd::process(site, &asset.name, &name, first_seq, ts));
-                        }
+                        let first_seq = draft.first_seq;
+                        let alert =
+                            draft.finish(site, &asset.name, columns.agent.str(row as usize));
+                        let target = AlertTarget::Process { first_seq };
+                        remember(&mut self.alerts, &alert, id, target, true);
+                        alerts.push(alert);
                     }
                     ProcessFinding::Closed {
                         ts,
                         first_seq,
                         name,
                     } => {
+                        let end = EpisodeEnd::process(site, &asset.name, &name, first_seq, ts);
+                        if let Some(r) = self.alerts.iter_mut().find(|r| r.id == end.alert_id) {
+                            r.open = false;
+                        }
                         if let Some(ends) = &mut self.episode_ends {
-                            ends.push(EpisodeEnd::process(site, &asset.name, &name, first_seq, ts));
+                            ends.push(end);
                         }
                     }
                 }
@@ -603,10 +664,28 @@ impl Detector {
         s.access_rows.sort_unstable();
         for &row in &s.access_rows {
             let r = row as usize;
-            let asset = &self.assets[s.batch_assets[s.row_asset[r] as usize] as usize];
+            let id = s.batch_assets[s.row_asset[r] as usize];
+            let asset = &self.assets[id as usize];
+            let learning = asset.protect_from.is_none_or(|p| columns.ts[r] < p);
             let site = &mut self.sites[asset.site as usize];
-            if let Some(draft) = site.access(r, &asset.name, columns, &self.config, resolved) {
-                alerts.push(draft.finish(&site.name, &asset.name, columns.agent.str(r)));
+            if let Some((draft, target)) = site.access(
+                r,
+                id,
+                &asset.name,
+                learning,
+                columns,
+                &self.config,
+                resolved,
+            ) {
+                let alert = draft.finish(&site.name, &asset.name, columns.agent.str(r));
+                remember(
+                    &mut self.alerts,
+                    &alert,
+                    id,
+                    AlertTarget::Access(target),
+                    false,
+                );
+                alerts.push(alert);
             }
         }
     }
@@ -634,7 +713,10 @@ impl Detector {
                 if asset.running && !asset.silent && overdue {
                     asset.silent = true;
                     let draft = asset.silence(last + after, watermark - last, after);
-                    alerts.push(draft.finish(&site.name, &asset.name, &asset.agent));
+                    let alert = draft.finish(&site.name, &asset.name, &asset.agent);
+                    let target = AlertTarget::Asset(AssetTarget::Silence(watermark - last));
+                    remember(&mut self.alerts, &alert, id, target, false);
+                    alerts.push(alert);
                 }
             }
         }
@@ -666,11 +748,19 @@ impl Detector {
         }
     }
 
+    /// Remembers an alert for decisions on it.
+    fn remember(&mut self, alert: &Alert, asset: u32, target: AlertTarget, open: bool) {
+        remember(&mut self.alerts, alert, asset, target, open);
+    }
+
     /// Rebuilds the name lookups from the tables (after deserialization).
     fn build_index(&mut self) {
         if self.index.built {
             return;
         }
+        // Older checkpoints: see "Checkpoints" in the crate docs (the
+        // access model migrates itself at its next event).
+        self.version = STATE_VERSION;
         let mut index = Index {
             built: true,
             sites: HashMap::new(),
@@ -747,6 +837,35 @@ impl Detector {
                 });
                 s.row_asset.push(local);
             }
+        }
+    }
+}
+
+/// Remembers `alert` in `alerts`, forgetting the oldest closed ones beyond
+/// [`ALERTS_KEPT`].
+fn remember(
+    alerts: &mut Vec<AlertRef>,
+    alert: &Alert,
+    asset: u32,
+    target: AlertTarget,
+    open: bool,
+) {
+    if alerts.iter().any(|r| r.id == alert.id) {
+        // The same episode raised again (a replay): nothing new.
+        return;
+    }
+    alerts.push(AlertRef {
+        id: alert.id.clone(),
+        ts: alert.ts_ns,
+        asset,
+        detector: alert.detector.clone(),
+        name: alert.name.clone(),
+        target,
+        open,
+    });
+    if alerts.len() > ALERTS_KEPT {
+        if let Some(oldest) = alerts.iter().position(|r| !r.open) {
+            alerts.remove(oldest);
         }
     }
 }

@@ -33,12 +33,19 @@
 //! `process_quantile` quantile of the smoothed statistics over the learning
 //! observations (after the EWMA's warm-up), but at least the statistic's
 //! mean plus `process_limit_floor_z` standard deviations of its EWMA were the
-//! observations independent, times `process_margin`.
+//! observations independent, times `process_margin`, and widened as a
+//! prediction limit is when the window holds few observations (the ratio of
+//! Hotelling's limit for a new observation from `n` learning observations
+//! to its limit for very many: 1.25 for 40 observations of 3 components,
+//! 7.6 for 7, about 1 beyond a few hundred).
 //!
-//! **Protecting.** An episode opens when either smoothed statistic has
-//! exceeded its limit for `process_open_points` consecutive observations and
-//! closes when both fall below `process_release` × their limit
-//! (hysteresis). One alert per episode, at its opening, naming the tags that
+//! **Protecting.** An episode opens when either smoothed statistic has been
+//! above its limit for `process_open_points` consecutive observations, or
+//! at once when one observation is above `process_open_factor` × its limit,
+//! and closes once both have stayed below `process_release` × their limits
+//! for `process_open_points` consecutive observations (hysteresis in value
+//! and in time, so noise at a slow sampling rate neither opens nor cuts an
+//! episode). One alert per episode, at its opening, naming the tags that
 //! contribute most to the deviation with observed and expected values.
 //! Technique: when the residual (Q) dominates, tags disagree with each other,
 //! as when a reading is spoofed or a sensor is tampered with: T0832
@@ -46,32 +53,35 @@
 //! the process was never seen running, as after a changed setpoint: T0836
 //! Modify Parameter.
 //!
-//! **Following slow drift.** A learning window shows minutes or hours of a
-//! process; over days, vibration levels creep and temperatures follow the
-//! weather. Two mechanisms keep such benign drift from holding an episode
-//! open for ever, both causal and both visible:
+//! **Sampling rate.** The learned cadence (median interval between learning
+//! observations) sets the EWMA weight, `1 − exp(−cadence /
+//! process_smoothing)`: a process sampled every second is smoothed over
+//! about ten observations, one sampled every minute or slower is not
+//! smoothed at all, and the limits, computed from the learning observations
+//! smoothed the same way, fit the noise each rate leaves. An episode opens
+//! after `process_open_points` observations above a limit at any rate.
 //!
-//! - *Re-learning while quiet.* While no episode is open and both smoothed
-//!   statistics are below `process_adapt_below` × their limits, each
-//!   observation pulls the centre towards itself with an exponential
-//!   forgetting of time constant `process_adapt` (event time). A drift much
-//!   slower than that is absorbed. An abrupt change is not: it crosses the
-//!   gate within a few observations and freezes the centre, and the episode
-//!   is judged against the centre from before the change.
-//! - *New normal.* An episode that has lasted `process_rebaseline_after`,
-//!   while the level the process holds (the smoothed observation itself,
-//!   not the smoothed statistics, which also remember a past spike) has
-//!   been beyond a limit for the last half of that time, is closed: the
-//!   model takes that level as its centre, widens the scale of each tag to
-//!   at least the size of its move (the same move is not reported again),
-//!   and raises a low-severity `process-baseline` notice naming the tags and
-//!   their old and new levels, so the decision is the SOC's to see, not
-//!   silent. A changed setpoint held for that long is
-//!   reported twice: by the episode's alert when it happens, by the notice
-//!   when it is accepted.
+//! **Nothing becomes normal without a decision.** The learned centre,
+//! scales and components never move by themselves: a deviation that
+//! persists stays one open episode (one alert) until the process comes back
+//! or the SOC accepts it ([`ProcessModel::accept`]). Accepting takes the
+//! episode's mean deviation: each variable that moved by at least one scale
+//! unit is re-centred half way and its tolerance widened so that both the
+//! learned and the accepted level are within one scale unit; the others
+//! stay as learned. There is no adaptation an attacker could ride: to stay
+//! unseen, a change must stay inside the learned limits for good.
 //!
-//! Both act observation by observation, so the result does not depend on
-//! how rows are cut into batches, and their state is checkpointed.
+//! **Learning is bounded.** The model is fitted once, on the observations of
+//! its asset's learning window (at least `process_min_observations`); an
+//! asset whose window held fewer, or fewer than `process_min_tags`
+//! continuous variables, has no process model and says why
+//! ([`ProcessModel::report`]); it never goes on learning from protected
+//! data. Discrete tags (few integer values) and tags constant while learning
+//! are left out: a constant has no scale, and the discrete model of
+//! `series` watches both.
+//!
+//! Everything acts observation by observation, so the result does not depend
+//! on how rows are cut into batches, and the state is checkpointed.
 
 // The linear algebra indexes several parallel arrays by the same variable
 // or component; index loops read closer to the formulas than zipped iterators.
@@ -86,10 +96,6 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the pseudo-tag carrying the asset's latest cycle duration.
 pub(crate) const CYCLE_TAG: &str = "cycle_ms";
-
-/// Largest step, in scaled units, that one observation moves the level the
-/// new-normal decision is based on (a robust, clipped EWMA).
-const LEVEL_STEP: f64 = 3.0;
 
 /// Smallest eigenvalue kept, relative to the largest, so that a direction
 /// the learning data never moved in does not divide by zero.
@@ -109,11 +115,14 @@ pub(crate) struct ProcessModel {
     /// was stored (later variables are missing from earlier observations).
     #[serde(with = "nan_rows")]
     learn: Vec<Vec<f64>>,
-    fitted: Option<Fitted>,
-    /// Observations to wait before fitting is tried again (fitting fails
-    /// while there are too few variables).
+    /// Times of the learning observations (for the learned cadence).
     #[serde(default)]
-    retry_in: usize,
+    learn_ts: Vec<i64>,
+    fitted: Option<Fitted>,
+    /// Why learning ended without a model (too few observations or
+    /// continuous variables in the window).
+    #[serde(default)]
+    unfitted: Option<String>,
 }
 
 /// An observation being assembled from the rows sharing one `ts`.
@@ -158,21 +167,40 @@ struct Fitted {
     /// Consecutive observations above a limit so far.
     #[serde(default)]
     above: u32,
+    /// Consecutive observations below the release limit during an episode.
+    #[serde(default)]
+    below: u32,
     /// Time of the last scored observation.
     #[serde(default)]
     last_ts: Option<i64>,
     /// Time of the observation that opened the current episode.
     #[serde(default)]
     open_since: i64,
-    /// During an episode, since when the level the process holds has been
-    /// beyond a limit without interruption.
+    /// Learned interval between observations (ns); 0 in a model fitted by
+    /// an older otwatch, which smoothed with weight 0.1.
     #[serde(default)]
-    held_since: Option<i64>,
-    /// The level the process holds: an EWMA of the centred, scaled
-    /// observation whose steps are clipped to [`LEVEL_STEP`], so a spike,
-    /// however large, barely moves it.
+    cadence_ns: i64,
+    /// Learning observations the model was fitted on, and their time span.
     #[serde(default)]
-    level: Vec<f64>,
+    fitted_on: usize,
+    #[serde(default)]
+    learned_from: i64,
+    #[serde(default)]
+    learned_until: i64,
+    /// Tags left out: discrete or constant while learning.
+    #[serde(default)]
+    excluded: Vec<String>,
+    /// Sum of the centred, scaled observations of the open episode and
+    /// their count: its mean deviation, which an accept takes as normal.
+    #[serde(default)]
+    shift_sum: Vec<f64>,
+    #[serde(default)]
+    shift_count: u64,
+    /// Deviations the SOC accepted, and when the last one was.
+    #[serde(default)]
+    accepted: u32,
+    #[serde(default)]
+    accepted_at: Option<i64>,
 }
 
 /// One complete observation of a batch.
@@ -193,17 +221,6 @@ pub(crate) enum ProcessFinding {
     /// The episode whose first evidence is `first_seq` closed at `ts`
     /// (the first observation back under the release limit).
     Closed {
-        ts: i64,
-        first_seq: u64,
-        name: String,
-    },
-    /// The episode whose first evidence is `first_seq` lasted
-    /// `process_rebaseline_after`: the model took the level the process
-    /// holds as its new normal, which closes the episode at `ts`; `draft` is
-    /// the notice saying so.
-    Rebaselined {
-        row: u32,
-        draft: Draft,
         ts: i64,
         first_seq: u64,
         name: String,
@@ -338,18 +355,19 @@ impl ProcessModel {
         };
         self.pending.present = 0;
         let learning = protect_from.is_none_or(|p| ts < p);
+        if learning {
+            self.keep(values, ts, config);
+            return;
+        }
         if self.fitted.is_none() {
-            let few = self.learn.len() < config.process_min_observations;
-            if learning || few || self.retry_in > 0 {
-                self.retry_in = self.retry_in.saturating_sub(usize::from(!learning));
-                self.keep(values, config);
+            if self.unfitted.is_some() {
                 return;
             }
-            self.fit(config);
-            if self.fitted.is_none() {
-                // Too few variables so far: try again later, not at every observation.
-                self.retry_in = config.process_min_observations;
-                self.keep(values, config);
+            // The learning window is over: fit once, on what it held.
+            if let Err(why) = self.fit(config) {
+                self.unfitted = Some(why);
+                self.learn = Vec::new();
+                self.learn_ts = Vec::new();
                 return;
             }
         }
@@ -364,20 +382,31 @@ impl ProcessModel {
     }
 
     /// Keeps a learning observation; beyond the bound the oldest half goes.
-    fn keep(&mut self, values: Vec<f64>, config: &DetectorConfig) {
+    fn keep(&mut self, values: Vec<f64>, ts: i64, config: &DetectorConfig) {
+        // A model read from an older checkpoint kept no times.
+        if self.learn_ts.len() != self.learn.len() {
+            self.learn_ts = vec![ts; self.learn.len()];
+        }
         self.learn.push(values);
+        self.learn_ts.push(ts);
         let max = config.process_max_learning_observations.max(2);
         if self.learn.len() > max {
-            self.learn.drain(..self.learn.len() - max / 2);
+            let cut = self.learn.len() - max / 2;
+            self.learn.drain(..cut);
+            self.learn_ts.drain(..cut);
         }
     }
 
-    /// Fits the model on the learning observations (no-op when there are too
-    /// few observations or variables).
-    fn fit(&mut self, config: &DetectorConfig) {
+    /// Fits the model on the learning observations; the error says why it
+    /// cannot be (too few observations or continuous variables).
+    fn fit(&mut self, config: &DetectorConfig) -> Result<(), String> {
         let n_all = self.learn.len();
+        if self.learn_ts.len() != n_all {
+            // Kept by an older otwatch, without times: the cadence is unknown.
+            self.learn_ts = vec![0; n_all];
+        }
         // Variables with a value in at least half the observations.
-        let vars: Vec<usize> = (0..self.tags.len())
+        let seen: Vec<usize> = (0..self.tags.len())
             .filter(|&v| {
                 let seen = self
                     .learn
@@ -387,18 +416,59 @@ impl ProcessModel {
                 2 * seen >= n_all
             })
             .collect();
-        let rows: Vec<&Vec<f64>> = self
-            .learn
+        let complete = |r: &&Vec<f64>| {
+            seen.iter()
+                .all(|&v| r.get(v).is_some_and(|x| x.is_finite()))
+        };
+        // Discrete and constant variables have no continuous scale.
+        let mut excluded = Vec::new();
+        let vars: Vec<usize> = seen
             .iter()
-            .filter(|r| {
-                vars.iter()
-                    .all(|&v| r.get(v).is_some_and(|x| x.is_finite()))
+            .copied()
+            .filter(|&v| {
+                let values = self.learn.iter().filter(complete).map(|r| r[v]);
+                let keep = !crate::series::is_discrete(values, config.discrete_max_values);
+                if !keep {
+                    excluded.push(self.tags[v].clone());
+                }
+                keep
             })
             .collect();
+        let (rows, times): (Vec<&Vec<f64>>, Vec<i64>) = self
+            .learn
+            .iter()
+            .zip(&self.learn_ts)
+            .filter(|(r, _)| complete(r))
+            .map(|(r, &t)| (r, t))
+            .unzip();
         let (n, d) = (rows.len(), vars.len());
-        if d < config.process_min_tags.max(2) || n < config.process_min_observations.max(3) {
-            return;
+        let min_obs = config.process_min_observations.max(3);
+        if n < min_obs {
+            return Err(format!(
+                "its learning window held {n} complete observation(s), fewer than process_min_observations = {min_obs}"
+            ));
         }
+        if d < config.process_min_tags.max(2) {
+            return Err(format!(
+                "{d} continuous variable(s) while learning, fewer than process_min_tags = {}{}",
+                config.process_min_tags.max(2),
+                if excluded.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} discrete or constant)", excluded.join(", "))
+                }
+            ));
+        }
+        let mut gaps: Vec<f64> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64)
+            .filter(|g| *g > 0.0)
+            .collect();
+        let cadence_ns = if gaps.is_empty() {
+            1e9
+        } else {
+            crate::stats::median(&mut gaps)
+        } as i64;
         let mut x = vec![0.0; n * d];
         for (i, r) in rows.iter().enumerate() {
             for (j, &v) in vars.iter().enumerate() {
@@ -435,61 +505,11 @@ impl ProcessModel {
                 z[i * d + j] = (z[i * d + j] - centre[j]) / scale[j];
             }
         }
-        let mut mean = vec![0.0; d];
-        for i in 0..n {
-            for j in 0..d {
-                mean[j] += z[i * d + j];
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut cov = Array2::<f64>::zeros((d, d));
-        for i in 0..n {
-            for a in 0..d {
-                let za = z[i * d + a] - mean[a];
-                for b in a..d {
-                    cov[[a, b]] += za * (z[i * d + b] - mean[b]);
-                }
-            }
-        }
-        for a in 0..d {
-            for b in a..d {
-                let c = cov[[a, b]] / (n - 1) as f64;
-                cov[[a, b]] = c;
-                cov[[b, a]] = c;
-            }
-        }
-        let Ok((values, vectors)) = cov.eigh_into() else {
-            return;
+        let all: Vec<usize> = (0..n).collect();
+        let Some((mean, loadings, eigen)) = components(&z, &all, d, config.process_variance) else {
+            return Err("the eigendecomposition of its learning observations failed".into());
         };
-        let mut order: Vec<usize> = (0..d).collect();
-        order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
-        let top = values[order[0]].max(f64::MIN_POSITIVE);
-        let total: f64 = order.iter().map(|&i| values[i].max(0.0)).sum();
-        let mut k = 0;
-        let mut cum = 0.0;
-        while k < d {
-            cum += values[order[k]].max(0.0);
-            k += 1;
-            if cum >= config.process_variance * total {
-                break;
-            }
-        }
-        let k = k.clamp(1, d - 1);
-        let mut loadings = vec![0.0; d * k];
-        let mut eigen = vec![0.0; k];
-        for (c, &i) in order[..k].iter().enumerate() {
-            eigen[c] = values[i].max(top * MIN_EIGENVALUE);
-            // A stable sign: the largest loading of each component is positive.
-            let column = vectors.column(i);
-            let big = column
-                .iter()
-                .copied()
-                .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
-            let sign = if big < 0.0 { -1.0 } else { 1.0 };
-            for j in 0..d {
-                loadings[j * k + c] = sign * column[j];
-            }
-        }
+        let k = eigen.len();
         let mut fitted = Fitted {
             vars,
             centre,
@@ -505,10 +525,18 @@ impl ProcessModel {
             z: vec![0.0; d],
             open: None,
             above: 0,
+            below: 0,
             last_ts: None,
             open_since: 0,
-            held_since: None,
-            level: vec![0.0; d],
+            cadence_ns,
+            fitted_on: n,
+            learned_from: times.first().copied().unwrap_or(0),
+            learned_until: times.last().copied().unwrap_or(0),
+            excluded,
+            shift_sum: vec![0.0; d],
+            shift_count: 0,
+            accepted: 0,
+            accepted_at: None,
         };
         // The statistics over the learning observations, smoothed as when
         // protecting; the limits are their quantile after the warm-up.
@@ -517,9 +545,12 @@ impl ProcessModel {
         let mut raw_t2 = vec![0.0; n];
         let mut raw_q = vec![0.0; n];
         let mut scratch = vec![0.0; d + k];
-        let alpha = config.process_smoothing;
+        let alpha = fitted.alpha(config);
+        let held: Vec<(f64, f64)> = (0..n)
+            .map(|i| fitted.statistics(&z[i * d..(i + 1) * d], &mut scratch))
+            .collect();
         for i in 0..n {
-            let (a, b) = fitted.statistics(&z[i * d..(i + 1) * d], &mut scratch);
+            let (a, b) = held[i];
             raw_t2[i] = a;
             raw_q[i] = b;
             if i == 0 {
@@ -552,10 +583,19 @@ impl ProcessModel {
             let floor = mean + config.process_limit_floor_z * sd * shrink;
             quantile(&mut v[warmup..], config.process_quantile).max(floor) * config.process_margin
         };
-        fitted.t2_limit = limit(&mut t2, &raw_t2).max(f64::MIN_POSITIVE);
-        fitted.q_limit = limit(&mut q, &raw_q).max(1e-12);
+        // Few learning observations know the statistics' spread poorly: the
+        // limits widen as a prediction limit does (1.25× for 40
+        // observations of 3 components, 7.6× for 7; about 1 beyond a few
+        // hundred).
+        let p = config.process_quantile;
+        let t2_widen = crate::stats::small_sample_factor(n, k, p);
+        let q_widen = crate::stats::small_sample_factor(n, (d - k).min(n - 2).max(1), p);
+        fitted.t2_limit = (limit(&mut t2, &raw_t2) * t2_widen).max(f64::MIN_POSITIVE);
+        fitted.q_limit = (limit(&mut q, &raw_q) * q_widen).max(1e-12);
         self.fitted = Some(fitted);
         self.learn = Vec::new();
+        self.learn_ts = Vec::new();
+        Ok(())
     }
 
     /// Scores the queued observations of the batch in order.
@@ -575,18 +615,12 @@ impl ProcessModel {
         if m == 0 {
             return;
         }
-        // Observation by observation: each one may move the centre the next
-        // one is scaled by (re-learning while quiet), so the statistics do not
-        // depend on how the rows were cut into batches.
-        let alpha = config.process_smoothing;
-        let tau = config.process_adapt.as_nanos() as f64;
-        let below = config.process_adapt_below;
-        let rebaseline_ns =
-            i64::try_from(config.process_rebaseline_after.as_nanos()).unwrap_or(i64::MAX);
+        let alpha = f.alpha(config);
+        let confirm = config.process_open_points;
         let mut z = vec![0.0; d];
         let mut c = vec![0.0; d];
         let mut tmp = vec![0.0; d + f.eigen.len()];
-        f.level.resize(d, 0.0);
+        f.shift_sum.resize(d, 0.0);
         for i in 0..m {
             let x = &scratch.obs[i * d..(i + 1) * d];
             for j in 0..d {
@@ -599,27 +633,28 @@ impl ProcessModel {
             f.q += alpha * (b - f.q);
             for j in 0..d {
                 f.z[j] += alpha * (c[j] - f.z[j]);
-                f.level[j] += alpha * (c[j] - f.level[j]).clamp(-LEVEL_STEP, LEVEL_STEP);
             }
             let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
             let meta = scratch.meta[i];
             f.above = if rt > 1.0 || rq > 1.0 { f.above + 1 } else { 0 };
-            f.held_since = match f.held_since {
-                _ if f.open.is_none() || !f.holds_a_level(&mut tmp) => None,
-                None => Some(meta.ts),
-                since => since,
-            };
+            let released = rt < config.process_release && rq < config.process_release;
+            f.below = if released { f.below + 1 } else { 0 };
+
+            // Persistence, or one observation far beyond a limit.
+            let at_once = rt.max(rq) > config.process_open_factor;
             match f.open {
-                None if f.above >= config.process_open_points => {
+                None if f.above >= confirm || at_once => {
                     let draft = f.draft(&self.tags, x, rt, rq, &meta, config);
                     f.open = Some((meta.first_seq, draft.name.clone()));
                     f.open_since = meta.ts;
+                    f.shift_sum.copy_from_slice(&c);
+                    f.shift_count = 1;
                     out.push(ProcessFinding::Opened {
                         row: meta.row,
                         draft,
                     });
                 }
-                Some(_) if rt < config.process_release && rq < config.process_release => {
+                Some(_) if f.below >= confirm => {
                     let (first_seq, name) = f.open.take().expect("open");
                     out.push(ProcessFinding::Closed {
                         ts: meta.ts,
@@ -627,40 +662,148 @@ impl ProcessModel {
                         name,
                     });
                 }
-                Some(_)
-                    if rebaseline_ns > 0
-                        && meta.ts - f.open_since >= rebaseline_ns
-                        && f.held_since
-                            .is_some_and(|h| meta.ts - h >= rebaseline_ns / 2) =>
-                {
-                    let (first_seq, name) = f.open.take().expect("open");
-                    let draft = f.rebaseline(&self.tags, &meta, config);
-                    out.push(ProcessFinding::Rebaselined {
-                        row: meta.row,
-                        draft,
-                        ts: meta.ts,
-                        first_seq,
-                        name,
-                    });
+                Some(_) => {
+                    for j in 0..d {
+                        f.shift_sum[j] += c[j];
+                    }
+                    f.shift_count += 1;
                 }
-                _ => {}
-            }
-            // Re-learning while quiet: the centre follows drifts much slower
-            // than `process_adapt`; an episode, or statistics already half
-            // way to their limits, freeze it.
-            if tau > 0.0 && f.open.is_none() && rt < below && rq < below {
-                let dt = f.last_ts.map_or(0, |l| meta.ts - l).max(0) as f64;
-                // A gap between observations counts as at most τ/20.
-                let w = -(-dt.min(tau / 20.0) / tau).exp_m1();
-                for j in 0..d {
-                    f.centre[j] += w * f.scale[j] * c[j];
-                }
+                None => {}
             }
             f.last_ts = Some(meta.ts);
         }
         scratch.obs.clear();
         scratch.meta.clear();
     }
+
+    /// The SOC accepts the open episode whose alert was raised at
+    /// `first_seq`: its mean deviation becomes normal (see the module
+    /// documentation), the smoothed statistics start again, and the episode
+    /// ends at `at` (the detector's event time). Returns what changed, or
+    /// why nothing could be accepted.
+    pub fn accept(&mut self, first_seq: u64, at: i64) -> Result<Accepted, String> {
+        let tags = &self.tags;
+        let Some(f) = self.fitted.as_mut() else {
+            return Err("the asset has no process model".into());
+        };
+        let Some((open_seq, name)) = f.open.clone() else {
+            return Err("its episode is over (the process came back): nothing to accept".into());
+        };
+        if open_seq != first_seq {
+            return Err("its episode is over; another one is open".into());
+        }
+        let d = f.centre.len();
+        let count = f.shift_count.max(1) as f64;
+        let mut moved = Vec::new();
+        for j in 0..d {
+            let shift = f.shift_sum.get(j).copied().unwrap_or(0.0) / count;
+            if shift.abs() < 1.0 {
+                continue;
+            }
+            let old = f.centre[j];
+            f.centre[j] += f.scale[j] * shift / 2.0;
+            let widen = (shift.abs() / 2.0).max(1.0);
+            f.scale[j] *= widen;
+            f.spread[j] *= widen;
+            moved.push(format!(
+                "{} {} → {} (tolerance ×{:.1})",
+                tags[f.vars[j]],
+                num(old),
+                num(old + 2.0 * (f.centre[j] - old)),
+                widen
+            ));
+        }
+        f.t2 = 0.0;
+        f.q = 0.0;
+        f.z = vec![0.0; d];
+        f.above = 0;
+        f.open = None;
+        f.shift_sum = vec![0.0; d];
+        f.shift_count = 0;
+        f.accepted += 1;
+        f.accepted_at = Some(at);
+        Ok(Accepted {
+            name,
+            first_seq,
+            changed: if moved.is_empty() {
+                "no variable moved by a scale unit on average: the limits stay as learned".into()
+            } else {
+                moved.join(", ")
+            },
+        })
+    }
+
+    /// What the model knows, for `otwatch model status`.
+    pub fn report(&self, learning: bool) -> Option<ProcessReport> {
+        if self.tags.is_empty() {
+            return None;
+        }
+        if let Some(f) = &self.fitted {
+            let (rt, rq) = (f.t2 / f.t2_limit, f.q / f.q_limit);
+            let vars: Vec<&str> = f.vars.iter().map(|&v| self.tags[v].as_str()).collect();
+            let mut baseline = format!(
+                "{} variables ({}) fitted on {} observations over {}, one every {}, {} components; T² {:.2}×, Q {:.2}× of their limits now",
+                vars.len(),
+                vars.join(", "),
+                f.fitted_on,
+                crate::alert::duration(f.learned_until - f.learned_from),
+                crate::alert::duration(f.cadence_ns.max(1)),
+                f.eigen.len(),
+                rt,
+                rq
+            );
+            if !f.excluded.is_empty() {
+                baseline += &format!("; left to the discrete model: {}", f.excluded.join(", "));
+            }
+            if f.accepted > 0 {
+                baseline += &format!("; {} deviation(s) accepted", f.accepted);
+            }
+            return Some(ProcessReport {
+                state: "protecting",
+                baseline,
+                open: f.open.clone().map(|(seq, name)| (seq, name, f.open_since)),
+            });
+        }
+        let (state, baseline) = match &self.unfitted {
+            Some(why) => (
+                "not fitted",
+                format!("no process model: {why}; relearn over a longer window"),
+            ),
+            None if learning => (
+                "learning",
+                format!(
+                    "{} observation(s) of {} variable(s) so far",
+                    self.learn.len(),
+                    self.tags.len()
+                ),
+            ),
+            None => ("learning", "fitted at its next observation".into()),
+        };
+        Some(ProcessReport {
+            state,
+            baseline,
+            open: None,
+        })
+    }
+}
+
+/// What [`ProcessModel::accept`] changed.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    /// Name the episode's alert carries.
+    pub name: String,
+    pub first_seq: u64,
+    /// The variables re-centred and widened, in words.
+    pub changed: String,
+}
+
+/// The process model's part of `otwatch model status`.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessReport {
+    pub state: &'static str,
+    pub baseline: String,
+    /// The open episode: first sequence number, alert name, since when.
+    pub open: Option<(u64, String, i64)>,
 }
 
 impl Fitted {
@@ -714,88 +857,14 @@ impl Fitted {
             .collect()
     }
 
-    /// Whether the level the process holds (a robust smoothing of the
-    /// observations, not the smoothed statistics, which also carry the
-    /// decaying memory of a past spike) is itself beyond a limit. `tmp` as
-    /// in [`Fitted::statistics`].
-    fn holds_a_level(&self, tmp: &mut [f64]) -> bool {
-        let level: Vec<f64> = self
-            .level
-            .iter()
-            .zip(&self.mean)
-            .map(|(l, m)| l + m)
-            .collect();
-        let (t2, q) = self.statistics(&level, tmp);
-        t2 > self.t2_limit || q > self.q_limit
-    }
-
-    /// Takes the level the process has held lately (the smoothed
-    /// observation) as the new centre, widens the scale of each variable to
-    /// at least the size of its move (a move the SOC has now seen accepted is
-    /// not reported again), restarts the smoothed statistics, and drafts
-    /// the notice that says so.
-    fn rebaseline(&mut self, tags: &[String], meta: &ObsMeta, config: &DetectorConfig) -> Draft {
-        let d = self.centre.len();
-        let shift = std::mem::replace(&mut self.level, vec![0.0; d]);
-        self.z = vec![0.0; d];
-        let old: Vec<(f64, f64)> = (0..d)
-            .map(|j| {
-                let half = config.expected_band * self.spread[j];
-                (self.centre[j] - half, self.centre[j] + half)
-            })
-            .collect();
-        let old_centre = self.centre.clone();
-        let mut widen = vec![1.0; d];
-        for j in 0..d {
-            self.centre[j] += self.scale[j] * shift[j];
-            widen[j] = shift[j].abs().max(1.0);
-            self.scale[j] *= widen[j];
-            self.spread[j] *= widen[j];
+    /// EWMA weight of an observation: `1 − exp(−cadence / process_smoothing)`
+    /// (0.1 for a model fitted by an older otwatch).
+    fn alpha(&self, config: &DetectorConfig) -> f64 {
+        if self.cadence_ns <= 0 {
+            return 0.1;
         }
-        self.t2 = 0.0;
-        self.q = 0.0;
-        self.above = 0;
-        self.held_since = None;
-        let mut order: Vec<usize> = (0..d).collect();
-        order.sort_by(|&a, &b| shift[b].abs().total_cmp(&shift[a].abs()).then(a.cmp(&b)));
-        let named: Vec<String> = order
-            .iter()
-            .take(config.process_top_tags.max(1))
-            .map(|&j| {
-                let mut s = format!(
-                    "{} {} → {}",
-                    tags[self.vars[j]],
-                    num(old_centre[j]),
-                    num(self.centre[j])
-                );
-                if widen[j] > 1.0 {
-                    s += &format!(" (tolerance ×{:.1})", widen[j]);
-                }
-                s
-            })
-            .collect();
-        let top = order[0];
-        let held = crate::alert::duration(meta.ts - self.open_since);
-        Draft {
-            ts_ns: meta.ts,
-            detector: "process-baseline",
-            name: tags[self.vars[top]].clone(),
-            severity: Severity::Low,
-            score: shift[top].abs(),
-            observed: self.centre[top],
-            expected_low: old[top].0,
-            expected_high: old[top].1,
-            message: format!(
-                "new normal accepted: the process held a level outside its learned region for {held}; \
-                 the process model now takes that level as normal (the episode is closed) and \
-                 watches for deviations from it: {}",
-                named.join(", ")
-            ),
-            first_seq: meta.first_seq,
-            last_seq: meta.last_seq,
-            event_count: meta.count,
-            technique: "",
-        }
+        let tau = config.process_smoothing.as_nanos().max(1) as f64;
+        -(-(self.cadence_ns as f64) / tau).exp_m1()
     }
 
     fn draft(
@@ -866,6 +935,74 @@ impl Fitted {
             technique,
         }
     }
+}
+
+/// PCA of the rows `rows` of the scaled observations `z` (row-major, `d`
+/// columns): their mean, the loadings (row-major `d × k`) and variances of
+/// the components kept, the fewest that explain `variance` (at most
+/// `d − 1`, so Q has a residual, and no more than the rows span). `None`
+/// when the eigendecomposition fails.
+fn components(
+    z: &[f64],
+    rows: &[usize],
+    d: usize,
+    variance: f64,
+) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let n = rows.len();
+    let mut mean = vec![0.0; d];
+    for &i in rows {
+        for j in 0..d {
+            mean[j] += z[i * d + j];
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut cov = Array2::<f64>::zeros((d, d));
+    for &i in rows {
+        for a in 0..d {
+            let za = z[i * d + a] - mean[a];
+            for b in a..d {
+                cov[[a, b]] += za * (z[i * d + b] - mean[b]);
+            }
+        }
+    }
+    for a in 0..d {
+        for b in a..d {
+            let c = cov[[a, b]] / (n.max(2) - 1) as f64;
+            cov[[a, b]] = c;
+            cov[[b, a]] = c;
+        }
+    }
+    let (values, vectors) = cov.eigh_into().ok()?;
+    let mut order: Vec<usize> = (0..d).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    let top = values[order[0]].max(f64::MIN_POSITIVE);
+    let total: f64 = order.iter().map(|&i| values[i].max(0.0)).sum();
+    let mut k = 0;
+    let mut cum = 0.0;
+    while k < d {
+        cum += values[order[k]].max(0.0);
+        k += 1;
+        if cum >= variance * total {
+            break;
+        }
+    }
+    let k = k.clamp(1, (d - 1).min(n.saturating_sub(1)).max(1));
+    let mut loadings = vec![0.0; d * k];
+    let mut eigen = vec![0.0; k];
+    for (c, &i) in order[..k].iter().enumerate() {
+        eigen[c] = values[i].max(top * MIN_EIGENVALUE);
+        // A stable sign: the largest loading of each component is positive.
+        let column = vectors.column(i);
+        let big = column
+            .iter()
+            .copied()
+            .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+        let sign = if big < 0.0 { -1.0 } else { 1.0 };
+        for j in 0..d {
+            loadings[j * k + c] = sign * column[j];
+        }
+    }
+    Some((mean, loadings, eigen))
 }
 
 /// Per-batch buffers of the process model.

@@ -1,8 +1,10 @@
 //! The `cycle` and `sample` models: one [`Series`] per (site, asset, name) of
 //! CYCLE durations or SAMPLE tag values.
 //!
-//! A series learns while its asset learns (and until it holds
-//! `min_series_points` values), then protects:
+//! A series learns while its asset learns, and only then: one that holds
+//! fewer than `min_series_points` values when the window ends, or that is
+//! first seen once its asset protects, is not scored (its report says why)
+//! rather than learning from protected data. Then it protects:
 //! - **cycle**: the robust centre and spread (median, MAD) of the durations;
 //!   a single value beyond `outlier_z` robust deviations is an outlier, a slow
 //!   creep is caught by a two-sided CUSUM on the standardized durations;
@@ -15,12 +17,25 @@
 //!   durations it was fitted on: samples taken with a cycle beyond
 //!   `outlier_z` robust deviations are not scored (that cycle is the cycle
 //!   model's alert).
+//! - **discrete**: a SAMPLE tag that took few distinct integer values while
+//!   learning (at most `discrete_max_values`: coils, status bits, modes
+//!   held as numbers), or one value of any kind, is a state: the values
+//!   seen, the transitions between them, and the most changes in one
+//!   `burst_window`. An unseen value or transition is an alert (T0836), a
+//!   seen toggle is not; changes far more frequent than learned are
+//!   brute-force I/O (T0806). A tag constant while learning thus never
+//!   gets a zero-width band.
+//!
+//! The SOC can accept an episode ([`Series::accept`]): a discrete series
+//! learns the value, transition or rate its alert named; a continuous one
+//! takes the episode's mean level as normal, re-centred half way and its
+//! tolerance widened so that both levels are within one spread.
 //!
 //! Scoring runs over a series' rows of one batch in one tight loop.
 
-use crate::alert::{num, Draft};
+use crate::alert::{duration, num, Draft};
 use crate::config::{DetectorConfig, Resolved};
-use crate::stats::{median, Cusum, Drift, Episode, Line, Sampler, Spread};
+use crate::stats::{median, Cusum, Drift, Episode, Line, RateWindow, Sampler, Spread};
 use otwatch_proto::Severity;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +65,131 @@ pub(crate) struct Series {
     model: Option<Model>,
     cusum: Cusum,
     episode: Episode,
+    /// Distinct values and transitions seen while learning.
+    #[serde(default)]
+    seen: States,
+    /// The model of a discrete tag (instead of `model`).
+    #[serde(default)]
+    discrete: Option<Discrete>,
+    /// Why the series is not scored.
+    #[serde(default)]
+    unscored: Option<String>,
+    /// Sum and count of the scored quantity since the open episode began:
+    /// its mean level, which an accept takes as normal.
+    #[serde(default)]
+    episode_sum: f64,
+    #[serde(default)]
+    episode_count: u64,
+    /// Episodes the SOC accepted.
+    #[serde(default)]
+    accepted: u32,
+}
+
+/// The distinct values of a series while it learns, and the transitions
+/// between them, bounded: beyond `discrete_max_values` values nothing more
+/// is kept (the tag is continuous).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct States {
+    values: Vec<f64>,
+    transitions: Vec<(f64, f64)>,
+    last: Option<f64>,
+    /// More distinct values than a discrete tag has.
+    overflow: bool,
+    /// A value with a fractional part was seen.
+    fractional: bool,
+    /// Changes of value per `burst_window` while learning.
+    rate: RateWindow,
+}
+
+impl States {
+    fn push(&mut self, v: f64, t: i64, seq: u64, config: &DetectorConfig, window_ns: i64) {
+        if self.overflow {
+            return;
+        }
+        self.fractional |= v.fract() != 0.0;
+        if !self.values.contains(&v) {
+            if self.values.len() > config.discrete_max_values.max(1) {
+                // Neither a state nor a constant: stop tracking.
+                *self = States {
+                    overflow: true,
+                    ..States::default()
+                };
+                return;
+            }
+            self.values.push(v);
+        }
+        if let Some(last) = self.last.filter(|&l| l != v) {
+            if !self.transitions.contains(&(last, v)) {
+                self.transitions.push((last, v));
+            }
+            self.rate.add(
+                t,
+                seq,
+                true,
+                window_ns,
+                config.burst_factor,
+                config.burst_min_excess,
+            );
+        }
+        self.last = Some(v);
+    }
+
+    /// Whether the values seen make a discrete tag (see [`is_discrete`]).
+    fn discrete(&self, config: &DetectorConfig) -> bool {
+        !self.overflow
+            && !self.values.is_empty()
+            && (self.values.len() == 1
+                || (!self.fractional && self.values.len() <= config.discrete_max_values))
+    }
+}
+
+/// Whether `values` (the learning values of one tag) make a discrete tag:
+/// a single value of any kind, or at most `max_values` distinct integers.
+/// The process model leaves such tags to the discrete model.
+pub(crate) fn is_discrete(values: impl Iterator<Item = f64>, max_values: usize) -> bool {
+    let mut distinct: Vec<f64> = Vec::new();
+    let mut fractional = false;
+    for v in values {
+        fractional |= v.fract() != 0.0;
+        if !distinct.contains(&v) {
+            if distinct.len() > max_values.max(1) {
+                return false;
+            }
+            distinct.push(v);
+        }
+    }
+    distinct.len() == 1 || (!distinct.is_empty() && !fractional && distinct.len() <= max_values)
+}
+
+/// A discrete value as the SOC reads it: integers without decimals.
+fn state(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        num(v)
+    }
+}
+
+/// What a discrete tag learned, and its current value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Discrete {
+    values: Vec<f64>,
+    transitions: Vec<(f64, f64)>,
+    /// Changes of value counted per `burst_window`; its learned maximum is
+    /// the busiest learning window.
+    rate: RateWindow,
+    last: Option<f64>,
+}
+
+/// What an alert of a series names, for the SOC to accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum SeriesTarget {
+    /// A continuous series' episode.
+    Level,
+    /// A discrete tag's unseen value, or unseen transition `from -> value`.
+    State { value: f64, from: Option<f64> },
+    /// A discrete tag changing this often within one window.
+    Rate { count: u64 },
 }
 
 /// A series' rows of one batch, in time order, as contiguous slices.
@@ -68,6 +208,7 @@ pub(crate) struct Input<'a> {
 pub(crate) struct Finding {
     pub row: u32,
     pub draft: Draft,
+    pub target: SeriesTarget,
 }
 
 impl Series {
@@ -80,15 +221,22 @@ impl Series {
             model: None,
             cusum: Cusum::default(),
             episode: Episode::default(),
+            seen: States::default(),
+            discrete: None,
+            unscored: None,
+            episode_sum: 0.0,
+            episode_count: 0,
+            accepted: 0,
         }
     }
 
     pub fn protecting(&self) -> bool {
-        self.model.is_some()
+        self.model.is_some() || self.discrete.is_some()
     }
 
-    /// Runs the series over its rows of a batch. Rows from `protect_from`
-    /// on are scored once the series has learned enough; earlier ones are learned.
+    /// Runs the series over its rows of a batch. Rows before `protect_from`
+    /// are learned; from it on the series is scored, or not at all when its
+    /// learning window did not give it a model.
     pub fn process(
         &mut self,
         input: &Input,
@@ -103,8 +251,7 @@ impl Series {
             let with_x = self.kind == SeriesKind::Sample;
             while first_scored < n {
                 let i = first_scored;
-                let due = protect_from.is_some_and(|p| input.ts[i] >= p);
-                if due && sampler.len() >= config.min_series_points {
+                if protect_from.is_some_and(|p| input.ts[i] >= p) {
                     break;
                 }
                 let x = Some(input.ctx[i]).filter(|x| x.is_finite());
@@ -113,16 +260,311 @@ impl Series {
                     with_x.then_some(x),
                     config.max_learning_values,
                 );
+                if with_x {
+                    self.seen.push(
+                        input.value[i],
+                        input.ts[i],
+                        input.seq[i],
+                        config,
+                        resolved.burst_window_ns,
+                    );
+                }
                 first_scored += 1;
             }
             if first_scored == n {
                 return;
             }
             let sampler = self.learning.take().expect("learning");
-            self.model = Some(self.learn(&sampler, config));
+            let seen = std::mem::take(&mut self.seen);
+            if sampler.len() == 0 {
+                self.unscored = Some(
+                    "first seen once its asset protected: relearn the asset to model it".into(),
+                );
+            } else if self.kind == SeriesKind::Sample && seen.discrete(config) {
+                self.discrete = Some(Discrete {
+                    values: seen.values,
+                    transitions: seen.transitions,
+                    rate: seen.rate,
+                    last: seen.last,
+                });
+            } else if sampler.len() < config.min_series_points {
+                self.unscored = Some(format!(
+                    "learned {} value(s), fewer than min_series_points = {}: relearn over a longer window",
+                    sampler.len(),
+                    config.min_series_points
+                ));
+            } else {
+                self.model = Some(self.learn(&sampler, config));
+            }
         }
-        let model = self.model.expect("protecting");
+        if self.discrete.is_some() {
+            self.score_discrete(first_scored, input, config, resolved, out);
+            return;
+        }
+        let Some(model) = self.model else {
+            return;
+        };
         self.score(first_scored, input, &model, config, resolved, out);
+    }
+
+    /// Scores slots `from..` of a discrete tag's `input`.
+    fn score_discrete(
+        &mut self,
+        from: usize,
+        input: &Input,
+        config: &DetectorConfig,
+        resolved: &Resolved,
+        out: &mut Vec<Finding>,
+    ) {
+        // Worked on as a local and put back: the alert text reads `self` too.
+        let mut d = self.discrete.take().expect("discrete");
+        let (close, quiet) = (config.episode_close_points, resolved.quiet_ns);
+        for r in from..input.ts.len() {
+            let (v, t, seq) = (input.value[r], input.ts[r], input.seq[r]);
+            let last = d.last.replace(v);
+            let changed = last.is_some_and(|l| l != v);
+            let mut rate = None;
+            if changed {
+                let step = d.rate.add(
+                    t,
+                    seq,
+                    false,
+                    resolved.burst_window_ns,
+                    config.burst_factor,
+                    config.burst_min_excess,
+                );
+                if step.closed_normal {
+                    self.episode.normal(t, close, quiet);
+                }
+                if step.over {
+                    rate = Some(d.rate.count());
+                }
+            }
+            let unseen_value = !d.values.contains(&v);
+            let unseen_transition = changed && !d.transitions.contains(&(last.unwrap_or(v), v));
+            let target = if unseen_value || unseen_transition {
+                SeriesTarget::State {
+                    value: v,
+                    from: last,
+                }
+            } else if let Some(count) = rate {
+                SeriesTarget::Rate { count }
+            } else {
+                if !changed {
+                    self.episode.normal(t, close, quiet);
+                }
+                continue;
+            };
+            if !self.episode.abnormal(t, quiet) {
+                continue;
+            }
+            let list = |v: &[f64]| v.iter().map(|x| state(*x)).collect::<Vec<_>>().join(", ");
+            let (message, technique, observed) = match target {
+                SeriesTarget::State { value, from } if !d.values.contains(&value) => (
+                    format!(
+                        "{} took {}{}, a value never seen while learning (learned: {})",
+                        self.name,
+                        state(value),
+                        from.map_or(String::new(), |f| format!(" (was {})", state(f))),
+                        list(&d.values)
+                    ),
+                    "T0836",
+                    value,
+                ),
+                SeriesTarget::State { value, from } => (
+                    format!(
+                        "{} changed {} -> {}, a transition never seen while learning (learned: {})",
+                        self.name,
+                        state(from.unwrap_or(value)),
+                        state(value),
+                        d.transitions
+                            .iter()
+                            .map(|(a, b)| format!("{} -> {}", state(*a), state(*b)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "T0836",
+                    value,
+                ),
+                SeriesTarget::Rate { count } => (
+                    format!(
+                        "{} changed {count} times within {}, learned at most {} (limit {}): toggled far more often than learned",
+                        self.name,
+                        duration(resolved.burst_window_ns),
+                        d.rate.learned_max,
+                        d.rate.limit()
+                    ),
+                    "T0806",
+                    count as f64,
+                ),
+                SeriesTarget::Level => unreachable!("discrete tags have no level"),
+            };
+            let (low, high) = d
+                .values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                });
+            out.push(Finding {
+                row: input.row[r],
+                draft: Draft {
+                    ts_ns: t,
+                    detector: "discrete",
+                    name: self.name.clone(),
+                    severity: Severity::Medium,
+                    score: 1.0,
+                    observed,
+                    expected_low: low,
+                    expected_high: high,
+                    message,
+                    first_seq: seq,
+                    last_seq: seq,
+                    event_count: 1,
+                    technique,
+                },
+                target,
+            });
+        }
+        self.discrete = Some(d);
+    }
+
+    /// The SOC accepts this series' episode whose alert named `target`:
+    /// see the module documentation. Returns what changed.
+    pub fn accept(&mut self, target: &SeriesTarget) -> Result<String, String> {
+        if let Some(d) = &mut self.discrete {
+            self.accepted += 1;
+            self.episode = Episode::default();
+            return Ok(match *target {
+                SeriesTarget::State { value, from } => {
+                    if !d.values.contains(&value) {
+                        d.values.push(value);
+                    }
+                    match from.filter(|&f| f != value) {
+                        Some(f) => {
+                            if !d.transitions.contains(&(f, value)) {
+                                d.transitions.push((f, value));
+                            }
+                            format!(
+                                "{}: value {} and transition {} -> {} are now known",
+                                self.name,
+                                state(value),
+                                state(f),
+                                state(value)
+                            )
+                        }
+                        None => format!("{}: value {} is now known", self.name, state(value)),
+                    }
+                }
+                SeriesTarget::Rate { count } => {
+                    d.rate.learned_max = d.rate.learned_max.max(count);
+                    format!(
+                        "{}: up to {count} changes per window are now normal",
+                        self.name
+                    )
+                }
+                SeriesTarget::Level => "nothing to change".into(),
+            });
+        }
+        let Some(model) = &mut self.model else {
+            return Err(format!("{} has no model", self.name));
+        };
+        if self.episode_count == 0 {
+            return Err("its episode is over: nothing to accept".into());
+        }
+        let st = &mut model.stats;
+        let level = self.episode_sum / self.episode_count as f64;
+        let shift = (level - st.centre) / st.spread;
+        let old = st.centre;
+        let mut what = format!(
+            "{}: no move of a spread on average, the band stays",
+            self.name
+        );
+        if shift.abs() >= 1.0 {
+            let widen = (shift.abs() / 2.0).max(1.0);
+            let step = (level - st.centre) / 2.0;
+            st.centre += step;
+            st.mean += step;
+            st.spread *= widen;
+            st.sd *= widen;
+            what = format!(
+                "{}: centre {} → {} (tolerance ×{:.1})",
+                self.name,
+                num(old),
+                num(st.centre),
+                widen
+            );
+        }
+        self.cusum = Cusum::default();
+        self.episode = Episode::default();
+        self.episode_sum = 0.0;
+        self.episode_count = 0;
+        self.accepted += 1;
+        Ok(what)
+    }
+
+    /// What the series knows, for `otwatch model status`: its model's
+    /// name, state, a summary and, while an episode is open, since when.
+    pub fn report(
+        &self,
+        at: i64,
+        quiet_ns: i64,
+    ) -> (&'static str, &'static str, String, Option<i64>) {
+        let model = match (self.kind, self.discrete.is_some()) {
+            (SeriesKind::Cycle, _) => "cycle",
+            (SeriesKind::Sample, true) => "discrete",
+            (SeriesKind::Sample, false) => "sample",
+        };
+        let open = self.episode.open_since(at, quiet_ns);
+        if let Some(why) = &self.unscored {
+            return (model, "not scored", why.clone(), None);
+        }
+        if let Some(s) = &self.learning {
+            return (
+                model,
+                "learning",
+                format!("{} value(s) so far", s.len()),
+                None,
+            );
+        }
+        let accepted = if self.accepted > 0 {
+            format!("; {} episode(s) accepted", self.accepted)
+        } else {
+            String::new()
+        };
+        if let Some(d) = &self.discrete {
+            let list = d
+                .values
+                .iter()
+                .map(|x| state(*x))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return (
+                model,
+                "protecting",
+                format!(
+                    "values {list}; {} transition(s); at most {} change(s) per window while learning{accepted}",
+                    d.transitions.len(),
+                    d.rate.learned_max
+                ),
+                open,
+            );
+        }
+        let m = self.model.expect("scored");
+        let mut text = format!(
+            "median {}, spread {} over {} values",
+            num(m.stats.centre),
+            num(m.stats.spread),
+            m.points
+        );
+        if let Some(l) = m.line {
+            text = format!(
+                "{} + {} × cycle, residual {text} (R² {:.2})",
+                num(l.a),
+                num(l.b),
+                l.r2
+            );
+        }
+        (model, "protecting", text + &accepted, open)
     }
 
     fn learn(&self, s: &Sampler, config: &DetectorConfig) -> Model {
@@ -202,6 +644,13 @@ impl Series {
             let outlier = z.abs() > limit;
             if !outlier && drift.is_none() {
                 episode.normal(ts[r], close, quiet);
+                if episode.is_open() {
+                    self.episode_sum += q;
+                    self.episode_count += 1;
+                } else {
+                    self.episode_sum = 0.0;
+                    self.episode_count = 0;
+                }
                 continue;
             }
             if episode.abnormal(ts[r], quiet) {
@@ -210,8 +659,13 @@ impl Series {
                 out.push(Finding {
                     row: input.row[r],
                     draft,
+                    target: SeriesTarget::Level,
                 });
+                self.episode_sum = 0.0;
+                self.episode_count = 0;
             }
+            self.episode_sum += q;
+            self.episode_count += 1;
         }
         self.cusum = cusum;
         self.episode = episode;

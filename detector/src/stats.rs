@@ -243,6 +243,9 @@ pub(crate) struct Episode {
     open: bool,
     last_abnormal_ns: i64,
     normal_run: u32,
+    /// When the current (or last) episode opened.
+    #[serde(default)]
+    since_ns: i64,
 }
 
 impl Episode {
@@ -251,10 +254,23 @@ impl Episode {
     #[inline]
     pub fn abnormal(&mut self, ts: i64, quiet_ns: i64) -> bool {
         let new = !self.open || ts.saturating_sub(self.last_abnormal_ns) >= quiet_ns;
+        if new {
+            self.since_ns = ts;
+        }
         self.open = true;
         self.last_abnormal_ns = ts;
         self.normal_run = 0;
         new
+    }
+
+    /// Whether an episode is open (it may still close by quiet time).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// When the episode open at event time `at` began, if one is.
+    pub fn open_since(&self, at: i64, quiet_ns: i64) -> Option<i64> {
+        (self.open && at.saturating_sub(self.last_abnormal_ns) < quiet_ns).then_some(self.since_ns)
     }
 
     /// Records a normal point.
@@ -366,9 +382,134 @@ impl RateWindow {
     }
 }
 
+/// How much wider a control limit learned from `n` observations must be
+/// than one learned from very many, for a statistic with `k` degrees of
+/// freedom at quantile `p`: the ratio of Hotelling's prediction limit for a
+/// new observation, `k(n−1)(n+1) / (n(n−k)) · F(k, n−k; p)`, to its limit
+/// for n → ∞, `χ²(k; p) = k · F(k, ∞; p)`. About 1.25 for 40 observations
+/// of 3 components, 7.6 for 7. 1 when `n ≤ k + 1` cannot be judged (the
+/// caller needs more observations than components).
+pub(crate) fn small_sample_factor(n: usize, k: usize, p: f64) -> f64 {
+    if n <= k + 1 || k == 0 {
+        return 1.0;
+    }
+    let (nf, kf) = (n as f64, k as f64);
+    let finite = kf * (nf - 1.0) * (nf + 1.0) / (nf * (nf - kf)) * f_quantile(kf, nf - kf, p);
+    let asymptotic = kf * f_quantile(kf, 1e7, p);
+    (finite / asymptotic).max(1.0)
+}
+
+/// The `p` quantile of the F distribution with `d1`, `d2` degrees of
+/// freedom, by bisection on the regularized incomplete beta function.
+pub(crate) fn f_quantile(d1: f64, d2: f64, p: f64) -> f64 {
+    let (a, b) = (d1 / 2.0, d2 / 2.0);
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if incomplete_beta(a, b, mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let x = 0.5 * (lo + hi);
+    d2 * x / (d1 * (1.0 - x))
+}
+
+/// The regularized incomplete beta function I_x(a, b) (continued fraction,
+/// as in Numerical Recipes).
+fn incomplete_beta(a: f64, b: f64, x: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front =
+        (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(a, b, x) / a
+    } else {
+        1.0 - front * beta_fraction(b, a, 1.0 - x) / b
+    }
+}
+
+fn beta_fraction(a: f64, b: f64, x: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = f64::from(m);
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < TINY { TINY } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < TINY { TINY } else { c };
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < TINY { TINY } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < TINY { TINY } else { c };
+        d = 1.0 / d;
+        let step = d * c;
+        h *= step;
+        if (step - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f_quantiles_match_the_tables() {
+        // F(3, 4; 0.99) = 16.69, F(2, 10; 0.95) = 4.10, F(5, 30; 0.99) = 3.70.
+        assert!((f_quantile(3.0, 4.0, 0.99) - 16.69).abs() < 0.01);
+        assert!((f_quantile(2.0, 10.0, 0.95) - 4.103).abs() < 0.001);
+        assert!((f_quantile(5.0, 30.0, 0.99) - 3.699).abs() < 0.001);
+        // χ²(3; 0.99) = 11.34 through F(3, ∞).
+        assert!((3.0 * f_quantile(3.0, 1e7, 0.99) - 11.345).abs() < 0.01);
+        assert!((small_sample_factor(7, 3, 0.99) - 7.57).abs() < 0.05);
+        assert!(small_sample_factor(4000, 3, 0.99) < 1.01);
+    }
 
     #[test]
     fn robust_statistics_ignore_a_few_wild_values() {

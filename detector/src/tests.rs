@@ -678,6 +678,8 @@ fn a_detector_refuses_a_bad_config_and_takes_a_changed_one_over_its_checkpoint()
 struct Plant {
     t: i64,
     noise: Noise,
+    /// Time between rows.
+    step: i64,
 }
 
 impl Plant {
@@ -685,13 +687,22 @@ impl Plant {
         Plant {
             t: T0,
             noise: Noise(seed),
+            step: SEC,
+        }
+    }
+
+    /// The same plant sampled once every `step`.
+    fn sampled_every(seed: u64, step: i64) -> Plant {
+        Plant {
+            step,
+            ..Plant::new(seed)
         }
     }
 
     /// One row; `pressure_offset` pushes `pressure_bar` off its relation
     /// with the flow, `flow_shift` moves the whole process.
     fn row(&mut self, out: &mut Vec<ControllerEvent>, pressure_offset: f64, flow_shift: f64) {
-        self.t += SEC;
+        self.t += self.step;
         let flow = 30.0 + flow_shift + 0.5 * self.noise.next();
         let heat = 60.0 + 0.3 * self.noise.next();
         let tags = [
@@ -847,158 +858,486 @@ fn process_model_resumes_from_a_checkpoint_mid_episode() {
     }
 }
 
-/// The process model's own alerts and notices.
-fn process_only(alerts: Vec<Alert>) -> Vec<Alert> {
-    alerts
-        .into_iter()
-        .filter(|a| a.detector.starts_with("process"))
-        .collect()
+/// A checkpoint round trip, as the runtime does it.
+fn restarted(d: &Detector) -> Detector {
+    serde_json::from_str(&serde_json::to_string(d).unwrap()).unwrap()
+}
+
+/// Learns the plant sampled once a minute for two hours.
+fn slow_plant(seed: u64) -> (Plant, Vec<ControllerEvent>, DetectorConfig) {
+    let config = DetectorConfig {
+        learn: std::time::Duration::from_secs(2 * 3600),
+        ..DetectorConfig::default()
+    };
+    let mut p = Plant::sampled_every(seed, MIN);
+    let mut events = Vec::new();
+    p.rows(&mut events, 130, 0.0, 0.0);
+    (p, events, config)
 }
 
 #[test]
-fn process_model_follows_a_slow_drift_but_not_an_abrupt_change() {
-    // Two hours over which the flow (and the pressure and current that
-    // follow it) creeps 3 units, six learning standard deviations.
+fn a_held_setpoint_change_stays_one_open_episode_across_hours_of_slow_sampling() {
+    let (mut p, mut events, config) = slow_plant(31);
+    let start = p.t;
+    // The flow (and what follows it) moves 4 units, 8 learning standard
+    // deviations, and stays there for six hours, sampled once a minute.
+    p.rows(&mut events, 360, 0.0, 4.0);
+    let mut d = Detector::new(config).unwrap();
+    d.record_episode_ends(true);
+    let alerts = run(&mut d, &events, 64, 0);
+    let process: Vec<_> = alerts.iter().filter(|a| a.detector == "process").collect();
+    assert_eq!(process.len(), 1, "{alerts:#?}");
+    assert!(process[0].ts_ns > start && process[0].ts_ns <= start + 5 * MIN);
+    assert_eq!(process[0].technique, "T0836", "{}", process[0].message);
+    // Never accepted by itself: the episode is still open six hours on.
+    assert!(d.take_episode_ends().is_empty());
+    assert!(!alerts.iter().any(|a| a.detector.starts_with("process-")));
+    let report = d.report(Some("plant-1"), Some("line3/pump-01")).unwrap();
+    let model = report[0]
+        .models
+        .iter()
+        .find(|m| m.model == "process")
+        .unwrap();
+    assert_eq!(model.state, "protecting");
+    assert_eq!(model.open_alerts, vec![process[0].id.clone()], "{model:?}");
+    assert_eq!(model.open_since_ns, Some(process[0].ts_ns));
+    assert!(
+        model.baseline.contains("one every 60.0 s"),
+        "{}",
+        model.baseline
+    );
+}
+
+#[test]
+fn accepting_ends_the_episode_and_a_restart_keeps_the_acceptance() {
+    let (mut p, mut events, config) = slow_plant(32);
+    p.rows(&mut events, 120, 0.0, 4.0);
+    let mut d = Detector::new(config).unwrap();
+    d.record_episode_ends(true);
+    let alerts = run(&mut d, &events, 64, 0);
+    let alert = alerts.iter().find(|a| a.detector == "process").unwrap();
+    assert!(d.knows_alert(&alert.id));
+
+    let changed = d.accept(&alert.id).unwrap();
+    assert!(changed.contains("flow_m3h"), "{changed}");
+    let ends = d.take_episode_ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].alert_id, alert.id);
+    // Accepting it twice is refused: the episode is over.
+    let again = d.accept(&alert.id).unwrap_err().to_string();
+    assert!(again.contains("over"), "{again}");
+    assert!(d
+        .accept("0123456789abcdef")
+        .unwrap_err()
+        .to_string()
+        .contains("not one the detector knows"));
+
+    // A restart from the checkpoint keeps the acceptance: four more hours
+    // at the accepted level raise nothing, here and in an uninterrupted run.
+    let mut resumed = restarted(&d);
+    let mut more = Vec::new();
+    p.rows(&mut more, 240, 0.0, 4.0);
+    let seq = events.len() as u64;
+    let after = run(&mut resumed, &more, 64, seq);
+    assert!(after.is_empty(), "{after:#?}");
+    assert_eq!(run(&mut d, &more, 64, seq), after);
+    // A further move away from the accepted level is a new episode.
+    let mut further = Vec::new();
+    p.rows(&mut further, 60, 0.0, 12.0);
+    let later = run(&mut resumed, &further, 64, seq + more.len() as u64);
+    assert_eq!(
+        later.iter().filter(|a| a.detector == "process").count(),
+        1,
+        "{later:#?}"
+    );
+}
+
+#[test]
+fn a_slow_creep_is_not_absorbed() {
+    // Two hours over which the flow creeps 4 units: nothing follows it, so
+    // it is reported once it leaves the learned region.
     let mut events = Vec::new();
     let mut p = Plant::new(25);
     p.rows(&mut events, 400, 0.0, 0.0);
     let n = 7200;
     for i in 0..n {
-        p.row(&mut events, 0.0, 3.0 * i as f64 / n as f64);
+        p.row(&mut events, 0.0, 4.0 * i as f64 / n as f64);
     }
-    let start = p.t;
-    // Then the flow drops 4 units at once and stays there for 5 minutes.
-    p.rows(&mut events, 300, 0.0, -1.0);
-    let alerts = process_only(run(
-        &mut Detector::new(process_config()).unwrap(),
-        &events,
-        512,
-        0,
-    ));
-    assert_eq!(alerts.len(), 1, "{alerts:#?}");
-    let a = &alerts[0];
-    assert_eq!(a.detector, "process");
-    assert!(a.ts_ns > start && a.ts_ns < start + 30 * SEC, "{a:?}");
-    assert!(a.message.contains("flow_m3h"), "{}", a.message);
-
-    // The same drift against a model that never re-learns is reported long
-    // before the drop.
-    let frozen = DetectorConfig {
-        process_adapt: std::time::Duration::ZERO,
-        process_rebaseline_after: std::time::Duration::ZERO,
-        ..process_config()
-    };
-    let alerts = process_only(run(&mut Detector::new(frozen).unwrap(), &events, 512, 0));
-    assert!(
-        alerts.first().is_some_and(|a| a.ts_ns < start - 30 * MIN),
-        "{alerts:#?}"
-    );
-}
-
-#[test]
-fn process_model_accepts_a_held_new_level_with_a_notice() {
-    let mut events = Vec::new();
-    let mut p = Plant::new(26);
-    p.rows(&mut events, 600, 0.0, 0.0);
-    let start = p.t;
-    // The pressure leaves its relation with the flow and stays there.
-    p.rows(&mut events, 1800, 0.3, 0.0);
     let mut d = Detector::new(process_config()).unwrap();
-    d.record_episode_ends(true);
-    let alerts = process_only(run(&mut d, &events, 256, 0));
-    assert_eq!(alerts.len(), 2, "{alerts:#?}");
-    let (alert, notice) = (&alerts[0], &alerts[1]);
-    assert_eq!(
-        (alert.detector.as_str(), alert.name.as_str()),
-        ("process", "pressure_bar")
-    );
-    assert!(alert.ts_ns > start && alert.ts_ns < start + 30 * SEC);
-    // Ten minutes later the level is taken as the new normal, once: a
-    // low-severity notice naming the tag with its old and new level, and
-    // the episode ends there.
-    assert_eq!(
-        (notice.detector.as_str(), notice.name.as_str()),
-        ("process-baseline", "pressure_bar")
-    );
-    assert_eq!(notice.severity(), otwatch_proto::Severity::Low);
+    let alerts: Vec<Alert> = run(&mut d, &events, 512, 0)
+        .into_iter()
+        .filter(|a| a.detector == "process")
+        .collect();
+    // Reported while it crosses the limit (maybe more than once, as it
+    // wavers across it), and still open at the end: the creep never
+    // became normal.
+    assert!(!alerts.is_empty(), "{alerts:#?}");
+    assert!(alerts[0].ts_ns > T0 + 400 * SEC + 10 * MIN, "{alerts:#?}");
     assert!(
-        notice.ts_ns >= alert.ts_ns + 10 * MIN && notice.ts_ns < alert.ts_ns + 11 * MIN,
-        "{notice:?}"
-    );
-    assert!(
-        notice.message.starts_with("new normal accepted")
-            && notice.message.contains("pressure_bar 2.99")
-            && notice.message.contains("→ 3.3"),
-        "{}",
-        notice.message
-    );
-    assert!(
-        (notice.observed - 3.3).abs() < 0.05 && notice.observed > notice.expected_high,
-        "{notice:?}"
-    );
-    let ends = d.take_episode_ends();
-    assert_eq!(ends.len(), 1, "{ends:?}");
-    assert_eq!(
-        (ends[0].alert_id.as_str(), ends[0].ts_ns),
-        (alert.id.as_str(), notice.ts_ns)
-    );
-
-    // A spike that decays slowly is not a level: with the time it takes
-    // the smoothed statistics to forget it, no notice.
-    let mut events = Vec::new();
-    let mut p = Plant::new(27);
-    p.rows(&mut events, 600, 0.0, 0.0);
-    p.rows(&mut events, 5, 500.0, 0.0);
-    p.rows(&mut events, 1800, 0.0, 0.0);
-    let slow = DetectorConfig {
-        process_smoothing: 0.005,
-        ..process_config()
-    };
-    let alerts = process_only(run(&mut Detector::new(slow).unwrap(), &events, 256, 0));
-    assert!(
-        alerts.iter().all(|a| a.detector == "process"),
+        alerts.iter().all(|a| a.message.contains("flow_m3h")),
         "{alerts:#?}"
+    );
+    let report = d.report(None, None).unwrap();
+    let process = report[0]
+        .models
+        .iter()
+        .find(|m| m.model == "process")
+        .unwrap();
+    assert!(process.open_since_ns.is_some(), "{process:?}");
+}
+
+/// A valve that toggles between 0 and 1, a mode held constant at 3 and a
+/// pressure, sampled every 10 s.
+fn valve_rows(
+    out: &mut Vec<ControllerEvent>,
+    t: &mut i64,
+    n: usize,
+    valve: impl Fn(usize) -> f64,
+    mode: f64,
+    noise: &mut Noise,
+) {
+    for i in 0..n {
+        *t += 10 * SEC;
+        for (name, value) in [
+            ("valve_open", valve(i)),
+            ("mode", mode),
+            ("pressure_bar", 3.0 + 0.05 * noise.next()),
+            ("flow_m3h", 30.0 + 0.5 * noise.next()),
+        ] {
+            out.push(ev(
+                *t,
+                "line4/valve-01",
+                EventKind::Sample,
+                name,
+                Some(value),
+                None,
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_discrete_toggle_seen_while_learning_is_quiet_and_an_unseen_value_alerts() {
+    let config = DetectorConfig {
+        learn: std::time::Duration::from_secs(1800),
+        ..DetectorConfig::default()
+    };
+    let mut events = Vec::new();
+    let mut t = T0;
+    let mut noise = Noise(41);
+    let toggling = |i: usize| if (i / 20).is_multiple_of(2) { 0.0 } else { 1.0 };
+    valve_rows(&mut events, &mut t, 200, toggling, 3.0, &mut noise);
+    // Protecting: the same toggles, then the valve takes 2 (never seen).
+    valve_rows(&mut events, &mut t, 200, toggling, 3.0, &mut noise);
+    let quiet = events.len();
+    valve_rows(&mut events, &mut t, 5, |_| 2.0, 3.0, &mut noise);
+    valve_rows(&mut events, &mut t, 40, toggling, 3.0, &mut noise);
+    // The mode, constant while learning, changes once: the operator's
+    // toggle is reported once, plainly, not as an infinite z-score.
+    valve_rows(&mut events, &mut t, 40, toggling, 4.0, &mut noise);
+    let mut d = Detector::new(config).unwrap();
+    let alerts = run(&mut d, &events, 200, 0);
+    assert!(
+        alerts.iter().all(|a| a.detector == "discrete"),
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let (value, mode) = (&alerts[0], &alerts[1]);
+    assert_eq!(value.name, "valve_open");
+    assert!(value.first_seq as usize > quiet);
+    assert!(
+        value.message.contains("took 2") && value.message.contains("learned: 0, 1"),
+        "{}",
+        value.message
+    );
+    assert_eq!(value.severity(), otwatch_proto::Severity::Medium);
+    assert_eq!(mode.name, "mode");
+    assert!(mode.message.contains("took 4 (was 3)"), "{}", mode.message);
+    assert!(!alerts.iter().any(|a| a.message.contains("robust z")));
+    let report = d.report(None, None).unwrap();
+    let models = &report[0].models;
+    let process = models.iter().find(|m| m.model == "process").unwrap();
+    assert!(
+        process
+            .baseline
+            .contains("left to the discrete model: valve_open, mode"),
+        "{}",
+        process.baseline
+    );
+    assert_eq!(
+        models.iter().filter(|m| m.model == "discrete").count(),
+        2,
+        "{models:#?}"
+    );
+    // Accepting the new value: it is known from now on.
+    d.accept(&value.id).unwrap();
+    let mut more = Vec::new();
+    valve_rows(
+        &mut more,
+        &mut t,
+        30,
+        |i| [0.0, 2.0][i % 2],
+        4.0,
+        &mut noise,
+    );
+    let later = run(&mut d, &more, 200, events.len() as u64);
+    // 0 -> 2 and 2 -> 0 are transitions never seen: one more episode.
+    assert_eq!(later.len(), 1, "{later:#?}");
+    assert!(
+        later[0].message.contains("transition"),
+        "{}",
+        later[0].message
+    );
+}
+
+fn op(ts: i64, asset: &str, peer: &str, name: &str) -> ControllerEvent {
+    let mut e = ev(ts, asset, EventKind::Access, name, None, None);
+    e.attrs.insert("peer".into(), peer.into());
+    e
+}
+
+#[test]
+fn a_known_reader_writing_alerts_once_per_asset_and_peer() {
+    let config = DetectorConfig {
+        learn: std::time::Duration::from_secs(1800),
+        ..DetectorConfig::default()
+    };
+    let master = "10.0.0.1";
+    let rtus = ["rtu-1", "rtu-2", "rtu-3"];
+    let mut events = Vec::new();
+    // Learning: the master polls every RTU every 10 s and writes a coil of rtu-3.
+    let mut t = T0;
+    for i in 0..360 {
+        t += 10 * SEC;
+        for (k, rtu) in rtus.iter().enumerate() {
+            events.push(op(
+                t + k as i64 * MIN / 60,
+                rtu,
+                master,
+                "read_holding_registers",
+            ));
+        }
+        if i % 60 == 0 {
+            events.push(op(t + SEC / 2, "rtu-3", master, "write_single_coil"));
+        }
+    }
+    let protect = events.len();
+    // Protecting: the same, then the master writes rtu-1 (which it only
+    // ever read) again and again, then rtu-2, and a parameter on rtu-3.
+    for i in 0..120 {
+        t += 10 * SEC;
+        for (k, rtu) in rtus.iter().enumerate() {
+            events.push(op(
+                t + k as i64 * MIN / 60,
+                rtu,
+                master,
+                "read_holding_registers",
+            ));
+        }
+        if (30..40).contains(&i) {
+            events.push(op(t + SEC / 2, "rtu-1", master, "write_single_coil"));
+        }
+        if i == 50 {
+            events.push(op(t + SEC / 2, "rtu-2", master, "write_multiple_registers"));
+        }
+        if i == 60 {
+            events.push(op(t + SEC / 2, "rtu-3", master, "write_setpoint_param"));
+        }
+        if i == 70 {
+            events.push(op(
+                t + SEC / 2,
+                "rtu-2",
+                "10.0.0.99",
+                "read_holding_registers",
+            ));
+        }
+    }
+    let events = merged(events);
+    let mut d = Detector::new(config).unwrap();
+    let alerts = run(&mut d, &events, 256, 0);
+    let summary: Vec<(&str, &str, &str)> = alerts
+        .iter()
+        .map(|a| (a.asset.as_str(), a.name.as_str(), a.technique.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("rtu-1", master, "T0855"),
+            ("rtu-2", master, "T0855"),
+            ("rtu-3", "10.0.0.99", "T0846"),
+        ]
+        .into_iter()
+        .filter(|_| false)
+        .chain([
+            ("rtu-1", master, "T0855"),
+            ("rtu-2", master, "T0855"),
+            ("rtu-3", master, "T0836"),
+            ("rtu-2", "10.0.0.99", "T0846"),
+        ])
+        .collect::<Vec<_>>(),
+        "{alerts:#?}"
+    );
+    assert!(alerts.iter().all(|a| a.first_seq as usize > protect));
+    assert!(
+        alerts[0].message.contains("never wrote to this asset")
+            && alerts[0].message.contains("read_holding_registers"),
+        "{}",
+        alerts[0].message
+    );
+    assert!(
+        alerts[3].message.contains("unknown peer"),
+        "{}",
+        alerts[3].message
+    );
+    // Accepted, the master may write rtu-1's coils.
+    d.accept(&alerts[0].id).unwrap();
+    let later = run(
+        &mut d,
+        &[op(t + 5 * SEC, "rtu-1", master, "write_single_coil")],
+        1,
+        events.len() as u64,
+    );
+    assert!(later.is_empty(), "{later:#?}");
+}
+
+#[test]
+fn series_do_not_learn_past_their_window() {
+    // A tag sampled every 5 minutes: 6 values in a 30-minute window, fewer
+    // than min_series_points. It is not scored, and later values are not
+    // learned: a wild one raises nothing from the sample model.
+    let mut events = Vec::new();
+    let mut m = Machine::new("line1/press-01", 51);
+    let mut t = T0;
+    for i in 0..120 {
+        m.cycles(&mut events, 5);
+        t = t.max(m.t);
+        let value = if i == 100 {
+            500.0
+        } else {
+            20.0 + 0.1 * (i % 3) as f64
+        };
+        if i % 25 == 0 || i == 100 {
+            events.push(ev(
+                m.t,
+                "line1/press-01",
+                EventKind::Sample,
+                "oil_level",
+                Some(value),
+                None,
+            ));
+        }
+    }
+    let mut d = Detector::new(DetectorConfig::default()).unwrap();
+    let alerts = without_process(run(&mut d, &events, 128, 0));
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    let report = d.report(None, Some("line1/press-01")).unwrap();
+    let oil = report[0]
+        .models
+        .iter()
+        .find(|m| m.name == "oil_level")
+        .unwrap();
+    assert_eq!(oil.state, "not scored", "{oil:?}");
+    assert!(
+        oil.baseline.contains("fewer than min_series_points"),
+        "{}",
+        oil.baseline
+    );
+    let _ = t;
+}
+
+#[test]
+fn relearning_forgets_an_asset_and_learns_it_again_from_now_or_from_history() {
+    let (mut p, mut events, config) = slow_plant(33);
+    p.rows(&mut events, 60, 0.0, 4.0);
+    let mut d = Detector::new(config.clone()).unwrap();
+    let alerts = run(&mut d, &events, 64, 0);
+    let alert = alerts
+        .iter()
+        .find(|a| a.detector == "process")
+        .unwrap()
+        .clone();
+    assert!(d
+        .relearn("plant-2", None, None)
+        .unwrap_err()
+        .to_string()
+        .contains("site \"plant-2\""));
+    assert!(d.relearn("plant-1", Some("nope"), None).is_err());
+
+    // From now: the asset learns the new level for `learn`, then protects.
+    let mut from_now = restarted(&d);
+    assert_eq!(
+        from_now.relearn("plant-1", None, None).unwrap(),
+        vec!["line3/pump-01"]
+    );
+    assert!(!from_now.knows_alert(&alert.id));
+    let report = from_now.report(Some("plant-1"), None).unwrap();
+    assert_eq!(report[0].state, "learning");
+    let mut more = Vec::new();
+    p.rows(&mut more, 200, 0.0, 4.0);
+    let seq = events.len() as u64;
+    assert!(run(&mut from_now, &more, 64, seq).is_empty());
+    assert_eq!(from_now.report(None, None).unwrap()[0].state, "protecting");
+
+    // From history: the first two hours (the learning window again) are
+    // fed back with `until` at their end; the asset protects from its next
+    // live event, and the held level is still a deviation.
+    let mut from_history = restarted(&d);
+    let until = events[130 * 4 - 1].ts_ns + 1;
+    from_history
+        .relearn("plant-1", Some("line3/pump-01"), Some(until))
+        .unwrap();
+    run(&mut from_history, &events[..130 * 4], 64, 0);
+    from_history.end_relearn("plant-1", None).unwrap();
+    let live = run(&mut from_history, &more, 64, seq);
+    assert_eq!(
+        live.iter().filter(|a| a.detector == "process").count(),
+        1,
+        "{live:#?}"
+    );
+    assert!(
+        live.iter()
+            .all(|a| a.ts_ns > until && a.detector != "cadence"),
+        "{live:#?}"
     );
 }
 
 #[test]
-fn process_model_resumes_from_a_checkpoint_across_drift_and_a_new_normal() {
-    let mut events = Vec::new();
-    let mut p = Plant::new(28);
-    p.rows(&mut events, 600, 0.0, 0.0);
-    for i in 0..1200 {
-        p.row(&mut events, 0.0, i as f64 / 1200.0);
+fn a_checkpoint_of_the_previous_version_reads_back_and_goes_on() {
+    let (mut p, mut events, config) = slow_plant(34);
+    events.push(access(p.t, "line3/pump-01", "10.1.1.20"));
+    let mut d = Detector::new(config).unwrap();
+    run(&mut d, &events, 64, 0);
+    // What the previous version wrote: no version, the options it had,
+    // a site-wide access model.
+    let mut json: serde_json::Value = serde_json::to_value(&d).unwrap();
+    json.as_object_mut().unwrap().remove("version");
+    json.as_object_mut().unwrap().remove("alerts");
+    let c = json["config"].as_object_mut().unwrap();
+    c.insert("process_smoothing".into(), 0.1.into());
+    c.insert("process_adapt".into(), "5m".into());
+    c.insert("process_rebaseline_after".into(), "10m".into());
+    for site in json["sites"].as_array_mut().unwrap() {
+        let site = site.as_object_mut().unwrap();
+        for key in ["access", "access_version", "access_learn_until", "peer_ops"] {
+            site.remove(key);
+        }
     }
-    p.rows(&mut events, 1200, 0.3, 1.0);
-    p.rows(&mut events, 300, 0.3, 1.0);
-    let straight = {
-        let mut d = Detector::new(process_config()).unwrap();
-        d.record_episode_ends(true);
-        let alerts = run(&mut d, &events, 256, 0);
-        (alerts, d.take_episode_ends())
-    };
-    assert!(
-        straight.0.iter().any(|a| a.detector == "process-baseline"),
-        "{straight:#?}"
+    let mut old: Detector = serde_json::from_value(json).unwrap();
+    // An option whose type changed takes its default.
+    assert_eq!(
+        old.config().process_smoothing,
+        std::time::Duration::from_secs(10)
     );
-    // Cuts while the centre follows the drift, mid-episode, and right
-    // around the new normal.
-    let notice = straight
-        .0
-        .iter()
-        .find(|a| a.detector == "process-baseline")
-        .unwrap()
-        .last_seq as usize;
-    for cut in [4000, 8001, 9000, notice - 2, notice - 1, notice + 3] {
-        let mut d = Detector::new(process_config()).unwrap();
-        d.record_episode_ends(true);
-        let mut alerts = run(&mut d, &events[..cut], 256, 0);
-        let mut ends = d.take_episode_ends();
-        let json = serde_json::to_string(&d).unwrap();
-        let mut resumed: Detector = serde_json::from_str(&json).unwrap();
-        resumed.record_episode_ends(true);
-        alerts.extend(run(&mut resumed, &events[cut..], 256, cut as u64));
-        ends.extend(resumed.take_episode_ends());
-        assert_eq!((alerts, ends), straight, "checkpoint at {cut}");
-    }
+    // The access model learns per (asset, peer, operation) from its next
+    // event: the HMI's logins right after the upgrade are learned, a new
+    // peer after that window is an alert.
+    let mut more = Vec::new();
+    p.rows(&mut more, 10, 0.0, 0.0);
+    more.push(access(p.t, "line3/pump-01", "10.1.1.20"));
+    p.rows(&mut more, 200, 0.0, 0.0);
+    more.push(access(p.t, "line3/pump-01", "10.1.66.6"));
+    let more = merged(more);
+    let alerts = run(&mut old, &more, 64, events.len() as u64);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].name, "10.1.66.6");
 }

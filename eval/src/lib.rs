@@ -13,6 +13,18 @@
 //! Scores are pooled over files as in the SKAB protocol: TP, FP, FN and TN
 //! summed, then F1 = TP / (TP + (FN + FP) / 2), FAR = FP / (FP + TN) and
 //! MAR = FN / (FN + TP), no point adjustment.
+//!
+//! Beside otwatch, every run scores the same rows with the textbook plain
+//! PCA T²+Q of [`baseline`], so a user sees on their own recordings whether
+//! otwatch adds anything. `eval skab --every N` keeps every N-th row of each
+//! file (the same process sampled N times more slowly, learning over the
+//! same span): the detector should hold across sampling rates.
+//!
+//! No SOC acts during an evaluation: an episode that never ends (a
+//! persistent deviation nobody accepts) flags every row to the end of its
+//! file.
+
+pub mod baseline;
 
 use anyhow::{bail, ensure, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -168,11 +180,10 @@ pub struct FileResult {
     pub predicted: Vec<bool>,
     /// Alerts of the other models (not point-scored).
     pub other_alerts: u64,
-    /// `process-baseline` notices: episodes the process model closed by
-    /// taking the level the process held as its new normal.
-    pub new_normals: u64,
     /// Messages of the process alerts, in order.
     pub messages: Vec<String>,
+    /// The same rows scored by the plain PCA T²+Q ([`baseline`]).
+    pub baseline: Counts,
 }
 
 /// Reads a CSV recording. Line endings may be LF or CRLF.
@@ -349,17 +360,11 @@ pub fn run_recording(
         progress.inc(1);
     }
     flush(&mut events, &mut detector)?;
-    // Alert episodes: [open, end) in event time.
-    let mut episodes: Vec<(i64, i64)> = Vec::new();
+    // Alert episodes: [open, end) in event time, then in rows.
+    let mut episodes: Vec<(usize, usize)> = Vec::new();
     let mut messages = Vec::new();
     let mut other_alerts = 0;
-    let mut new_normals = 0;
     for a in &alerts {
-        if a.detector == "process-baseline" {
-            new_normals += 1;
-            messages.push(format!("[new normal] {}", a.message));
-            continue;
-        }
         if a.detector != "process" {
             other_alerts += 1;
             continue;
@@ -368,56 +373,62 @@ pub fn run_recording(
             .iter()
             .find(|e| e.alert_id == a.id)
             .map_or(i64::MAX, |e| e.ts_ns);
-        episodes.push((a.ts_ns, end));
+        let from = rec.ts_ns.partition_point(|&t| t < a.ts_ns).max(first_test);
+        let to = rec.ts_ns.partition_point(|&t| t < end);
+        episodes.push((from, to.max(from)));
         messages.push(a.message.clone());
     }
     let mut predicted = vec![false; n];
-    for &(open, end) in &episodes {
-        let a = rec.ts_ns.partition_point(|&t| t < open);
-        let b = rec.ts_ns.partition_point(|&t| t < end);
-        for p in &mut predicted[a.max(first_test)..b] {
-            *p = true;
+    for &(a, b) in &episodes {
+        predicted[a..b].fill(true);
+    }
+    let (counts, ep) = score(rec, first_test, &predicted, &episodes);
+    let baseline = baseline::predict(rec, first_test).unwrap_or_else(|| vec![false; n]);
+    let (baseline, _) = score(rec, first_test, &baseline, &runs(&baseline));
+    Ok(FileResult {
+        name: rec.name.clone(),
+        counts,
+        episodes: ep,
+        predicted,
+        other_alerts,
+        messages,
+        baseline,
+    })
+}
+
+/// The maximal runs of flagged rows, as `[from, to)`.
+fn runs(predicted: &[bool]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < predicted.len() {
+        if predicted[i] {
+            let from = i;
+            while i < predicted.len() && predicted[i] {
+                i += 1;
+            }
+            out.push((from, i));
+        } else {
+            i += 1;
         }
     }
+    out
+}
+
+/// Point-wise counts and episode figures of the test rows of `rec`, given
+/// the rows flagged and the alert episodes (`[from, to)` rows) behind them.
+fn score(
+    rec: &Recording,
+    first_test: usize,
+    predicted: &[bool],
+    episodes: &[(usize, usize)],
+) -> (Counts, Episodes) {
+    let n = rec.ts_ns.len();
     let mut counts = Counts::default();
     let mut ep = Episodes {
         alerts: episodes.len() as u64,
         ..Default::default()
     };
-    if let Some(labels) = &rec.labels {
-        for i in first_test..n {
-            match (predicted[i], labels[i]) {
-                (true, true) => counts.tp += 1,
-                (true, false) => counts.fp += 1,
-                (false, true) => counts.fn_ += 1,
-                (false, false) => counts.tn += 1,
-            }
-        }
-        let mut i = first_test;
-        while i < n {
-            if !labels[i] {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < n && labels[i] {
-                i += 1;
-            }
-            ep.labelled += 1;
-            if let Some(hit) = (start..i).find(|&j| predicted[j]) {
-                ep.detected += 1;
-                ep.delays_s
-                    .push((rec.ts_ns[hit] - rec.ts_ns[start]) as f64 / 1e9);
-            }
-        }
-        for &(open, end) in &episodes {
-            let a = rec.ts_ns.partition_point(|&t| t < open).max(first_test);
-            let b = rec.ts_ns.partition_point(|&t| t < end);
-            if !(a..b).any(|j| labels[j]) {
-                ep.unmatched_alerts += 1;
-            }
-        }
-    } else {
+    let Some(labels) = &rec.labels else {
         for &p in &predicted[first_test..] {
             if p {
                 counts.fp += 1;
@@ -426,16 +437,39 @@ pub fn run_recording(
             }
         }
         ep.unmatched_alerts = ep.alerts;
+        return (counts, ep);
+    };
+    for i in first_test..n {
+        match (predicted[i], labels[i]) {
+            (true, true) => counts.tp += 1,
+            (true, false) => counts.fp += 1,
+            (false, true) => counts.fn_ += 1,
+            (false, false) => counts.tn += 1,
+        }
     }
-    Ok(FileResult {
-        name: rec.name.clone(),
-        counts,
-        episodes: ep,
-        predicted,
-        other_alerts,
-        new_normals,
-        messages,
-    })
+    let mut i = first_test;
+    while i < n {
+        if !labels[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && labels[i] {
+            i += 1;
+        }
+        ep.labelled += 1;
+        if let Some(hit) = (start..i).find(|&j| predicted[j]) {
+            ep.detected += 1;
+            ep.delays_s
+                .push((rec.ts_ns[hit] - rec.ts_ns[start]) as f64 / 1e9);
+        }
+    }
+    for &(a, b) in episodes {
+        if !(a..b).any(|j| labels[j]) {
+            ep.unmatched_alerts += 1;
+        }
+    }
+    (counts, ep)
 }
 
 /// A group of results (a folder, or everything).
@@ -445,14 +479,14 @@ pub struct Pooled {
     pub files: usize,
     pub counts: Counts,
     pub episodes: Episodes,
-    /// `process-baseline` notices.
-    pub new_normals: u64,
+    /// The plain PCA T²+Q on the same rows ([`baseline`]).
+    pub baseline: Counts,
 }
 
 impl Pooled {
     pub fn add(&mut self, r: &FileResult) {
         self.files += 1;
-        self.new_normals += r.new_normals;
+        self.baseline.add(&r.baseline);
         self.counts.add(&r.counts);
         self.episodes.add(&r.episodes);
     }
@@ -477,7 +511,10 @@ impl Pooled {
         m.insert("delay_median_s".into(), e.median_delay().map(round).into());
         m.insert("alert_episodes".into(), e.alerts.into());
         m.insert("unmatched_alert_episodes".into(), e.unmatched_alerts.into());
-        m.insert("new_normals".into(), self.new_normals.into());
+        let b = &self.baseline;
+        m.insert("baseline_f1".into(), round(b.f1()).into());
+        m.insert("baseline_far".into(), round(b.far()).into());
+        m.insert("baseline_mar".into(), round(b.mar()).into());
         for (k, v) in extra {
             m.insert((*k).into(), v.clone());
         }
@@ -530,6 +567,34 @@ pub fn table(groups: &[Pooled]) -> String {
     s
 }
 
+/// otwatch beside the plain PCA T²+Q of [`baseline`], group by group.
+pub fn beside_baseline(groups: &[Pooled]) -> String {
+    let mut s = format!(
+        "beside the textbook: a plain PCA T²+Q on the same rows and protocol (standardised on the\n\
+         learning rows, components for {:.0} % of the variance, {:.0} % limits, no smoothing)\n",
+        100.0 * baseline::VARIANCE,
+        100.0 * baseline::QUANTILE
+    );
+    s += &format!(
+        "{:<12} {:>8} {:>7} {:>7}   {:>10} {:>7} {:>7}\n",
+        "", "otwatch", "FAR %", "MAR %", "plain PCA", "FAR %", "MAR %"
+    );
+    for g in groups {
+        let (c, b) = (&g.counts, &g.baseline);
+        s += &format!(
+            "{:<12} {:>8.3} {:>7.2} {:>7.2}   {:>10.3} {:>7.2} {:>7.2}\n",
+            g.name,
+            c.f1(),
+            c.far(),
+            c.mar(),
+            b.f1(),
+            b.far(),
+            b.mar()
+        );
+    }
+    s
+}
+
 fn progress_bar(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -540,8 +605,35 @@ fn progress_bar(total: u64) -> ProgressBar {
     bar
 }
 
+/// Keeps every `every`-th row of `rec` (the first, the `every+1`-th, ...): the
+/// same process sampled `every` times more slowly.
+pub fn subsample(rec: &Recording, every: usize) -> Recording {
+    let every = every.max(1);
+    let keep = |v: &[f64]| v.iter().step_by(every).copied().collect::<Vec<_>>();
+    Recording {
+        name: rec.name.clone(),
+        ts_ns: rec.ts_ns.iter().step_by(every).copied().collect(),
+        tags: rec.tags.clone(),
+        values: rec.values.iter().map(|v| keep(v)).collect(),
+        labels: rec
+            .labels
+            .as_ref()
+            .map(|l| l.iter().step_by(every).copied().collect()),
+    }
+}
+
+/// The SKAB protocol's training part of `rec` (its first 400 rows), as
+/// the time it ends: with `--every N` the learning rows are those of the
+/// same 400-row span, sampled N times more slowly.
+fn skab_train(rec: &Recording) -> Train {
+    Train::Until(rec.ts_ns[SKAB_TRAIN_ROWS.min(rec.ts_ns.len() - 1)])
+}
+
+/// Training rows of each SKAB file, by the published protocol.
+pub const SKAB_TRAIN_ROWS: usize = 400;
+
 /// `otwatch eval skab`.
-pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled>> {
+pub fn skab(data: &Path, every: usize, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled>> {
     let config = DetectorConfig::default();
     let format = CsvFormat {
         time_col: "datetime".into(),
@@ -570,9 +662,13 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
         files.extend(found.into_iter().map(|(_, p)| (folder.to_string(), p)));
     }
     ensure!(!files.is_empty(), "no SKAB files under {}", data.display());
-    let recordings: Vec<(String, Recording)> = files
+    let recordings: Vec<(String, Recording, Train)> = files
         .iter()
-        .map(|(f, p)| Ok((f.clone(), read_csv(p, &format)?)))
+        .map(|(f, p)| {
+            let rec = read_csv(p, &format)?;
+            let train = skab_train(&rec);
+            Ok((f.clone(), subsample(&rec, every), train))
+        })
         .collect::<anyhow::Result<_>>()?;
     let free_path = data.join("anomaly-free").join("anomaly-free.csv");
     let free = if free_path.exists() {
@@ -581,12 +677,17 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
             ignore: vec![],
             ..format.clone()
         };
-        Some(read_csv(&free_path, &f)?)
+        let rec = read_csv(&free_path, &f)?;
+        let train = skab_train(&rec);
+        Some((subsample(&rec, every), train))
     } else {
         None
     };
-    let total = recordings.iter().map(|(_, r)| r.ts_ns.len()).sum::<usize>()
-        + free.as_ref().map_or(0, |r| r.ts_ns.len());
+    let total = recordings
+        .iter()
+        .map(|(_, r, _)| r.ts_ns.len())
+        .sum::<usize>()
+        + free.as_ref().map_or(0, |(r, _)| r.ts_ns.len());
     let bar = progress_bar(total as u64);
     let mut groups: Vec<Pooled> = ["valve1", "valve2", "other"]
         .iter()
@@ -600,9 +701,9 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
         ..Default::default()
     };
     let mut lines = Vec::new();
-    for (folder, rec) in &recordings {
+    for (folder, rec, train) in &recordings {
         bar.set_message(format!("{folder}/{}", short(&rec.name)));
-        let r = run_recording(rec, Train::Rows(400), &config, &bar)?;
+        let r = run_recording(rec, *train, &config, &bar)?;
         if let Some(g) = groups.iter_mut().find(|g| &g.name == folder) {
             g.add(&r);
         }
@@ -614,9 +715,9 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
         ));
     }
     let free_result = match &free {
-        Some(rec) => {
+        Some((rec, train)) => {
             bar.set_message("anomaly-free");
-            Some(run_recording(rec, Train::Rows(400), &config, &bar)?)
+            Some(run_recording(rec, *train, &config, &bar)?)
         }
         None => None,
     };
@@ -633,6 +734,7 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
         pooled.files
     );
     print!("{}", table(&groups));
+    print!("\n{}", beside_baseline(&groups));
     println!("\npublished leaderboard (SKAB, outlier detection, test part):");
     println!(
         "  {:<20} {:>6} {:>7} {:>7}",
@@ -653,11 +755,11 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
         let rows = r.counts.fp + r.counts.tn;
         println!(
             "\nanomaly-free.csv (not pooled above; learn on its first 400 rows, watch the other {rows}):\n  \
-             false-alarm rate {:.2} % ({} of {rows} rows flagged), {} alert episode(s), {} new-normal notice(s)",
+             false-alarm rate {:.2} % ({} of {rows} rows flagged), {} alert episode(s); plain PCA T²+Q {:.2} %",
             r.counts.far(),
             r.counts.fp,
             r.episodes.alerts,
-            r.new_normals
+            r.baseline.far(),
         );
         if verbose {
             for m in &r.messages {
@@ -674,7 +776,10 @@ pub fn skab(data: &Path, json: bool, verbose: bool) -> anyhow::Result<Vec<Pooled
             "anomaly_free_episodes",
             serde_json::json!(r.episodes.alerts),
         ));
-        extra.push(("anomaly_free_new_normals", serde_json::json!(r.new_normals)));
+        extra.push((
+            "anomaly_free_baseline_far",
+            serde_json::json!((r.baseline.far() * 1e4).round() / 1e4),
+        ));
     }
     if json {
         println!("{}", pooled.json(&extra));
@@ -691,16 +796,13 @@ fn short(name: &str) -> String {
 fn file_line(label: &str, r: &FileResult, verbose: bool) -> String {
     let c = &r.counts;
     let mut s = format!(
-        "{label:<20} F1 {:.3} FAR {:>6.2} % MAR {:>6.2} %  alert episodes {}{}\n",
+        "{label:<20} F1 {:.3} FAR {:>6.2} % MAR {:>6.2} %  alert episodes {}  (plain PCA F1 {:.3} FAR {:.2} %)\n",
         c.f1(),
         c.far(),
         c.mar(),
         r.episodes.alerts,
-        if r.new_normals > 0 {
-            format!(", new normals {}", r.new_normals)
-        } else {
-            String::new()
-        }
+        r.baseline.f1(),
+        r.baseline.far(),
     );
     if verbose {
         for m in &r.messages {
@@ -749,6 +851,7 @@ pub fn csv_files(
         groups.push(pooled.clone());
     }
     print!("{}", table(&groups));
+    print!("\n{}", beside_baseline(&groups));
     if json {
         println!("{}", pooled.json(&[]));
     }

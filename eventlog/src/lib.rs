@@ -6,8 +6,9 @@
 //! implementation can slot in without touching the collector, the detector or
 //! the history writer:
 //!
-//! - a log has named topics ([`Topic::Events`], [`Topic::Alerts`]); each record
-//!   is one Arrow `RecordBatch` and gets the next offset of its topic;
+//! - a log has named topics ([`Topic::Events`], [`Topic::Alerts`],
+//!   [`Topic::Control`]); each record is one Arrow `RecordBatch` and gets the
+//!   next offset of its topic;
 //! - [`EventLog::append`] returns only once the records are durable (for the
 //!   local log: written and fsync'd; for Kafka: acknowledged by all in-sync
 //!   replicas), so the collector can ack agents the moment it returns;
@@ -37,15 +38,20 @@ pub enum Topic {
     Events,
     /// Alerts raised by the detector, `alerts` schema.
     Alerts,
+    /// Decisions of the SOC (accept a deviation, relearn an asset, ...),
+    /// `control` schema: a hash chain of records that the detector applies
+    /// and the `audit` history keeps.
+    Control,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 2] = [Topic::Events, Topic::Alerts];
+    pub const ALL: [Topic; 3] = [Topic::Events, Topic::Alerts, Topic::Control];
 
     pub fn name(self) -> &'static str {
         match self {
             Topic::Events => "events",
             Topic::Alerts => "alerts",
+            Topic::Control => "control",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! module only names them.
 
 use arrow::datatypes::SchemaRef;
-use otwatch_proto::arrow::{alerts_schema, events_schema};
+use otwatch_proto::arrow::{alerts_schema, control_schema, events_schema};
 
 /// A table of the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -12,17 +12,22 @@ pub enum Table {
     Events,
     /// Alerts raised by the detector.
     Alerts,
+    /// The SOC's decisions (the `control` topic of the event log): who
+    /// accepted which alert, relearned which asset, when and from where; a
+    /// hash chain (see `otwatch_proto::arrow::control_schema`).
+    Audit,
 }
 
 impl Table {
     /// Every table, in registration order.
-    pub const ALL: [Table; 2] = [Table::Events, Table::Alerts];
+    pub const ALL: [Table; 3] = [Table::Events, Table::Alerts, Table::Audit];
 
     /// The SQL name of the table, which is also its directory under the root.
     pub fn name(self) -> &'static str {
         match self {
             Table::Events => "events",
             Table::Alerts => "alerts",
+            Table::Audit => "audit",
         }
     }
 
@@ -31,6 +36,7 @@ impl Table {
         match self {
             Table::Events => events_schema(),
             Table::Alerts => alerts_schema(),
+            Table::Audit => control_schema(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The Arrow form of events and alerts: the schemas of the `events` and
-//! `alerts` tables, and conversion from and to protobuf.
+//! The Arrow form of events, alerts and control records: the schemas of the
+//! `events`, `alerts` and `audit` tables (the last is the `control` topic of
+//! the event log), and conversion from and to protobuf or [`ControlRecord`].
 //!
 //! Low-cardinality strings (site, agent, asset, kind, name) are dictionary
 //! encoded: a batch from one agent carries a handful of distinct values over
@@ -341,9 +342,282 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>, ArrowError> {
         .collect())
 }
 
+/// Schema of a control record, the `control` topic of the event log and the
+/// `audit` table of the history: one decision of the SOC per row.
+///
+/// | column | type | meaning |
+/// |---|---|---|
+/// | `id` | string | unique id of the record |
+/// | `ts` | timestamp ns UTC | when it was issued (the service's clock, strictly increasing along the chain) |
+/// | `user` | string | who asked (the peer of the admin socket) |
+/// | `host` | string | the machine the service runs on |
+/// | `command` | string | `model.accept`, `model.relearn`, ... |
+/// | `site` | string | the site it acts on (empty when none) |
+/// | `asset` | string | the asset it acts on (empty for a whole site or none) |
+/// | `alert_id` | string, nullable | the alert it acts on |
+/// | `args` | string | further arguments, a JSON object |
+/// | `prev_hash` | string | `hash` of the record before it ([`GENESIS_HASH`] for the first) |
+/// | `hash` | string | [`ControlRecord::chain_hash`]: hex SHA-256 of `prev_hash` and the fields above |
+///
+/// The records form a hash chain: changing, removing or inserting one
+/// breaks every `hash` after it.
+pub fn control_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    S.get_or_init(|| {
+        let s = |name| Field::new(name, DataType::Utf8, false);
+        Arc::new(Schema::new(vec![
+            s("id"),
+            Field::new("ts", ts_type(), false),
+            s("user"),
+            s("host"),
+            s("command"),
+            s("site"),
+            s("asset"),
+            Field::new("alert_id", DataType::Utf8, true),
+            s("args"),
+            s("prev_hash"),
+            s("hash"),
+        ]))
+    })
+    .clone()
+}
+
+/// `prev_hash` of the first control record.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One row of the `control` schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRecord {
+    pub id: String,
+    pub ts_ns: i64,
+    pub user: String,
+    pub host: String,
+    pub command: String,
+    pub site: String,
+    pub asset: String,
+    pub alert_id: Option<String>,
+    /// A JSON object.
+    pub args: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl ControlRecord {
+    /// The hash this record must carry: hex SHA-256 of `prev_hash`, a
+    /// newline, and the canonical form of the other fields (each as a
+    /// netstring `<length>:<bytes>,` in schema order, `ts` in decimal
+    /// nanoseconds, a missing `alert_id` as `N,`), so that no two different
+    /// records hash the same input.
+    pub fn chain_hash(&self) -> String {
+        use sha2::Digest;
+        let mut canonical = Vec::with_capacity(256);
+        canonical.extend_from_slice(self.prev_hash.as_bytes());
+        canonical.push(b'\n');
+        let mut field = |f: Option<&str>| match f {
+            Some(f) => {
+                canonical.extend_from_slice(format!("{}:", f.len()).as_bytes());
+                canonical.extend_from_slice(f.as_bytes());
+                canonical.push(b',');
+            }
+            None => canonical.extend_from_slice(b"N,"),
+        };
+        let ts = self.ts_ns.to_string();
+        for f in [
+            Some(self.id.as_str()),
+            Some(ts.as_str()),
+            Some(self.user.as_str()),
+            Some(self.host.as_str()),
+            Some(self.command.as_str()),
+            Some(self.site.as_str()),
+            Some(self.asset.as_str()),
+            self.alert_id.as_deref(),
+            Some(self.args.as_str()),
+        ] {
+            field(f);
+        }
+        sha2::Sha256::digest(&canonical)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Links the record after `prev_hash`: sets `prev_hash` and `hash`.
+    pub fn seal(mut self, prev_hash: &str) -> ControlRecord {
+        self.prev_hash = prev_hash.to_string();
+        self.hash = self.chain_hash();
+        self
+    }
+}
+
+/// Where a sequence of control records stops being one hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("control record {index} (id {id}) does not fit the chain: {reason}")]
+pub struct ChainBreak {
+    /// Position of the record in the sequence, from 0.
+    pub index: usize,
+    pub id: String,
+    pub reason: String,
+}
+
+/// Checks that `records`, in order, form one hash chain from
+/// [`GENESIS_HASH`]: each links to the hash of the one before it, carries
+/// the hash of its own fields, and is issued after the one before it.
+/// Returns the first record that does not fit.
+pub fn verify_chain(records: &[ControlRecord]) -> Result<(), ChainBreak> {
+    let mut prev_hash = GENESIS_HASH;
+    let mut prev_ts = i64::MIN;
+    for (index, r) in records.iter().enumerate() {
+        let broken = |reason: String| ChainBreak {
+            index,
+            id: r.id.clone(),
+            reason,
+        };
+        if r.prev_hash != prev_hash {
+            return Err(broken(format!(
+                "prev_hash {} is not the hash of the record before it ({prev_hash}): a record was removed, inserted or reordered",
+                r.prev_hash
+            )));
+        }
+        let hash = r.chain_hash();
+        if r.hash != hash {
+            return Err(broken(format!(
+                "hash {} is not the hash of its fields ({hash}): the record was changed",
+                r.hash
+            )));
+        }
+        if r.ts_ns <= prev_ts {
+            return Err(broken(format!(
+                "ts {} is not after the record before it ({prev_ts})",
+                r.ts_ns
+            )));
+        }
+        prev_hash = &r.hash;
+        prev_ts = r.ts_ns;
+    }
+    Ok(())
+}
+
+/// Converts control records to a `control` record batch.
+pub fn control_to_batch(records: &[ControlRecord]) -> Result<RecordBatch, ArrowError> {
+    let strings = |f: fn(&ControlRecord) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(records.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        strings(|r| &r.id),
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(records.iter().map(|r| r.ts_ns))
+                .with_timezone("UTC"),
+        ),
+        strings(|r| &r.user),
+        strings(|r| &r.host),
+        strings(|r| &r.command),
+        strings(|r| &r.site),
+        strings(|r| &r.asset),
+        Arc::new(StringArray::from_iter(
+            records.iter().map(|r| r.alert_id.as_deref()),
+        )),
+        strings(|r| &r.args),
+        strings(|r| &r.prev_hash),
+        strings(|r| &r.hash),
+    ];
+    RecordBatch::try_new(control_schema(), columns)
+}
+
+/// Converts a `control` record batch (from the log or the `audit` table)
+/// back to control records.
+pub fn batch_to_control(batch: &RecordBatch) -> Result<Vec<ControlRecord>, ArrowError> {
+    let s = |name: &'static str| -> Result<StringArray, ArrowError> {
+        string_column(batch.column_by_name(name).ok_or_else(no(name))?)
+    };
+    let (id, user, host, command, site, asset, alert, args, prev, hash) = (
+        s("id")?,
+        s("user")?,
+        s("host")?,
+        s("command")?,
+        s("site")?,
+        s("asset")?,
+        s("alert_id")?,
+        s("args")?,
+        s("prev_hash")?,
+        s("hash")?,
+    );
+    let ts = column::<TimestampNanosecondArray>(batch, "ts")?;
+    Ok((0..batch.num_rows())
+        .map(|i| ControlRecord {
+            id: id.value(i).into(),
+            ts_ns: ts.value(i),
+            user: user.value(i).into(),
+            host: host.value(i).into(),
+            command: command.value(i).into(),
+            site: site.value(i).into(),
+            asset: asset.value(i).into(),
+            alert_id: alert.is_valid(i).then(|| alert.value(i).to_string()),
+            args: args.value(i).into(),
+            prev_hash: prev.value(i).into(),
+            hash: hash.value(i).into(),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_records_round_trip_and_chain() {
+        let first = ControlRecord {
+            id: "c1".into(),
+            ts_ns: 7,
+            user: "alice".into(),
+            host: "soc-1".into(),
+            command: "model.accept".into(),
+            site: "plant-a".into(),
+            asset: "line1/press-01".into(),
+            alert_id: Some("0123456789abcdef".into()),
+            args: "{}".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+        .seal(GENESIS_HASH);
+        let second = ControlRecord {
+            id: "c2".into(),
+            ts_ns: 8,
+            command: "model.relearn".into(),
+            asset: String::new(),
+            alert_id: None,
+            ..first.clone()
+        }
+        .seal(&first.hash);
+        assert_eq!(first.hash.len(), 64);
+        assert_eq!(second.prev_hash, first.hash);
+        let batch = control_to_batch(&[first.clone(), second.clone()]).unwrap();
+        assert_eq!(batch.schema(), control_schema());
+        let back = batch_to_control(&batch).unwrap();
+        assert_eq!(back, vec![first.clone(), second]);
+        assert!(back.iter().all(|r| r.chain_hash() == r.hash));
+        // Any change to a field changes the hash; a missing alert id is
+        // not an empty one.
+        let tampered = ControlRecord {
+            user: "mallory".into(),
+            ..first.clone()
+        };
+        assert_ne!(tampered.chain_hash(), first.hash);
+        let empty = ControlRecord {
+            alert_id: Some(String::new()),
+            ..back[1].clone()
+        };
+        assert_ne!(empty.chain_hash(), back[1].hash);
+        // The chain checks: intact, then a changed, a removed and a
+        // reordered record.
+        assert_eq!(verify_chain(&back), Ok(()));
+        let err = verify_chain(&[tampered, back[1].clone()]).unwrap_err();
+        assert_eq!((err.index, err.id.as_str()), (0, "c1"));
+        assert!(err.reason.contains("was changed"), "{err}");
+        let err = verify_chain(&back[1..]).unwrap_err();
+        assert!(err.reason.contains("removed"), "{err}");
+        let err = verify_chain(&[back[1].clone(), back[0].clone()]).unwrap_err();
+        assert_eq!(err.index, 0);
+    }
 
     fn sample_events() -> Vec<ControllerEvent> {
         vec![

@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: `otwatch.toml`, validated the same way by every command;
 //! - [`components`]: ingest, detector, history writers;
+//! - [`admin`]: the admin socket (`otwatch model ...`) and the control
+//!   plane's wire format;
 //! - [`outputs`]: the alert outputs, each a consumer of the `alerts` topic;
 //! - [`supervisor`]: runs components in stages, turns a failure into a stop
 //!   with a non-zero exit;
@@ -12,6 +14,7 @@
 //!   and `/metrics` ([`metrics`]);
 //! - [`service`]: the whole of it in one process, on one data directory.
 
+pub mod admin;
 pub mod components;
 pub mod config;
 pub mod health;

@@ -17,6 +17,7 @@
 //!   and outputs finish what the log holds (each up to the drain time), and
 //!   returns; what is left is read again at the next start.
 
+use crate::admin::server::AdminComponent;
 use crate::components::detector::DetectorComponent;
 use crate::components::history::HistoryComponent;
 use crate::components::ingest::IngestComponent;
@@ -128,6 +129,7 @@ impl Service {
             let topic = match table {
                 Table::Events => Topic::Events,
                 Table::Alerts => Topic::Alerts,
+                Table::Audit => Topic::Control,
             };
             let component = HistoryComponent {
                 log: as_dyn(),
@@ -136,7 +138,7 @@ impl Service {
                 config: config.history.clone(),
                 rows_written: match table {
                     Table::Events => counters.events_written.clone(),
-                    Table::Alerts => Arc::new(AtomicU64::new(0)),
+                    Table::Alerts | Table::Audit => Arc::new(AtomicU64::new(0)),
                 },
                 records_skipped: counters.history_records_skipped.clone(),
             };
@@ -158,11 +160,16 @@ impl Service {
                 crate::outputs::run(receiver, log, group, ctx)
             });
         }
+        // The admin socket asks the detector (`model status`, checks of
+        // decisions) over this channel.
+        let (queries, queries_rx) = tokio::sync::mpsc::channel(16);
         let detector = DetectorComponent {
             log: as_dyn(),
             dir: data_dir.join("detector"),
+            history: history_dir(&data_dir),
             config: config.detector.clone(),
             alerts_raised: counters.alerts_raised.clone(),
+            queries: queries_rx,
         };
         let reporter = register(
             Stage::Detect,
@@ -173,11 +180,15 @@ impl Service {
 
         // Retention waits for every consumer this service runs.
         for topic in Topic::ALL {
-            let groups: Vec<String> = stages
+            let mut groups: Vec<String> = stages
                 .iter()
                 .filter(|(_, r)| r.topic() == Some(topic))
                 .map(|(_, r)| r.name().to_string())
                 .collect();
+            if topic == Topic::Control {
+                // The detector reads decisions beside its events.
+                groups.push(crate::components::detector::GROUP.to_string());
+            }
             log.retain_for(topic, &groups);
         }
         // Ingest starts once every consumer has its position in the log, so
@@ -202,6 +213,15 @@ impl Service {
         let reporter = health.register("ingest", None);
         stages.push((Stage::Ingest, reporter.clone()));
         supervisor.spawn(Stage::Ingest, reporter, |ctx| ingest.run(ctx));
+        // Decisions stop with ingest: none is taken while the rest drains.
+        let admin = AdminComponent {
+            log: as_dyn(),
+            data_dir: data_dir.clone(),
+            detector: queries,
+        };
+        let reporter = health.register("admin", None);
+        stages.push((Stage::Ingest, reporter.clone()));
+        supervisor.spawn(Stage::Ingest, reporter, |ctx| admin.run(ctx));
         if secure {
             tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening (TLS, client certificates required)");
         } else {

@@ -2,12 +2,25 @@
 //! batch and appends the alerts it raises to the `alerts` topic (the alert
 //! outputs and the alerts history read them from there).
 //!
+//! It also consumes the `control` topic (the SOC's decisions, see
+//! [`crate::admin`]) and applies each decision to the detector before the
+//! events it reads next: a decision appended before an event is in force
+//! when that event is scored. `model.relearn` with an interval reads the
+//! stored `events` history of that interval (`otwatch_history::query_stream`)
+//! and feeds it to the detector before going on with the live log. Queries
+//! of the admin socket ([`Query`]: `model status`, the check of a decision
+//! before it is recorded) are answered here, between polls, from the live
+//! state, after the decisions already in the log are applied: routing them
+//! to the one owner of the state costs nothing while nobody asks, where a
+//! shared snapshot would be rebuilt on every batch.
+//!
 //! # Checkpoint
 //!
-//! `<data_dir>/detector/checkpoint.json` holds `{"offset": N, "detector":
-//! {...}}`: everything learned and the next events offset to process,
-//! replaced atomically together every [`CHECKPOINT_EVERY`] and at a clean
-//! stop. A restart resumes from it; the options of `[detector]` in the
+//! `<data_dir>/detector/checkpoint.json` holds `{"offset": N,
+//! "control_offset": M, "detector": {...}}`: everything learned and the
+//! next offsets of `events` and `control` to process, replaced atomically
+//! together every [`CHECKPOINT_EVERY`] and at a clean stop (a checkpoint
+//! without `control_offset` reads as 0). A restart resumes from it; the options of `[detector]` in the
 //! configuration always win over the copy the checkpoint holds (the options
 //! that changed are logged), so a changed configuration takes effect at the
 //! next start.
@@ -20,17 +33,21 @@
 //! cannot be written is tried again later; the component shows `retrying`
 //! meanwhile.
 
+use crate::admin::Request;
 use crate::health::Backoff;
 use crate::retry_transient;
 use crate::supervisor::Context;
 use anyhow::Context as _;
-use otwatch_detector::{Detector, DetectorConfig};
-use otwatch_eventlog::{EventLog, LogError, Record, Topic};
+use arrow::record_batch::RecordBatch;
+use otwatch_detector::{AssetReport, Detector, DetectorConfig};
+use otwatch_eventlog::{Consumer, EventLog, LogError, Record, Topic};
+use otwatch_proto::arrow::{batch_to_control, events_schema, ControlRecord};
 use otwatch_proto::Alert;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 
 /// How often the detector's state is checkpointed.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
@@ -42,13 +59,33 @@ const RECORDS_PER_POLL: usize = 256;
 #[derive(serde::Deserialize)]
 struct Checkpoint {
     offset: u64,
+    #[serde(default)]
+    control_offset: u64,
     detector: Detector,
 }
 
 #[derive(serde::Serialize)]
 struct CheckpointRef<'a> {
     offset: u64,
+    control_offset: u64,
     detector: &'a Detector,
+}
+
+/// A question of the admin socket for the detector.
+pub enum Query {
+    /// `model.status`: the report of a site (every site when `None`) or
+    /// one asset.
+    Status {
+        site: Option<String>,
+        asset: Option<String>,
+        reply: oneshot::Sender<Result<Vec<AssetReport>, String>>,
+    },
+    /// Whether a decision names what the detector knows; the answer is the
+    /// (site, asset) it acts on (asset empty for a whole site).
+    Check {
+        request: Request,
+        reply: oneshot::Sender<Result<(String, String), String>>,
+    },
 }
 
 /// What the component needs.
@@ -56,17 +93,22 @@ pub struct DetectorComponent {
     pub log: Arc<dyn EventLog>,
     /// `<data_dir>/detector`.
     pub dir: PathBuf,
+    /// The history root, read by `model.relearn` over an interval.
+    pub history: PathBuf,
     pub config: DetectorConfig,
     /// Alerts raised since start, for `/metrics` and the demo.
     pub alerts_raised: Arc<AtomicU64>,
+    /// Questions of the admin socket.
+    pub queries: mpsc::Receiver<Query>,
 }
 
 fn transient(e: &LogError) -> bool {
     matches!(e, LogError::Io { .. } | LogError::Fs(_))
 }
 
-/// Loads the checkpoint (adopting `config`) or starts a new detector.
-fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<(Detector, u64)> {
+/// Loads the checkpoint (adopting `config`) or starts a new detector; with
+/// the next offsets of `events` and `control`.
+fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<(Detector, u64, u64)> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let cp: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
@@ -88,39 +130,58 @@ fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<(Detector, u64
                     "detector resumed from its checkpoint; these [detector] options changed since it was written and the configured values now apply"
                 );
             }
-            Ok((detector, cp.offset))
+            Ok((detector, cp.offset, cp.control_offset))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
             Detector::new(config).context("the [detector] configuration is invalid")?,
+            0,
             0,
         )),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
-fn save(path: &Path, offset: u64, detector: &Detector) -> Result<(), otwatch_fs::FsError> {
-    let bytes = serde_json::to_vec(&CheckpointRef { offset, detector })
-        .expect("the detector state serializes");
+fn save(
+    path: &Path,
+    offset: u64,
+    control_offset: u64,
+    detector: &Detector,
+) -> Result<(), otwatch_fs::FsError> {
+    let bytes = serde_json::to_vec(&CheckpointRef {
+        offset,
+        control_offset,
+        detector,
+    })
+    .expect("the detector state serializes");
     otwatch_fs::write_atomic(path, &bytes)
 }
 
 impl DetectorComponent {
-    pub async fn run(self, mut ctx: Context) -> anyhow::Result<()> {
+    pub async fn run(mut self, mut ctx: Context) -> anyhow::Result<()> {
         otwatch_fs::create_dir_all_durable(&self.dir)?;
         let path = self.dir.join("checkpoint.json");
-        let (mut detector, offset) = restore(&path, self.config.clone())?;
+        let (mut detector, offset, control_offset) = restore(&path, self.config.clone())?;
         let mut consumer = self
             .log
             .consumer_at(Topic::Events, GROUP, offset)
             .await
             .context("cannot open a consumer of the event log")?;
+        let mut control = self
+            .log
+            .consumer_at(Topic::Control, GROUP, control_offset)
+            .await
+            .context("cannot open a consumer of the control topic")?;
         ctx.reporter.set_position(offset);
         ctx.reporter.opened();
         ctx.reporter.running();
         let mut backoff = Backoff::default();
         let mut saved_at = Instant::now();
-        let mut saved_offset = offset;
+        let mut saved = (offset, control_offset);
         loop {
+            // Decisions first: one appended before the events polled next
+            // is in force when they are scored.
+            self.decide(&mut detector, control.as_mut(), &mut ctx, &mut backoff)
+                .await?;
             let stopping = ctx.stopping();
             let wait = if stopping {
                 Duration::ZERO
@@ -152,22 +213,31 @@ impl DetectorComponent {
                 // is not advanced, so they are raised again next time.
                 return Ok(());
             }
+            while let Ok(query) = self.queries.try_recv() {
+                self.decide(&mut detector, control.as_mut(), &mut ctx, &mut backoff)
+                    .await?;
+                answer(&detector, query);
+            }
             let position = consumer.position();
-            if position != saved_offset && (saved_at.elapsed() >= CHECKPOINT_EVERY || stopping) {
+            let positions = (position, control.position());
+            if positions != saved && (saved_at.elapsed() >= CHECKPOINT_EVERY || stopping) {
                 let (path2, detector2) = (path.clone(), detector);
-                let (d, saved) = tokio::task::spawn_blocking(move || {
-                    let r = save(&path2, position, &detector2);
+                let (d, written) = tokio::task::spawn_blocking(move || {
+                    let r = save(&path2, positions.0, positions.1, &detector2);
                     (detector2, r)
                 })
                 .await?;
                 detector = d;
-                match saved {
+                match written {
                     Ok(()) => {
-                        saved_offset = position;
+                        saved = positions;
                         saved_at = Instant::now();
                         // The log may delete what the checkpoint covers.
                         if let Err(e) = consumer.commit(position).await {
                             tracing::warn!(error = %e, "cannot record the detector's offset in the event log; retention waits");
+                        }
+                        if let Err(e) = control.commit(positions.1).await {
+                            tracing::warn!(error = %e, "cannot record the detector's control offset in the event log; retention waits");
                         }
                         ctx.reporter.running();
                         backoff.reset();
@@ -189,6 +259,150 @@ impl DetectorComponent {
                 return Ok(());
             }
         }
+    }
+
+    /// Applies the control records the log holds beyond `control`'s
+    /// position. A decision that cannot be applied (its alert was
+    /// forgotten since it was checked, ...) is logged and skipped: it stays
+    /// in the audit either way.
+    async fn decide(
+        &self,
+        detector: &mut Detector,
+        control: &mut dyn Consumer,
+        ctx: &mut Context,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        loop {
+            let polled = retry_transient!(
+                ctx,
+                backoff,
+                "cannot read the control topic",
+                transient,
+                control.poll(RECORDS_PER_POLL, Duration::ZERO).await
+            );
+            let Some(got) = polled.context("cannot read the control topic")? else {
+                return Ok(());
+            };
+            if got.is_empty() {
+                return Ok(());
+            }
+            for d in &got {
+                let records = match batch_to_control(&d.batch) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        tracing::error!(offset = d.offset, error = %e, "control record does not have the control schema; skipped");
+                        continue;
+                    }
+                };
+                for record in records {
+                    self.apply(detector, &record).await;
+                }
+            }
+        }
+    }
+
+    /// Applies one decision.
+    async fn apply(&self, detector: &mut Detector, r: &ControlRecord) {
+        let asset = (!r.asset.is_empty()).then_some(r.asset.as_str());
+        match r.command.as_str() {
+            "model.accept" => {
+                let Some(alert_id) = &r.alert_id else {
+                    tracing::warn!(id = %r.id, "model.accept without an alert id; skipped");
+                    return;
+                };
+                match detector.accept(alert_id) {
+                    Ok(changed) => {
+                        tracing::info!(id = %r.id, user = %r.user, site = %r.site, asset = %r.asset, alert_id = %alert_id, %changed, "deviation accepted as normal")
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %r.id, alert_id = %alert_id, error = %e, "model.accept could not be applied")
+                    }
+                }
+            }
+            "model.relearn" => {
+                let args: serde_json::Value =
+                    serde_json::from_str(&r.args).unwrap_or(serde_json::Value::Null);
+                let interval = match (args["from_ns"].as_i64(), args["to_ns"].as_i64()) {
+                    (Some(from), Some(to)) => Some((from, to)),
+                    _ => None,
+                };
+                if let Some((from, to)) = interval {
+                    if let Err(e) = detector.relearn(&r.site, asset, Some(to)) {
+                        tracing::warn!(id = %r.id, error = %e, "model.relearn could not be applied");
+                        return;
+                    }
+                    match self.feed_history(detector, &r.site, asset, from, to).await {
+                        Ok(rows) => {
+                            let _ = detector.end_relearn(&r.site, asset);
+                            tracing::info!(id = %r.id, user = %r.user, site = %r.site, asset = %r.asset, rows, "relearned from the stored history");
+                        }
+                        Err(e) => {
+                            // Half a history would protect with too narrow a
+                            // baseline: learn from the live stream instead.
+                            let _ = detector.relearn(&r.site, asset, None);
+                            tracing::error!(id = %r.id, site = %r.site, asset = %r.asset, error = format!("{e:#}"), "cannot relearn from the stored history; learning from the next events instead");
+                        }
+                    }
+                } else {
+                    match detector.relearn(&r.site, asset, None) {
+                        Ok(assets) => {
+                            tracing::info!(id = %r.id, user = %r.user, site = %r.site, assets = %assets.join(", "), "relearning from the next events")
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %r.id, error = %e, "model.relearn could not be applied")
+                        }
+                    }
+                }
+            }
+            // Decisions for other consumers (alert lifecycle, ...).
+            other => {
+                tracing::debug!(id = %r.id, command = other, "control record not for the detector")
+            }
+        }
+    }
+
+    /// Feeds the stored `events` of `site` (and `asset`) in `[from, to)`
+    /// to the detector, in time order. Returns the rows fed. Alerts are not
+    /// expected (every row is before the end of learning) and are dropped.
+    async fn feed_history(
+        &self,
+        detector: &mut Detector,
+        site: &str,
+        asset: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<u64> {
+        if !self.history.exists() {
+            return Ok(0);
+        }
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let columns: Vec<String> = events_schema()
+            .fields()
+            .iter()
+            .map(|f| format!("\"{}\"", f.name()))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM events WHERE site = {} {} AND ts >= to_timestamp_nanos({from}) AND ts < to_timestamp_nanos({to}) ORDER BY ts, agent, seq",
+            columns.join(", "),
+            quote(site),
+            asset.map_or(String::new(), |a| format!("AND asset = {}", quote(a))),
+        );
+        let mut stream = otwatch_history::query_stream(
+            &self.history,
+            &sql,
+            &otwatch_history::SqlConfig::default(),
+        )
+        .await
+        .context("cannot query the events history")?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next_batch().await {
+            let batch = conform(&batch.context("cannot read the events history")?)?;
+            rows += batch.num_rows() as u64;
+            if let Err(e) = detector.process(&batch) {
+                tracing::warn!(error = %e, "a batch of the stored history could not be processed; skipped");
+            }
+        }
+        Ok(rows)
     }
 
     /// Appends alerts to the log, retrying a failing disk. False if told to
@@ -221,5 +435,74 @@ impl DetectorComponent {
             .fetch_add(raised.len() as u64, Ordering::Relaxed);
         ctx.reporter.running();
         Ok(true)
+    }
+}
+
+/// A batch of the `events` table as a query returns it, in the exact
+/// `events` schema (a query may return dictionary columns as plain strings).
+fn conform(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    let schema = events_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = batch
+                .column_by_name(f.name())
+                .with_context(|| format!("the events history has no column {}", f.name()))?;
+            if column.data_type() == f.data_type() {
+                Ok(column.clone())
+            } else {
+                arrow::compute::cast(column, f.data_type())
+                    .with_context(|| format!("column {} of the events history", f.name()))
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Answers a question of the admin socket from the live state.
+fn answer(detector: &Detector, query: Query) {
+    match query {
+        Query::Status { site, asset, reply } => {
+            let _ = reply.send(
+                detector
+                    .report(site.as_deref(), asset.as_deref())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        Query::Check { request, reply } => {
+            let _ = reply.send(check(detector, &request));
+        }
+    }
+}
+
+/// Whether `request` names what the detector knows; the (site, asset) it
+/// acts on.
+fn check(detector: &Detector, request: &Request) -> Result<(String, String), String> {
+    match request {
+        Request::ModelAccept { alert_id } => detector.alert_subject(alert_id).ok_or_else(|| {
+            format!("alert {alert_id} is not one the detector knows (never raised, its asset was relearned since, or too old); see `otwatch model status`")
+        }),
+        Request::ModelRelearn {
+            site,
+            asset,
+            from_ns,
+            to_ns,
+        } => {
+            match (from_ns, to_ns) {
+                (Some(from), Some(to)) if from >= to => {
+                    return Err(format!("the interval is empty: from {from} ns is not before to {to} ns"))
+                }
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err("give both ends of the interval (--from and --to), or neither to learn from the next events".into())
+                }
+                _ => {}
+            }
+            detector
+                .report(Some(site), asset.as_deref())
+                .map_err(|e| e.to_string())?;
+            Ok((site.clone(), asset.clone().unwrap_or_default()))
+        }
+        Request::ModelStatus { .. } => Err("model.status is not a decision".into()),
     }
 }

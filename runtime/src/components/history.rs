@@ -70,6 +70,7 @@ impl HistoryComponent {
         let topic = match self.table {
             Table::Events => Topic::Events,
             Table::Alerts => Topic::Alerts,
+            Table::Audit => Topic::Control,
         };
         let mut backoff = Backoff::default();
         loop {

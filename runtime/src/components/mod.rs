@@ -5,8 +5,9 @@
 //! | component | stage | reads | writes |
 //! |---|---|---|---|
 //! | `ingest` | ingest | agents (gRPC) | `events` topic |
-//! | `detector` | detect | `events` topic | `alerts` topic, checkpoint |
-//! | `history-events`, `history-alerts` | output | a topic | Parquet tables |
+//! | `detector` | detect | `events`, `control` topics | `alerts` topic, checkpoint |
+//! | `history-events`, `history-alerts`, `history-audit` | output | a topic | Parquet tables |
+//! | `admin` (in [`crate::admin`]) | ingest | `<data_dir>/admin.sock` | `control` topic |
 //! | `output-<name>` | output | `alerts` topic | a receiver (stdout, file, ...) |
 
 pub mod detector;
