@@ -65,10 +65,14 @@
 //! scales and components never move by themselves: a deviation that
 //! persists stays one open episode (one alert) until the process comes back
 //! or the SOC accepts it ([`ProcessModel::accept`]). Accepting takes the
-//! episode's mean deviation: each variable that moved by at least one scale
-//! unit is re-centred half way and its tolerance widened so that both the
-//! learned and the accepted level are within one scale unit; the others
-//! stay as learned. There is no adaptation an attacker could ride: to stay
+//! episode's mean deviation: every variable is re-centred half way along
+//! it (so variables that moved together keep their relationship), and the
+//! tolerance of each that moved by at least one scale unit is widened so
+//! that both the learned and the accepted level are within one scale unit;
+//! if both levels are still beyond half the T² or Q limit (T² weighs a
+//! joint move by the learned variance along the components, which can be
+//! far below each variable's scale), every tolerance widens by one factor
+//! until they are within it. There is no adaptation an attacker could ride: to stay
 //! unseen, a change must stay inside the learned limits for good.
 //!
 //! **Learning is bounded.** The model is fitted once, on the observations of
@@ -96,6 +100,11 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the pseudo-tag carrying the asset's latest cycle duration.
 pub(crate) const CYCLE_TAG: &str = "cycle_ms";
+
+/// Share of each limit that the T² and Q of an accepted level (and of the
+/// learned level it replaces) may take at most: the rest is left for the
+/// noise around them.
+const ACCEPTED_SHARE: f64 = 0.5;
 
 /// Smallest eigenvalue kept, relative to the largest, so that a direction
 /// the learning data never moved in does not divide by zero.
@@ -695,14 +704,21 @@ impl ProcessModel {
         let d = f.centre.len();
         let count = f.shift_count.max(1) as f64;
         let mut moved = Vec::new();
+        // The accepted level, centred and scaled as the model now stands.
+        let mut held = f.mean.clone();
         for j in 0..d {
             let shift = f.shift_sum.get(j).copied().unwrap_or(0.0) / count;
+            let old = f.centre[j];
+            // Every variable follows the episode half way, those that
+            // barely moved too: re-centring only some of the variables that
+            // moved together would break their learned relationship and
+            // open a Q episode at the accepted level.
+            f.centre[j] += f.scale[j] * shift / 2.0;
+            let widen = (shift.abs() / 2.0).max(1.0);
+            held[j] += shift / 2.0 / widen;
             if shift.abs() < 1.0 {
                 continue;
             }
-            let old = f.centre[j];
-            f.centre[j] += f.scale[j] * shift / 2.0;
-            let widen = (shift.abs() / 2.0).max(1.0);
             f.scale[j] *= widen;
             f.spread[j] *= widen;
             moved.push(format!(
@@ -711,6 +727,28 @@ impl ProcessModel {
                 num(old),
                 num(old + 2.0 * (f.centre[j] - old)),
                 widen
+            ));
+        }
+        // Both levels, the learned one and the accepted one, now sit half a
+        // deviation from the centre on either side. T² weighs a deviation by
+        // the learned variance along the components, which can be far below
+        // a variable's scale (a slowly wandering tag moved in step with the
+        // others), so the per-variable widening may leave them beyond the
+        // limits: then every tolerance widens by one factor, which keeps the
+        // learned relationships, until both levels are within
+        // ACCEPTED_SHARE of each limit.
+        let mut tmp = vec![0.0; d + f.eigen.len()];
+        let (t2, q) = f.statistics(&held, &mut tmp);
+        let need = (t2 / (ACCEPTED_SHARE * f.t2_limit)).max(q / (ACCEPTED_SHARE * f.q_limit));
+        if need > 1.0 {
+            let w = need.sqrt();
+            for j in 0..d {
+                f.scale[j] *= w;
+                f.spread[j] *= w;
+                f.mean[j] /= w;
+            }
+            moved.push(format!(
+                "every tolerance ×{w:.1} so that both levels are within the limits"
             ));
         }
         f.t2 = 0.0;
