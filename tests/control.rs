@@ -116,12 +116,10 @@ impl Plant {
     }
 }
 
+/// Starts `otwatch serve` on a port of its choosing (two tests picking a
+/// free port each could pick the same one) and connects to it: the address
+/// is read from its log.
 async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = dir.join("otwatch.toml");
     if !config.exists() {
         std::fs::write(
@@ -130,27 +128,50 @@ async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
         )
         .unwrap();
     }
-    let serve = otwatch()
-        .args(["serve", "--insecure-loopback", "--config"])
+    let mut serve = otwatch()
+        .args([
+            "serve",
+            "--insecure-loopback",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            break channel;
+    let log = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        // Reads the whole log, so that serve never blocks on a full pipe.
+        for line in log.lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .contains("collector listening")
+                .then(|| line.split("addr=").nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
         }
-        assert!(Instant::now() < deadline, "serve never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve never said where it listens");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     (serve, channel)
 }
 
