@@ -66,13 +66,14 @@
 //! persists stays one open episode (one alert) until the process comes back
 //! or the SOC accepts it ([`ProcessModel::accept`]). Accepting takes the
 //! episode's mean deviation: every variable is re-centred half way along
-//! it (so variables that moved together keep their relationship), and the
-//! tolerance of each that moved by at least one scale unit is widened so
-//! that both the learned and the accepted level are within one scale unit;
-//! if both levels are still beyond half the T² or Q limit (T² weighs a
-//! joint move by the learned variance along the components, which can be
-//! far below each variable's scale), every tolerance widens by one factor
-//! until they are within it. There is no adaptation an attacker could ride: to stay
+//! it, so that the learned and the accepted level sit on either side of
+//! the centre and variables that moved together keep their relationship;
+//! where either level plus the learned noise would cross a limit, the
+//! model widens only in the directions that moved (the variance of the
+//! components that carry the move; the Q limit only if the move itself
+//! broke a relationship).
+//! Scales of single variables never change, which would rotate the learned
+//! relationships. There is no adaptation an attacker could ride: to stay
 //! unseen, a change must stay inside the learned limits for good.
 //!
 //! **Learning is bounded.** The model is fitted once, on the observations of
@@ -101,10 +102,11 @@ use serde::{Deserialize, Serialize};
 /// Name of the pseudo-tag carrying the asset's latest cycle duration.
 pub(crate) const CYCLE_TAG: &str = "cycle_ms";
 
-/// Share of each limit that the T² and Q of an accepted level (and of the
-/// learned level it replaces) may take at most: the rest is left for the
-/// noise around them.
-const ACCEPTED_SHARE: f64 = 0.5;
+/// Share of a limit the learned noise reaches (the limits are a high
+/// quantile of the learning statistics times `process_margin`, 1.5 by
+/// default): an accepted level plus noise of this extent stays within the
+/// limits.
+const NOISE_SHARE: f64 = 2.0 / 3.0;
 
 /// Smallest eigenvalue kept, relative to the largest, so that a direction
 /// the learning data never moved in does not divide by zero.
@@ -710,45 +712,54 @@ impl ProcessModel {
             let shift = f.shift_sum.get(j).copied().unwrap_or(0.0) / count;
             let old = f.centre[j];
             // Every variable follows the episode half way, those that
-            // barely moved too: re-centring only some of the variables that
-            // moved together would break their learned relationship and
-            // open a Q episode at the accepted level.
+            // barely moved too, and no variable's scale changes on its own:
+            // either would break the learned relationships between
+            // variables that moved together, and open a Q episode at the
+            // accepted level.
             f.centre[j] += f.scale[j] * shift / 2.0;
-            let widen = (shift.abs() / 2.0).max(1.0);
-            held[j] += shift / 2.0 / widen;
-            if shift.abs() < 1.0 {
-                continue;
+            held[j] += shift / 2.0;
+            if shift.abs() >= 1.0 {
+                moved.push(format!(
+                    "{} {} → {}",
+                    tags[f.vars[j]],
+                    num(old),
+                    num(old + 2.0 * (f.centre[j] - old))
+                ));
             }
-            f.scale[j] *= widen;
-            f.spread[j] *= widen;
-            moved.push(format!(
-                "{} {} → {} (tolerance ×{:.1})",
-                tags[f.vars[j]],
-                num(old),
-                num(old + 2.0 * (f.centre[j] - old)),
-                widen
-            ));
         }
-        // Both levels, the learned one and the accepted one, now sit half a
-        // deviation from the centre on either side. T² weighs a deviation by
-        // the learned variance along the components, which can be far below
-        // a variable's scale (a slowly wandering tag moved in step with the
-        // others), so the per-variable widening may leave them beyond the
-        // limits: then every tolerance widens by one factor, which keeps the
-        // learned relationships, until both levels are within
-        // ACCEPTED_SHARE of each limit.
+        // The learned and the accepted level now sit half the move from the
+        // centre on either side, and the learned noise comes on top of
+        // either: T² and Q are quadratic, so noise along the move adds to
+        // it. The model widens where the level plus noise at its learned
+        // extent (about NOISE_SHARE of a limit) would cross the limit, and
+        // only in the directions that moved: the variance of the components
+        // that carry the move's T², and the Q limit if the move itself left
+        // the learned relationships.
         let mut tmp = vec![0.0; d + f.eigen.len()];
         let (t2, q) = f.statistics(&held, &mut tmp);
-        let need = (t2 / (ACCEPTED_SHARE * f.t2_limit)).max(q / (ACCEPTED_SHARE * f.q_limit));
-        if need > 1.0 {
-            let w = need.sqrt();
-            for j in 0..d {
-                f.scale[j] *= w;
-                f.spread[j] *= w;
-                f.mean[j] /= w;
+        let needed = |x: f64| (x.sqrt() + NOISE_SHARE.sqrt()).powi(2);
+        let mut widened = Vec::new();
+        let k = f.eigen.len();
+        let w = needed(t2 / f.t2_limit);
+        if w > 1.0 {
+            for a in 0..k {
+                let t = tmp[d + a];
+                // The components carrying at least their share of the move.
+                if t * t / f.eigen[a] * k as f64 >= t2 {
+                    f.eigen[a] *= w;
+                    widened.push(format!("component {} ×{:.1}", a + 1, w.sqrt()));
+                }
             }
+        }
+        let w = needed(q / f.q_limit);
+        if w > 1.0 {
+            f.q_limit *= w;
+            widened.push(format!("Q limit ×{w:.1}"));
+        }
+        if !widened.is_empty() {
             moved.push(format!(
-                "every tolerance ×{w:.1} so that both levels are within the limits"
+                "tolerance widened along the move ({})",
+                widened.join(", ")
             ));
         }
         f.t2 = 0.0;
