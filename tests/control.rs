@@ -85,19 +85,24 @@ impl Plant {
     async fn send(&mut self, events: &[(i64, &str, &str)]) {
         let events = events
             .iter()
-            .map(|&(at, peer, op)| {
-                self.seq += 1;
-                ControllerEvent {
-                    seq: self.seq,
-                    ts_ns: self.base + at * 1_000_000_000,
-                    asset: ASSET.into(),
-                    kind: EventKind::Access as i32,
-                    name: op.into(),
-                    attrs: [("peer".to_string(), peer.to_string())].into(),
-                    ..Default::default()
-                }
+            .map(|&(at, peer, op)| ControllerEvent {
+                ts_ns: self.base + at * 1_000_000_000,
+                asset: ASSET.into(),
+                kind: EventKind::Access as i32,
+                name: op.into(),
+                attrs: [("peer".to_string(), peer.to_string())].into(),
+                ..Default::default()
             })
             .collect();
+        self.send_events(events).await;
+    }
+
+    /// Sends events, numbering them.
+    async fn send_events(&mut self, mut events: Vec<ControllerEvent>) {
+        for e in &mut events {
+            self.seq += 1;
+            e.seq = self.seq;
+        }
         let ack = self
             .stream
             .send(EventBatch {
@@ -111,39 +116,62 @@ impl Plant {
     }
 }
 
+/// Starts `otwatch serve` on a port of its choosing (two tests picking a
+/// free port each could pick the same one) and connects to it: the address
+/// is read from its log.
 async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let config = dir.join("otwatch.toml");
-    std::fs::write(
-        &config,
-        "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let serve = otwatch()
-        .args(["serve", "--insecure-loopback", "--config"])
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n",
+        )
+        .unwrap();
+    }
+    let mut serve = otwatch()
+        .args([
+            "serve",
+            "--insecure-loopback",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            break channel;
+    let log = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        // Reads the whole log, so that serve never blocks on a full pipe.
+        for line in log.lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .contains("collector listening")
+                .then(|| line.split("addr=").nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
         }
-        assert!(Instant::now() < deadline, "serve never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("serve never said where it listens");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     (serve, channel)
 }
 
@@ -307,4 +335,119 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
         stdout(&out),
         stderr(&out)
     );
+}
+
+/// The process model's report of `asset`: (open alerts, newest event time).
+fn process_status(data: &Path, asset: &str) -> (Vec<String>, Option<i64>) {
+    let out = run(
+        &[
+            "model", "status", "--site", SITE, "--asset", asset, "--json",
+        ],
+        data,
+    );
+    assert!(out.status.success(), "model status: {}", stderr(&out));
+    let assets: Vec<AssetReport> = serde_json::from_str(&stdout(&out)).unwrap();
+    let process = assets[0]
+        .models
+        .iter()
+        .find(|m| m.model == "process")
+        .unwrap_or_else(|| panic!("no process model: {:?}", assets[0]));
+    (process.open_alerts.clone(), assets[0].at_ns)
+}
+
+/// Waits until the detector has seen the events up to `ts_ns`, then gives
+/// the process model's open alerts.
+async fn process_open_alerts_at(data: &Path, asset: &str, ts_ns: i64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (open, at) = process_status(data, asset);
+        if at == Some(ts_ns) {
+            return open;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the detector never reached {ts_ns}: at {at:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_held_setpoint_change_sampled_once_a_minute_stays_alerted_until_accepted() {
+    const PUMP: &str = "line3/pump-01";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("otwatch.toml"),
+        "[detector]\nlearn = \"2h\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (serve, channel) = start_serve(dir.path()).await;
+    let base = (now_ns() / 60_000_000_000 - 12 * 60) * 60_000_000_000;
+    let mut plant = Plant {
+        stream: open_greeted(channel, SITE, "gw-1").await.unwrap(),
+        base,
+        seq: 0,
+    };
+    // A pump sampled once a minute: a flow that wanders and a pressure and
+    // a motor current that follow it, with noise of their own.
+    let mut noise = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        noise ^= noise << 13;
+        noise ^= noise >> 7;
+        noise ^= noise << 17;
+        (noise >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let mut wander = 0.0;
+    let mut observations = |from: i64, n: i64, step: f64| -> Vec<ControllerEvent> {
+        let mut out = Vec::new();
+        for minute in from..from + n {
+            wander = 0.8 * wander + 0.5 * uniform();
+            let flow = 40.0 + wander + step;
+            let tags = [
+                ("flow_m3h", flow),
+                ("pressure_bar", 2.0 + 0.05 * flow + 0.02 * uniform()),
+                ("current_a", 10.0 + 0.2 * flow + 0.05 * uniform()),
+            ];
+            for (name, value) in tags {
+                out.push(ControllerEvent {
+                    ts_ns: base + minute * 60_000_000_000,
+                    asset: PUMP.into(),
+                    kind: EventKind::Sample as i32,
+                    name: name.into(),
+                    value: Some(value),
+                    ..Default::default()
+                });
+            }
+        }
+        out
+    };
+    let ts = |minute: i64| base + minute * 60_000_000_000;
+
+    // Two hours of learning and one of normal operation: quiet.
+    plant.send_events(observations(0, 180, 0.0)).await;
+    assert_eq!(
+        process_open_alerts_at(&data, PUMP, ts(179)).await,
+        Vec::<String>::new()
+    );
+    // The setpoint moves the flow by 5 (about 6 learning standard
+    // deviations) and is held for two hours: one episode, open all along.
+    plant.send_events(observations(180, 60, 5.0)).await;
+    let open = process_open_alerts_at(&data, PUMP, ts(239)).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    plant.send_events(observations(240, 60, 5.0)).await;
+    assert_eq!(process_open_alerts_at(&data, PUMP, ts(299)).await, open);
+
+    // The SOC accepts it: the episode ends and the held level is quiet.
+    let out = run(&["model", "accept", "--alert", &open[0]], &data);
+    assert!(out.status.success(), "model accept: {}", stderr(&out));
+    assert_eq!(process_status(&data, PUMP).0, Vec::<String>::new());
+    plant.send_events(observations(300, 120, 5.0)).await;
+    assert_eq!(
+        process_open_alerts_at(&data, PUMP, ts(419)).await,
+        Vec::<String>::new(),
+        "{}",
+        std::fs::read_to_string(data.join("alerts.jsonl")).unwrap_or_default()
+    );
+    stop(serve);
 }

@@ -65,10 +65,15 @@
 //! scales and components never move by themselves: a deviation that
 //! persists stays one open episode (one alert) until the process comes back
 //! or the SOC accepts it ([`ProcessModel::accept`]). Accepting takes the
-//! episode's mean deviation: each variable that moved by at least one scale
-//! unit is re-centred half way and its tolerance widened so that both the
-//! learned and the accepted level are within one scale unit; the others
-//! stay as learned. There is no adaptation an attacker could ride: to stay
+//! episode's mean deviation: every variable is re-centred half way along
+//! it, so that the learned and the accepted level sit on either side of
+//! the centre and variables that moved together keep their relationship;
+//! where either level plus the learned noise would cross a limit, the
+//! model widens only in the directions that moved (the variance of the
+//! components that carry the move; the Q limit only if the move itself
+//! broke a relationship).
+//! Scales of single variables never change, which would rotate the learned
+//! relationships. There is no adaptation an attacker could ride: to stay
 //! unseen, a change must stay inside the learned limits for good.
 //!
 //! **Learning is bounded.** The model is fitted once, on the observations of
@@ -96,6 +101,12 @@ use serde::{Deserialize, Serialize};
 
 /// Name of the pseudo-tag carrying the asset's latest cycle duration.
 pub(crate) const CYCLE_TAG: &str = "cycle_ms";
+
+/// Share of a limit the learned noise reaches (the limits are a high
+/// quantile of the learning statistics times `process_margin`, 1.5 by
+/// default): an accepted level plus noise of this extent stays within the
+/// limits.
+const NOISE_SHARE: f64 = 2.0 / 3.0;
 
 /// Smallest eigenvalue kept, relative to the largest, so that a direction
 /// the learning data never moved in does not divide by zero.
@@ -695,22 +706,60 @@ impl ProcessModel {
         let d = f.centre.len();
         let count = f.shift_count.max(1) as f64;
         let mut moved = Vec::new();
+        // The accepted level, centred and scaled as the model now stands.
+        let mut held = f.mean.clone();
         for j in 0..d {
             let shift = f.shift_sum.get(j).copied().unwrap_or(0.0) / count;
-            if shift.abs() < 1.0 {
-                continue;
-            }
             let old = f.centre[j];
+            // Every variable follows the episode half way, those that
+            // barely moved too, and no variable's scale changes on its own:
+            // either would break the learned relationships between
+            // variables that moved together, and open a Q episode at the
+            // accepted level.
             f.centre[j] += f.scale[j] * shift / 2.0;
-            let widen = (shift.abs() / 2.0).max(1.0);
-            f.scale[j] *= widen;
-            f.spread[j] *= widen;
+            held[j] += shift / 2.0;
+            if shift.abs() >= 1.0 {
+                moved.push(format!(
+                    "{} {} → {}",
+                    tags[f.vars[j]],
+                    num(old),
+                    num(old + 2.0 * (f.centre[j] - old))
+                ));
+            }
+        }
+        // The learned and the accepted level now sit half the move from the
+        // centre on either side, and the learned noise comes on top of
+        // either: T² and Q are quadratic, so noise along the move adds to
+        // it. The model widens where the level plus noise at its learned
+        // extent (about NOISE_SHARE of a limit) would cross the limit, and
+        // only in the directions that moved: the variance of the components
+        // that carry the move's T², and the Q limit if the move itself left
+        // the learned relationships.
+        let mut tmp = vec![0.0; d + f.eigen.len()];
+        let (t2, q) = f.statistics(&held, &mut tmp);
+        let needed = |x: f64| (x.sqrt() + NOISE_SHARE.sqrt()).powi(2);
+        let mut widened = Vec::new();
+        let k = f.eigen.len();
+        let w = needed(t2 / f.t2_limit);
+        if w > 1.0 {
+            for a in 0..k {
+                let t = tmp[d + a];
+                // The components carrying at least their share of the move.
+                if t * t / f.eigen[a] * k as f64 >= t2 {
+                    f.eigen[a] *= w;
+                    widened.push(format!("component {} ×{:.1}", a + 1, w.sqrt()));
+                }
+            }
+        }
+        let w = needed(q / f.q_limit);
+        if w > 1.0 {
+            f.q_limit *= w;
+            widened.push(format!("Q limit ×{w:.1}"));
+        }
+        if !widened.is_empty() {
             moved.push(format!(
-                "{} {} → {} (tolerance ×{:.1})",
-                tags[f.vars[j]],
-                num(old),
-                num(old + 2.0 * (f.centre[j] - old)),
-                widen
+                "tolerance widened along the move ({})",
+                widened.join(", ")
             ));
         }
         f.t2 = 0.0;

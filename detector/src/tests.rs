@@ -680,6 +680,10 @@ struct Plant {
     noise: Noise,
     /// Time between rows.
     step: i64,
+    /// When set, the flow wanders (AR(1) with this coefficient) instead of
+    /// varying independently from row to row.
+    wander: Option<f64>,
+    level: f64,
 }
 
 impl Plant {
@@ -688,6 +692,8 @@ impl Plant {
             t: T0,
             noise: Noise(seed),
             step: SEC,
+            wander: None,
+            level: 0.0,
         }
     }
 
@@ -703,7 +709,13 @@ impl Plant {
     /// with the flow, `flow_shift` moves the whole process.
     fn row(&mut self, out: &mut Vec<ControllerEvent>, pressure_offset: f64, flow_shift: f64) {
         self.t += self.step;
-        let flow = 30.0 + flow_shift + 0.5 * self.noise.next();
+        let flow = match self.wander {
+            None => 30.0 + flow_shift + 0.5 * self.noise.next(),
+            Some(phi) => {
+                self.level = phi * self.level + 0.5 * self.noise.next();
+                30.0 + flow_shift + self.level
+            }
+        };
         let heat = 60.0 + 0.3 * self.noise.next();
         let tags = [
             ("flow_m3h", flow),
@@ -950,6 +962,34 @@ fn accepting_ends_the_episode_and_a_restart_keeps_the_acceptance() {
         1,
         "{later:#?}"
     );
+}
+
+#[test]
+fn accepting_a_joint_move_of_wandering_tags_keeps_their_relationship() {
+    // The flow wanders (its scale is widened for it) and pressure and
+    // current follow it: a held move of all three is accepted, and the
+    // accepted level stays quiet, in T² and in Q, for hours.
+    let config = DetectorConfig {
+        learn: std::time::Duration::from_secs(2 * 3600),
+        ..DetectorConfig::default()
+    };
+    let mut p = Plant {
+        wander: Some(0.8),
+        ..Plant::sampled_every(41, MIN)
+    };
+    let mut events = Vec::new();
+    p.rows(&mut events, 180, 0.0, 0.0);
+    p.rows(&mut events, 120, 0.0, 5.0);
+    let mut d = Detector::new(config).unwrap();
+    let alerts = run(&mut d, &events, 64, 0);
+    let process: Vec<_> = alerts.iter().filter(|a| a.detector == "process").collect();
+    assert_eq!(process.len(), 1, "{alerts:#?}");
+    let changed = d.accept(&process[0].id).unwrap();
+    assert!(changed.contains("widened along the move"), "{changed}");
+    let mut more = Vec::new();
+    p.rows(&mut more, 240, 0.0, 5.0);
+    let after = run(&mut d, &more, 64, events.len() as u64);
+    assert!(!after.iter().any(|a| a.detector == "process"), "{after:#?}");
 }
 
 #[test]
