@@ -189,6 +189,33 @@ enum Command {
         #[command(subcommand)]
         action: ModelAction,
     },
+    /// Let one agent send events older than `collector.limits.max_past_secs`
+    /// for a while: loading a gateway's recorded history into otwatch
+    /// (then, e.g., `otwatch model relearn --from --to` over it). Asks the
+    /// `otwatch serve` running on --data-dir; the allowance is recorded in
+    /// the event log and the `audit` table, with who asked, and ends by
+    /// itself. Every other limit still applies.
+    ///
+    /// Example:
+    ///   otwatch backfill --data-dir /var/lib/otwatch --site plant-a --agent gw-1 --from 2026-01-01T00:00:00Z --for 24h
+    #[command(verbatim_doc_comment)]
+    Backfill {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        site: String,
+        /// The agent that may send old events (its certificate's name).
+        #[arg(long)]
+        agent: String,
+        /// The oldest event time it may send (RFC 3339, `YYYY-MM-DD
+        /// HH:MM:SS` UTC, or Unix seconds).
+        #[arg(long, value_name = "TIME")]
+        from: String,
+        /// How long the allowance lasts, from now (at most 7 days).
+        #[arg(long = "for", value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// The audit trail of decisions (the `audit` table: `otwatch sql
     /// "SELECT ts, user, host, command, site, asset, alert_id FROM audit
     /// ORDER BY ts"`).
@@ -815,6 +842,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model { action } => {
             init_logging("warn");
             run_model(action).await
+        }
+        Command::Backfill {
+            data_dir,
+            site,
+            agent,
+            from,
+            duration,
+        } => {
+            init_logging("warn");
+            let request = otwatch_runtime::admin::Request::CollectorBackfill {
+                site,
+                agent,
+                from_ns: eval::parse_time(&from)?,
+                for_secs: duration.as_secs(),
+            };
+            let answer = ask_admin(&data_dir, &request).await?;
+            println!(
+                "{} (control record {})",
+                answer.detail.unwrap_or_default(),
+                answer.id.unwrap_or_default()
+            );
+            Ok(())
         }
         Command::Audit { action } => {
             init_logging("warn");

@@ -70,7 +70,7 @@ pub mod service;
 pub mod tls;
 
 use otwatch_eventlog::{EventLog, ProducerMark, Record, Topic};
-use otwatch_proto::limits::Limits;
+use otwatch_proto::limits::{Limits, ValidationError};
 use otwatch_proto::v1::ingest_server::Ingest;
 use otwatch_proto::v1::Refused;
 use otwatch_proto::{Ack, ControllerEvent, EventBatch};
@@ -286,6 +286,19 @@ struct Inner {
     /// one not yet torn down and its replacement) cannot both append the same
     /// sequence numbers.
     producer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Backfill allowances by (site, agent): see [`Collector::allow_backfill`].
+    backfills: Mutex<HashMap<(String, String), Backfill>>,
+}
+
+/// An operator's allowance for one agent to send events older than
+/// `limits.max_past_secs`, decided through the control topic
+/// (`collector.backfill`) and kept until `until_ns` (wall clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backfill {
+    /// The oldest event time the agent may send.
+    pub oldest_ns: i64,
+    /// When the allowance ends (collector clock, ns since the epoch).
+    pub until_ns: i64,
 }
 
 impl Collector {
@@ -300,8 +313,44 @@ impl Collector {
                 config,
                 metrics: Arc::default(),
                 producer_locks: Mutex::default(),
+                backfills: Mutex::default(),
             }),
         })
+    }
+
+    /// Lets agent `agent` of `site` send events as old as
+    /// `backfill.oldest_ns` until `backfill.until_ns`, beyond
+    /// `limits.max_past_secs`: an operator loading a gateway's recorded
+    /// history, one agent at a time, instead of widening the limit for
+    /// every agent. Every other limit still applies. A later allowance for
+    /// the same agent replaces the earlier one; one whose end has passed
+    /// is dropped.
+    pub fn allow_backfill(&self, site: &str, agent: &str, backfill: Backfill) {
+        let mut backfills = self.inner.backfills.lock().unwrap();
+        let now = now_ns();
+        backfills.retain(|_, b| b.until_ns > now);
+        let key = (site.to_string(), agent.to_string());
+        backfills.remove(&key);
+        if backfill.until_ns > now {
+            tracing::info!(
+                site,
+                agent,
+                oldest_ns = backfill.oldest_ns,
+                until_ns = backfill.until_ns,
+                "backfill allowed: this agent may send events older than max_past_secs"
+            );
+            backfills.insert(key, backfill);
+        }
+    }
+
+    /// The oldest event time `identity` may send now, when an allowance
+    /// holds.
+    fn backfill_oldest(&self, identity: &AgentIdentity, now_ns: i64) -> Option<i64> {
+        let backfills = self.inner.backfills.lock().unwrap();
+        backfills
+            .get(&(identity.site.clone(), identity.agent.clone()))
+            .filter(|b| b.until_ns > now_ns)
+            .map(|b| b.oldest_ns)
     }
 
     pub fn metrics(&self) -> Arc<CollectorMetrics> {
@@ -360,13 +409,24 @@ impl Collector {
             return Err(Status::invalid_argument(e.to_string()));
         }
         // Each event's own limits, before taking the producer lock: what
-        // fails is refused alone (see the module doc).
+        // fails is refused alone (see the module doc). An agent with a
+        // backfill allowance may send events older than max_past_secs,
+        // back to the allowance's oldest time.
+        let backfill_oldest = self.backfill_oldest(identity, now_ns);
         let verdicts: Vec<Option<String>> = batch
             .events
             .iter()
             .enumerate()
             .map(|(index, event)| {
-                limits.check_event(index, event, now_ns).err().map(|e| {
+                let verdict = match limits.check_event(index, event, now_ns) {
+                    Err(ValidationError::TooOld { ts_ns, .. })
+                        if backfill_oldest.is_some_and(|oldest| ts_ns >= oldest) =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                };
+                verdict.err().map(|e| {
                     // The seq identifies the event; its index in the batch
                     // means nothing to the agent's operator.
                     let text = e.to_string();

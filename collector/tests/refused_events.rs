@@ -4,7 +4,7 @@
 //! restart), a resend lists them again, and a batch that is wrong as a
 //! whole is still refused with a status.
 
-use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
+use otwatch_collector::{Backfill, Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
 use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 use otwatch_proto::limits::Limits;
@@ -29,6 +29,7 @@ struct Running {
     addr: SocketAddr,
     log: Arc<LocalLog>,
     metrics: Arc<CollectorMetrics>,
+    collector: Collector,
     stop: oneshot::Sender<()>,
     served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -48,13 +49,14 @@ async fn start(dir: &Path) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel();
-    let served = tokio::spawn(collector.serve(listener, None, async {
+    let served = tokio::spawn(collector.clone().serve(listener, None, async {
         let _ = stopped.await;
     }));
     Running {
         addr,
         log,
         metrics,
+        collector,
         stop,
         served,
     }
@@ -196,4 +198,56 @@ async fn an_event_that_breaks_a_limit_is_refused_alone_and_the_rest_is_stored() 
     let (_s, greeting) = open(c.addr).await;
     assert_eq!(greeting.durable_seq, 10);
     assert_eq!(stored_seqs(&c.log).await, vec![1, 2, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_backfill_allowance_lets_one_agent_send_older_events_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path()).await;
+    let (mut s, _) = open(c.addr).await;
+
+    // Without an allowance the two-hour-old event is refused.
+    let ack = s.send(batch(1..=2, &[2])).await.unwrap();
+    assert_eq!(refused_seqs(&ack), vec![2]);
+
+    // Allowed back to three hours ago, for this agent: taken.
+    let now = now_ns();
+    c.collector.allow_backfill(
+        "plant-a",
+        "gw-1",
+        Backfill {
+            oldest_ns: now - 3 * 3600 * NS,
+            until_ns: now + 3600 * NS,
+        },
+    );
+    let ack = s.send(batch(3..=4, &[4])).await.unwrap();
+    assert!(ack.refused.is_empty(), "{:?}", ack.refused);
+
+    // Not older than the allowance's oldest time, and other limits stay.
+    let mut older = batch(5..=5, &[]);
+    older.events[0].ts_ns = now - 4 * 3600 * NS;
+    let ack = s.send(older).await.unwrap();
+    assert_eq!(refused_seqs(&ack), vec![5]);
+
+    // Another agent of the site has no allowance.
+    c.collector.allow_backfill(
+        "plant-a",
+        "gw-2",
+        Backfill {
+            oldest_ns: 0,
+            until_ns: now - NS,
+        },
+    );
+    // An allowance that has ended no longer holds (a new one replaces it).
+    c.collector.allow_backfill(
+        "plant-a",
+        "gw-1",
+        Backfill {
+            oldest_ns: now - 3 * 3600 * NS,
+            until_ns: now_ns() - 1,
+        },
+    );
+    let ack = s.send(batch(6..=6, &[6])).await.unwrap();
+    assert_eq!(refused_seqs(&ack), vec![6]);
+    assert_eq!(stored_seqs(&c.log).await, vec![1, 3, 4]);
 }

@@ -209,6 +209,7 @@ impl Service {
             collector,
             listener,
             tls,
+            log: as_dyn(),
         };
         let reporter = health.register("ingest", None);
         stages.push((Stage::Ingest, reporter.clone()));

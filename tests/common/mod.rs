@@ -114,3 +114,53 @@ impl Stream {
 pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
     otwatch_testkit::log_seqs(log).await
 }
+
+/// `otwatch serve --insecure-loopback` on a free port with `config` (the
+/// text of its otwatch.toml) and `dir/data` as its data directory, once it
+/// listens; with a gRPC channel to it.
+pub async fn start_serve(
+    dir: &std::path::Path,
+    config: &str,
+) -> (std::process::Child, tonic::transport::Channel) {
+    use std::time::{Duration, Instant};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config_path = dir.join("otwatch.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_otwatch"))
+        .args(["serve", "--insecure-loopback", "--config"])
+        .arg(&config_path)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            break channel;
+        }
+        assert!(Instant::now() < deadline, "serve never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (serve, channel)
+}
+
+/// Stops `serve` with SIGTERM and checks it exits cleanly.
+pub fn stop_serve(mut serve: std::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}

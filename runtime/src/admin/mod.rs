@@ -76,7 +76,22 @@ pub enum Request {
         #[serde(default)]
         to_ns: Option<i64>,
     },
+    /// Let agent `agent` of `site` send events as old as `from_ns`
+    /// (beyond the collector's `limits.max_past_secs`) for the next
+    /// `for_secs` seconds: loading a gateway's recorded history. Every
+    /// collector reading the log applies it.
+    #[serde(rename = "collector.backfill")]
+    CollectorBackfill {
+        site: String,
+        agent: String,
+        from_ns: i64,
+        for_secs: u64,
+    },
 }
+
+/// The longest backfill allowance: long enough to load a large recorded
+/// history, short enough that a forgotten one ends by itself.
+pub const MAX_BACKFILL_SECS: u64 = 7 * 24 * 3600;
 
 impl Request {
     /// The `command` of the control record a decision becomes (`None` for
@@ -86,8 +101,39 @@ impl Request {
             Request::ModelStatus { .. } => None,
             Request::ModelAccept { .. } => Some("model.accept"),
             Request::ModelRelearn { .. } => Some("model.relearn"),
+            Request::CollectorBackfill { .. } => Some(crate::components::ingest::BACKFILL_COMMAND),
         }
     }
+}
+
+/// Checks a backfill request on its own (no component is asked): the
+/// subject of its control record, `(site, "")`.
+pub(crate) fn check_backfill(request: &Request, now_ns: i64) -> Result<(String, String), String> {
+    let Request::CollectorBackfill {
+        site,
+        agent,
+        from_ns,
+        for_secs,
+    } = request
+    else {
+        return Err("not a backfill request".into());
+    };
+    if site.is_empty() || agent.is_empty() {
+        return Err("a backfill names the site and the agent that may send old events".into());
+    }
+    if *from_ns >= now_ns {
+        return Err(
+            "the backfill's oldest time is not in the past: give when the recorded history starts"
+                .into(),
+        );
+    }
+    if *for_secs == 0 || *for_secs > MAX_BACKFILL_SECS {
+        return Err(format!(
+            "a backfill lasts from 1 s to {} days; {for_secs} s was asked",
+            MAX_BACKFILL_SECS / 86400
+        ));
+    }
+    Ok((site.clone(), String::new()))
 }
 
 /// The answer to one request.

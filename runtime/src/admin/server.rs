@@ -191,9 +191,13 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
             Err(e) => Answer::refused(e),
         };
     };
-    let checked = {
-        let request = request.clone();
-        ask_detector(shared, |reply| Query::Check { request, reply }).await
+    let checked = match &request {
+        // Collectors check nothing further: any agent may be allowed.
+        Request::CollectorBackfill { .. } => super::check_backfill(&request, now_ns()),
+        _ => {
+            let request = request.clone();
+            ask_detector(shared, |reply| Query::Check { request, reply }).await
+        }
     };
     let (site, asset) = match checked {
         Ok(subject) => subject,
@@ -207,6 +211,15 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
                 (Some(from), Some(to)) => serde_json::json!({"from_ns": from, "to_ns": to}),
                 _ => serde_json::json!({}),
             },
+        ),
+        Request::CollectorBackfill {
+            agent,
+            from_ns,
+            for_secs,
+            ..
+        } => (
+            None,
+            serde_json::json!({"agent": agent, "from_ns": from_ns, "for_secs": for_secs}),
         ),
         Request::ModelStatus { .. } => unreachable!("model.status is not a decision"),
     };
@@ -259,7 +272,12 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
     Answer {
         ok: true,
         detail: Some(format!(
-            "{command} recorded; the detector applies it in log order"
+            "{command} recorded; {} in log order",
+            if matches!(request, Request::CollectorBackfill { .. }) {
+                "every collector of this log applies it"
+            } else {
+                "the detector applies it"
+            }
         )),
         id: Some(record.id),
         ..Answer::default()

@@ -504,5 +504,6 @@ fn check(detector: &Detector, request: &Request) -> Result<(String, String), Str
             Ok((site.clone(), asset.clone().unwrap_or_default()))
         }
         Request::ModelStatus { .. } => Err("model.status is not a decision".into()),
+        Request::CollectorBackfill { .. } => Err("collector.backfill is not for the detector".into()),
     }
 }
