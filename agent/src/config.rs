@@ -154,6 +154,19 @@ pub enum SourceConfig {
     Sim(SimSourceConfig),
     /// Tails a file of JSON lines, one event per line.
     File(FileSourceConfig),
+    /// Modbus/TCP devices, polled read-only.
+    #[cfg(feature = "modbus")]
+    Modbus(crate::source::modbus::ModbusSourceConfig),
+    /// A `modbus` section in an agent built without the `modbus` feature:
+    /// refused at load, saying so.
+    #[cfg(not(feature = "modbus"))]
+    Modbus(toml::Table),
+    /// MELSEC PLCs over SLMP (MC protocol 3E binary), polled read-only.
+    #[cfg(feature = "slmp")]
+    Slmp(crate::source::slmp::SlmpSourceConfig),
+    /// An `slmp` section in an agent built without the `slmp` feature.
+    #[cfg(not(feature = "slmp"))]
+    Slmp(toml::Table),
 }
 
 /// The `sim` source.
@@ -236,7 +249,7 @@ impl AgentConfig {
         }
         if self.sources.is_empty() {
             return Err(
-                "no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into(),
+                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\" or \"sim\")".into(),
             );
         }
         self.limits.validate()?;
@@ -263,6 +276,14 @@ impl AgentConfig {
                     }
                     file.check()?;
                 }
+                #[cfg(feature = "modbus")]
+                SourceConfig::Modbus(modbus) => modbus.check()?,
+                #[cfg(not(feature = "modbus"))]
+                SourceConfig::Modbus(_) => return Err(without_feature("modbus")),
+                #[cfg(feature = "slmp")]
+                SourceConfig::Slmp(slmp) => slmp.check()?,
+                #[cfg(not(feature = "slmp"))]
+                SourceConfig::Slmp(_) => return Err(without_feature("slmp")),
             }
         }
         Ok(())
@@ -351,6 +372,15 @@ impl SenderConfig {
             )),
         }
     }
+}
+
+/// Why a source of a protocol this build left out is refused.
+#[cfg(not(all(feature = "modbus", feature = "slmp")))]
+fn without_feature(source: &str) -> String {
+    format!(
+        "{source} source: this otwatch-agent was built without the `{source}` feature; \
+         build it with `--features {source}` (the default build has every source)"
+    )
 }
 
 /// True for a loopback host: `localhost`, 127.0.0.0/8 or ::1.
