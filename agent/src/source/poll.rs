@@ -67,6 +67,10 @@ pub enum SampleReport {
     /// When the value moved by more than the tag's `deadband` since it was
     /// last reported (and at its first reading).
     OnChange,
+    /// When a machine cycle ends (devices with a `cycle` only): the values
+    /// a controller holds at each cycle's end, once per cycle, with the
+    /// cycle's CYCLE event.
+    OnCycle,
 }
 
 /// The options every polled device has (each protocol's device section
@@ -442,7 +446,8 @@ impl TagReporter {
         let value = tag.value;
         let report = match (tag.bit, self.samples, last) {
             (true, _, last) => last != Some(value),
-            (false, SampleReport::EveryPoll, _) | (false, _, None) => true,
+            // With on_cycle the caller reports only when a cycle ended.
+            (false, SampleReport::EveryPoll | SampleReport::OnCycle, _) | (false, _, None) => true,
             // A NaN is reported (and refused, logged and counted downstream).
             (false, SampleReport::OnChange, Some(last)) => matches!(
                 (value - last).abs().partial_cmp(&tag.deadband),

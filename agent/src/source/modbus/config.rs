@@ -83,8 +83,9 @@ pub struct ModbusDeviceConfig {
     #[serde(default)]
     pub max_gap: u16,
     /// When register tags become SAMPLE events: `every_poll` (default; the
-    /// detector's models expect a steady cadence) or `on_change` (when the
-    /// value moved by more than the tag's `deadband`).
+    /// detector's models expect a steady cadence), `on_change` (when the
+    /// value moved by more than the tag's `deadband`) or `on_cycle` (when a
+    /// cycle ends; needs `cycle`).
     #[serde(default)]
     pub samples: SampleReport,
     /// The tags to read.
@@ -95,6 +96,12 @@ pub struct ModbusDeviceConfig {
     /// Which tag holds the operating mode (STATE events).
     #[serde(default)]
     pub mode: Option<ModeConfig>,
+    /// A register tag holding the controller's clock as Unix time in
+    /// milliseconds (after scale: a clock in seconds takes `scale = 1000`).
+    /// When set, a poll's events carry it as `ts` (when the controller says
+    /// they happened) instead of the agent's clock. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<String>,
 }
 
 fn default_unit_id() -> u8 {
@@ -473,6 +480,19 @@ impl ModbusDeviceConfig {
             }
             if mode.name.trim().is_empty() {
                 return Err(format!("{what}: mode.name is empty"));
+            }
+        }
+        if self.samples == SampleReport::OnCycle && self.cycle.is_none() {
+            return Err(format!(
+                "{what}: samples = \"on_cycle\" needs a cycle (counter or done tag)"
+            ));
+        }
+        if let Some(clock) = &self.clock {
+            let tag = self
+                .tag(clock)
+                .ok_or_else(|| format!("{what}: clock {clock:?} is not one of its tags"))?;
+            if tag.kind.is_bit() {
+                return Err(format!("{what}: clock {clock:?} must be a register tag"));
             }
         }
         let plan = super::plan::Plan::new(self);

@@ -7,13 +7,14 @@
 //!
 //! # Events
 //!
-//! Every event of a poll carries the agent's clock when the poll's last
-//! answer arrived as `ts`, and the device's `asset`.
+//! Every event of a poll carries the device's `asset`, and as `ts` the
+//! controller's clock when a `clock` tag is configured (Unix time in ms),
+//! otherwise the agent's clock when the poll's last answer arrived.
 //!
 //! - **SAMPLE**, `name` = tag, `value` = raw × `scale` + `offset`, attribute
 //!   `unit` when configured: each register tag, every poll
-//!   (`samples = "every_poll"`) or when it moved by more than its
-//!   `deadband` (`"on_change"`).
+//!   (`samples = "every_poll"`), when it moved by more than its `deadband`
+//!   (`"on_change"`), or when a cycle ends (`"on_cycle"`).
 //! - **STATE**, `name` = tag, `text` = `ON` / `OFF`, `value` = 1 / 0: each
 //!   coil and discrete input, when it changes (and at its first reading).
 //! - **CYCLE**, `name` = `cycle.name` (`cycle`), `value` = duration in ms:
@@ -26,8 +27,8 @@
 //! - **STATE**, `name` = `mode.name` (`mode`), `text` = the mode's text:
 //!   when the mode register changes (and at its first reading).
 //!
-//! Tags used as cycle counter, done bit, cycle duration or mode are reported
-//! through those events only. Values the limits refuse (a NaN, an infinite
+//! Tags used as cycle counter, done bit, cycle duration, mode or clock are
+//! reported through those events only. Values the limits refuse (a NaN, an infinite
 //! float) are logged with the device and tag, counted and skipped.
 //!
 //! # Failures
@@ -53,7 +54,7 @@ use super::poll::{
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
 use client::{ModbusError, ReadOnlyClient, Values};
-use config::{ByteOrder, DataType, ModbusDeviceConfig};
+use config::{ByteOrder, DataType, ModbusDeviceConfig, SampleReport};
 use otwatch_proto::limits::Limits;
 use otwatch_proto::{ControllerEvent, EventKind};
 use plan::{decode, Plan, Slot};
@@ -292,10 +293,13 @@ struct ModeState {
 #[derive(Debug)]
 struct DeviceState {
     asset: String,
+    samples: SampleReport,
     tags: Vec<Tag>,
     reporter: TagReporter,
     cycle: Option<CycleState>,
     mode: Option<ModeState>,
+    /// The tag holding the controller's clock (ms since the epoch).
+    clock: Option<usize>,
 }
 
 impl DeviceState {
@@ -332,6 +336,8 @@ impl DeviceState {
         if let Some(m) = &mode {
             used.push(m.tag);
         }
+        let clock = device.clock.as_deref().and_then(index);
+        used.extend(clock);
         let tags = device
             .tags
             .iter()
@@ -358,10 +364,12 @@ impl DeviceState {
             .collect::<Vec<_>>();
         DeviceState {
             asset: device.asset.clone(),
+            samples: device.samples,
             reporter: TagReporter::new(device.samples, tags.len()),
             tags,
             cycle,
             mode,
+            clock,
         }
     }
 
@@ -378,11 +386,25 @@ impl DeviceState {
         device_event(&self.asset, ts_ns, kind, name)
     }
 
-    /// The events of one poll's answers (one per read of the plan).
+    /// The events of one poll's answers (one per read of the plan); `now`
+    /// is the agent's clock, used unless the device has a clock tag.
     fn events(&mut self, values: &[Values], now: i64) -> Vec<ControllerEvent> {
+        let now = match self.clock.map(|tag| self.tags[tag].value(values)) {
+            // Whole milliseconds first: ms × 1e6 as a float would round to
+            // a multiple of 128 ns (f64 holds 53 bits).
+            Some(ms) if ms.is_finite() && ms > 0.0 && ms < (i64::MAX / 1_000_000) as f64 => {
+                (ms.round() as i64) * 1_000_000
+            }
+            // A clock that reads nothing sensible: the agent's.
+            _ => now,
+        };
         let mut out = Vec::new();
+        let cycle_ended = self.cycle_events(values, now, &mut out);
         for (i, tag) in self.tags.iter().enumerate() {
             if tag.role == Role::Used {
+                continue;
+            }
+            if self.samples == SampleReport::OnCycle && tag.ty != DataType::Bool && !cycle_ended {
                 continue;
             }
             let value = TagValue {
@@ -394,7 +416,6 @@ impl DeviceState {
             };
             self.reporter.report(&self.asset, now, i, value, &mut out);
         }
-        self.cycle_events(values, now, &mut out);
         if let Some(mode) = &self.mode {
             let number = self.tags[mode.tag].value(values);
             let text = mode
@@ -414,9 +435,16 @@ impl DeviceState {
         out
     }
 
-    fn cycle_events(&mut self, values: &[Values], now: i64, out: &mut Vec<ControllerEvent>) {
+    /// The CYCLE events of a poll; returns whether a cycle ended (even one
+    /// whose duration is unknown).
+    fn cycle_events(
+        &mut self,
+        values: &[Values],
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> bool {
         let Some(cycle) = &self.cycle else {
-            return;
+            return false;
         };
         let marker = self.tags[cycle.marker].value(values);
         let ended = match cycle.last {
@@ -432,10 +460,10 @@ impl DeviceState {
         cycle.last = Some(marker);
         if ended == u64::MAX {
             cycle.last_end = None;
-            return;
+            return false;
         }
         if ended == 0 {
-            return;
+            return false;
         }
         let measured = cycle
             .last_end
@@ -446,7 +474,7 @@ impl DeviceState {
             Some(ms) => (ms, 1),
             None => match measured {
                 Some(ms) => (ms, ended.min(MAX_CYCLES_PER_POLL)),
-                None => return,
+                None => return true,
             },
         };
         let name = cycle.name.clone();
@@ -455,5 +483,6 @@ impl DeviceState {
             e.value = Some(duration);
             out.push(e);
         }
+        true
     }
 }

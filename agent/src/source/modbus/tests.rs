@@ -187,16 +187,17 @@ fn a_poll_sequence_gives_samples_cycles_modes_and_bit_changes() {
     // Two cycles in 3 s: two of 1.5 s. The door opens, the mode changes.
     let third = state.events(&answer(301, 10, 2, true), t0 + 4 * SEC);
     assert_eq!(
-        kinds(&third)[1..],
+        kinds(&third),
         [
+            (EventKind::Cycle, "cycle".into(), Some(1500.0), None),
+            (EventKind::Cycle, "cycle".into(), Some(1500.0), None),
+            (EventKind::Sample, "temp".into(), Some(20.1), None),
             (
                 EventKind::State,
                 "door".into(),
                 Some(1.0),
                 Some("ON".into())
             ),
-            (EventKind::Cycle, "cycle".into(), Some(1500.0), None),
-            (EventKind::Cycle, "cycle".into(), Some(1500.0), None),
             (
                 EventKind::State,
                 "mode".into(),
@@ -221,7 +222,7 @@ fn a_poll_sequence_gives_samples_cycles_modes_and_bit_changes() {
     assert_eq!(kinds(&fifth).len(), 1);
     let sixth = state.events(&answer(301, 2, 9, true), t0 + 8 * SEC);
     assert_eq!(
-        kinds(&sixth)[1],
+        kinds(&sixth)[0],
         (EventKind::Cycle, "cycle".into(), Some(2000.0), None)
     );
     // After a reconnection the counter's last value and the first cycle's
@@ -271,6 +272,72 @@ fn done_bits_controller_durations_and_on_change_samples() {
         names(state.events(&answer(97, 812, true), 3 * SEC)),
         [("level".to_string(), Some(97.0))]
     );
+}
+
+#[test]
+fn on_cycle_samples_come_with_each_cycle_end_only() {
+    let d = device(
+        r#"{ name = "count", kind = "holding", address = 0 },
+           { name = "current", kind = "holding", address = 1 },
+           { name = "door", kind = "coil", address = 0 }"#,
+        "samples = \"on_cycle\"\ncycle = { counter = \"count\" }",
+    );
+    let plan = Plan::new(&d);
+    let mut state = DeviceState::new(&d, &plan);
+    let answer = |count: u16, current: u16, door: bool| {
+        vec![
+            Values::Words(vec![count, current]),
+            Values::Bits(vec![door]),
+        ]
+    };
+    let names = |events: Vec<ControllerEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.name).collect()
+    };
+    // A bit is reported at once; the current waits for a cycle's end.
+    assert_eq!(names(state.events(&answer(1, 10, false), 0)), ["door"]);
+    assert_eq!(
+        names(state.events(&answer(1, 11, false), SEC)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(state.events(&answer(2, 12, false), 2 * SEC)),
+        ["current"]
+    );
+    assert_eq!(
+        names(state.events(&answer(3, 12, true), 3 * SEC)),
+        ["cycle", "current", "door"]
+    );
+}
+
+#[test]
+fn a_clock_tag_stamps_the_events_with_the_controllers_time() {
+    let d = device(
+        r#"{ name = "clock_ms", kind = "holding", address = 0, type = "u64" },
+           { name = "level", kind = "holding", address = 4 }"#,
+        "clock = \"clock_ms\"",
+    );
+    let plan = Plan::new(&d);
+    let mut state = DeviceState::new(&d, &plan);
+    let answer = |ms: u64| {
+        let mut words = ms
+            .to_be_bytes()
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect::<Vec<_>>();
+        words.push(7);
+        vec![Values::Words(words)]
+    };
+    // Exact to the nanosecond, also where ms × 1e6 as a float would not be.
+    for ms in [1_750_000_123_456u64, 1_764_075_545_966] {
+        let events = state.events(&answer(ms), 42);
+        assert_eq!(
+            kinds(&events),
+            vec![(EventKind::Sample, "level".into(), Some(7.0), None)]
+        );
+        assert_eq!(events[0].ts_ns, ms as i64 * 1_000_000);
+    }
+    // A clock that reads 0 (not set yet): the agent's clock.
+    assert_eq!(state.events(&answer(0), 42)[0].ts_ns, 42);
 }
 
 fn agent_config(source: &str) -> Result<AgentConfig, String> {
