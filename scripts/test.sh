@@ -29,6 +29,13 @@ if ! python3 -c 'import pymodbus, pymcprotocol; assert pymodbus.__version__ == "
 fi
 python3 -c 'import pymodbus, pymcprotocol; print("pymodbus", pymodbus.__version__, "pymcprotocol ok")'
 
+step "test peer: logger (util-linux), a syslog sender"
+# Debian's bsdutils is essential, so present on every Debian machine; installed if not.
+if ! command -v logger >/dev/null; then
+  apt-get install -y -qq bsdutils >/dev/null
+fi
+logger --version
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -42,7 +49,7 @@ step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "the agent builds with no protocol source, and with each alone (gateway builds)"
-for features in "" "modbus" "slmp"; do
+for features in "" "modbus" "slmp" "syslog"; do
   cargo clippy -p otwatch-agent --all-targets --no-default-features --features "$features" -- -D warnings
 done
 

@@ -167,6 +167,12 @@ pub enum SourceConfig {
     /// An `slmp` section in an agent built without the `slmp` feature.
     #[cfg(not(feature = "slmp"))]
     Slmp(toml::Table),
+    /// Syslog messages received over UDP and TCP.
+    #[cfg(feature = "syslog")]
+    Syslog(crate::source::syslog::SyslogSourceConfig),
+    /// A `syslog` section in an agent built without the `syslog` feature.
+    #[cfg(not(feature = "syslog"))]
+    Syslog(toml::Table),
 }
 
 /// The `sim` source.
@@ -249,7 +255,7 @@ impl AgentConfig {
         }
         if self.sources.is_empty() {
             return Err(
-                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\" or \"sim\")".into(),
+                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\", \"syslog\" or \"sim\")".into(),
             );
         }
         self.limits.validate()?;
@@ -284,6 +290,10 @@ impl AgentConfig {
                 SourceConfig::Slmp(slmp) => slmp.check()?,
                 #[cfg(not(feature = "slmp"))]
                 SourceConfig::Slmp(_) => return Err(without_feature("slmp")),
+                #[cfg(feature = "syslog")]
+                SourceConfig::Syslog(syslog) => syslog.check()?,
+                #[cfg(not(feature = "syslog"))]
+                SourceConfig::Syslog(_) => return Err(without_feature("syslog")),
             }
         }
         Ok(())
@@ -375,7 +385,7 @@ impl SenderConfig {
 }
 
 /// Why a source of a protocol this build left out is refused.
-#[cfg(not(all(feature = "modbus", feature = "slmp")))]
+#[cfg(not(all(feature = "modbus", feature = "slmp", feature = "syslog")))]
 fn without_feature(source: &str) -> String {
     format!(
         "{source} source: this otwatch-agent was built without the `{source}` feature; \

@@ -56,6 +56,10 @@ pub struct AgentCounts {
     pub inputs_rejected: u64,
     /// Bytes of followed files lost to rotation (see [`source::file`]).
     pub rotation_bytes_lost: u64,
+    /// Syslog messages dropped because their sender went over its rate.
+    pub messages_rate_limited: u64,
+    /// Syslog messages cut at `max_message_bytes`.
+    pub messages_truncated: u64,
     /// Highest sequence number the collector acked durably.
     pub acked_seq: u64,
     /// Last sequence number taken into the queue.
@@ -94,6 +98,8 @@ impl AgentMetrics {
                 .iter()
                 .map(|s| s.rotation_bytes_lost.load(r))
                 .sum(),
+            messages_rate_limited: self.sources.iter().map(|s| s.rate_limited.load(r)).sum(),
+            messages_truncated: self.sources.iter().map(|s| s.truncated.load(r)).sum(),
             acked_seq: self.queue.acked_seq.load(r),
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
@@ -282,7 +288,20 @@ impl Agent {
                         .instrument(span.clone()),
                     )
                 }
-                #[cfg(not(all(feature = "modbus", feature = "slmp")))]
+                #[cfg(feature = "syslog")]
+                SourceConfig::Syslog(syslog) => supervise(
+                    "source syslog".to_string(),
+                    &failed,
+                    source::syslog::run(
+                        syslog,
+                        config.limits.clone(),
+                        queue.clone(),
+                        metrics,
+                        stop.clone(),
+                    )
+                    .instrument(span.clone()),
+                ),
+                #[cfg(not(all(feature = "modbus", feature = "slmp", feature = "syslog")))]
                 #[allow(unreachable_patterns)]
                 _ => anyhow::bail!("a source of a protocol this build left out (see --check)"),
             };

@@ -31,6 +31,16 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "Bytes of followed files lost to rotation (copytruncate without a matching copy, or written between its copy and truncation).",
                 counts.rotation_bytes_lost,
             ),
+            Metric::counter(
+                "otwatch_agent_messages_rate_limited_total",
+                "Syslog messages dropped because their sender went over max_messages_per_second.",
+                counts.messages_rate_limited,
+            ),
+            Metric::counter(
+                "otwatch_agent_messages_truncated_total",
+                "Syslog messages cut at max_message_bytes.",
+                counts.messages_truncated,
+            ),
             Metric::gauge(
                 "otwatch_agent_acked_seq",
                 "Highest sequence number the collector holds durably.",

@@ -8,6 +8,8 @@
 //! - `modbus` (feature `modbus`): Modbus/TCP devices, polled read-only;
 //! - `slmp` (feature `slmp`): MELSEC PLCs over SLMP / MC protocol 3E
 //!   binary, polled read-only;
+//! - `syslog` (feature `syslog`): syslog messages received over UDP and
+//!   TCP, logins and configuration changes recognised;
 //! - `poll`: what the polled sources share (rate limits, reconnects,
 //!   per-device metrics and status lines).
 //!
@@ -67,6 +69,8 @@ pub mod poll;
 pub mod sim;
 #[cfg(feature = "slmp")]
 pub mod slmp;
+#[cfg(feature = "syslog")]
+pub mod syslog;
 
 use std::sync::atomic::AtomicU64;
 
@@ -81,6 +85,11 @@ pub struct SourceMetrics {
     /// matching copy, or written between its copy and truncation), each
     /// loss logged as a warning.
     pub rotation_bytes_lost: AtomicU64,
+    /// Messages dropped because their sender went over its rate
+    /// (`syslog`), the episodes logged.
+    pub rate_limited: AtomicU64,
+    /// Messages cut at their size limit (`syslog`).
+    pub truncated: AtomicU64,
 }
 
 /// Code lines (comments left out) of the `.rs` files of a source folder
