@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole otwatch test suite on a fresh machine: installs what the
 # tests need (the Python readers pyarrow and DuckDB; pymodbus and
-# pymcprotocol, the agent's OT protocol peers), checks formatting and
+# pymcprotocol, the agent's OT protocol peers; Mosquitto), checks formatting and
 # lints, checks that the agent stays free of heavy dependencies, builds the
 # binaries and runs every test.
 #
@@ -36,6 +36,15 @@ if ! command -v logger >/dev/null; then
 fi
 logger --version
 
+step "test peer: Mosquitto (an MQTT broker) and its clients"
+# Debian's packages: about 15 s on a fresh machine, nothing when present.
+# The tests start their own broker on a free port; no service is needed.
+if ! [ -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null; then
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+dpkg-query -W mosquitto mosquitto-clients
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -49,7 +58,7 @@ step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "the agent builds with no protocol source, and with each alone (gateway builds)"
-for features in "" "modbus" "slmp" "syslog"; do
+for features in "" "modbus" "slmp" "syslog" "mqtt"; do
   cargo clippy -p otwatch-agent --all-targets --no-default-features --features "$features" -- -D warnings
 done
 

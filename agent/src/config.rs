@@ -167,6 +167,12 @@ pub enum SourceConfig {
     /// An `slmp` section in an agent built without the `slmp` feature.
     #[cfg(not(feature = "slmp"))]
     Slmp(toml::Table),
+    /// MQTT subscriptions, JSON payloads mapped to events.
+    #[cfg(feature = "mqtt")]
+    Mqtt(crate::source::mqtt::MqttSourceConfig),
+    /// An `mqtt` section in an agent built without the `mqtt` feature.
+    #[cfg(not(feature = "mqtt"))]
+    Mqtt(toml::Table),
     /// Syslog messages received over UDP and TCP.
     #[cfg(feature = "syslog")]
     Syslog(crate::source::syslog::SyslogSourceConfig),
@@ -255,7 +261,7 @@ impl AgentConfig {
         }
         if self.sources.is_empty() {
             return Err(
-                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\", \"syslog\" or \"sim\")".into(),
+                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\", \"syslog\", \"mqtt\" or \"sim\")".into(),
             );
         }
         self.limits.validate()?;
@@ -290,6 +296,10 @@ impl AgentConfig {
                 SourceConfig::Slmp(slmp) => slmp.check()?,
                 #[cfg(not(feature = "slmp"))]
                 SourceConfig::Slmp(_) => return Err(without_feature("slmp")),
+                #[cfg(feature = "mqtt")]
+                SourceConfig::Mqtt(mqtt) => mqtt.check()?,
+                #[cfg(not(feature = "mqtt"))]
+                SourceConfig::Mqtt(_) => return Err(without_feature("mqtt")),
                 #[cfg(feature = "syslog")]
                 SourceConfig::Syslog(syslog) => syslog.check()?,
                 #[cfg(not(feature = "syslog"))]
@@ -385,7 +395,12 @@ impl SenderConfig {
 }
 
 /// Why a source of a protocol this build left out is refused.
-#[cfg(not(all(feature = "modbus", feature = "slmp", feature = "syslog")))]
+#[cfg(not(all(
+    feature = "modbus",
+    feature = "slmp",
+    feature = "syslog",
+    feature = "mqtt"
+)))]
 fn without_feature(source: &str) -> String {
     format!(
         "{source} source: this otwatch-agent was built without the `{source}` feature; \

@@ -218,7 +218,10 @@ impl Agent {
         let span = tracing::info_span!("agent", site = %config.site, agent = %config.agent);
         let mut sources = Vec::new();
         let mut source_metrics = Vec::new();
-        #[cfg_attr(not(any(feature = "modbus", feature = "slmp")), allow(unused_mut))]
+        #[cfg_attr(
+            not(any(feature = "modbus", feature = "slmp", feature = "mqtt")),
+            allow(unused_mut)
+        )]
         let mut device_metrics: Vec<Arc<DeviceMetrics>> = Vec::new();
         let (failed, _) = watch::channel(None);
         for source in &config.sources {
@@ -288,6 +291,24 @@ impl Agent {
                         .instrument(span.clone()),
                     )
                 }
+                #[cfg(feature = "mqtt")]
+                SourceConfig::Mqtt(mqtt) => {
+                    let devices = source::mqtt::device_metrics(&mqtt);
+                    device_metrics.extend(devices.iter().cloned());
+                    supervise(
+                        format!("source mqtt ({})", mqtt.broker),
+                        &failed,
+                        source::mqtt::run(
+                            mqtt,
+                            config.limits.clone(),
+                            queue.clone(),
+                            metrics,
+                            devices,
+                            stop.clone(),
+                        )
+                        .instrument(span.clone()),
+                    )
+                }
                 #[cfg(feature = "syslog")]
                 SourceConfig::Syslog(syslog) => supervise(
                     "source syslog".to_string(),
@@ -301,7 +322,12 @@ impl Agent {
                     )
                     .instrument(span.clone()),
                 ),
-                #[cfg(not(all(feature = "modbus", feature = "slmp", feature = "syslog")))]
+                #[cfg(not(all(
+                    feature = "modbus",
+                    feature = "slmp",
+                    feature = "syslog",
+                    feature = "mqtt"
+                )))]
                 #[allow(unreachable_patterns)]
                 _ => anyhow::bail!("a source of a protocol this build left out (see --check)"),
             };

@@ -10,6 +10,8 @@
 //!   binary, polled read-only;
 //! - `syslog` (feature `syslog`): syslog messages received over UDP and
 //!   TCP, logins and configuration changes recognised;
+//! - `mqtt` (feature `mqtt`): MQTT subscriptions, JSON payloads mapped to
+//!   events, QoS 1 acknowledged once queued;
 //! - `poll`: what the polled sources share (rate limits, reconnects,
 //!   per-device metrics and status lines).
 //!
@@ -65,6 +67,8 @@
 pub mod file;
 #[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 pub mod poll;
 pub mod sim;
 #[cfg(feature = "slmp")]

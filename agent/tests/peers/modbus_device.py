@@ -19,6 +19,10 @@ The register map (the agent's tests configure the same tags):
   coil 0                        on for 2 s, off for 2 s, ...
   discrete input 0              on
 
+It answers every unit id (one register map for all), and holding registers
+28-127 read as 0, so one process can stand for many devices of 100 tags
+(the agent's footprint measurement polls 50 unit ids of it).
+
 Values are packed with Python's struct module, independently of the agent's
 decoder. Each function code received is appended to FILE the first time it
 is seen, so a test can assert that only reads arrived.
@@ -95,7 +99,7 @@ def main():
                 f.write(f"{pdu.function_code}\n")
         return pdu
 
-    holding = [SimData(0, count=64, values=0, datatype=DataType.REGISTERS)]
+    holding = [SimData(0, count=128, values=0, datatype=DataType.REGISTERS)]
     inputs = [SimData(0, values=[2305] + [0] * 15, datatype=DataType.REGISTERS)]
     coils = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
     discrete = [SimData(0, values=[True] + [False] * 15, datatype=DataType.BITS)]
