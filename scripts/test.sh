@@ -39,11 +39,12 @@ logger --version
 step "test peer: Mosquitto (an MQTT broker) and its clients"
 # Debian's packages: about 15 s on a fresh machine, nothing when present.
 # The tests start their own broker on a free port; no service is needed.
-if ! [ -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null; then
+# openssl makes the certificates of the broker's TLS test.
+if ! [ -x /usr/sbin/mosquitto ] || ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null; then
   apt-get update -qq >/dev/null
-  apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null
 fi
-dpkg-query -W mosquitto mosquitto-clients
+dpkg-query -W mosquitto mosquitto-clients openssl
 
 step "formatting"
 cargo fmt --all -- --check

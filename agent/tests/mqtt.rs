@@ -184,3 +184,181 @@ async fn mosquitto_messages_reach_the_collector_also_those_sent_while_the_agent_
         "the second start did not resume its session:\n{log}"
     );
 }
+
+/// Makes a CA, a broker certificate for 127.0.0.1 and a client certificate
+/// with `openssl` in `dir`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=otwatch test CA",
+        ],
+    ]
+    .concat());
+    // Extensions make them X.509 v3 certificates, the only kind rustls takes.
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_client_certificate() {
+    if !mosquitto_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certificates(d);
+    // Mosquitto started as root reads its files as the `mosquitto` user.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(d).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let file = |name: &str| d.join(name).display().to_string();
+    std::fs::write(
+        d.join("mosquitto.conf"),
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nallow_anonymous true\n",
+            file("ca.pem"),
+            file("server.pem"),
+            file("server.key")
+        ),
+    )
+    .unwrap();
+    let _broker = Child::start(
+        "/usr/sbin/mosquitto",
+        &["-c", &file("mosquitto.conf")],
+        &d.join("mosquitto.log"),
+    );
+    wait_listening(port).await;
+    let collector = TestCollector::start(&d.join("collector"), CollectorConfig::default(), None);
+    let config = d.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {data:?}\n\
+             [collector]\nurl = {url:?}\nbatch_max_delay = \"20ms\"\n\
+             [[sources]]\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"otwatch-tls\"\n\
+             tls = {{ ca = {ca:?}, cert = {cert:?}, key = {key:?} }}\n\
+             [[sources.subscriptions]]\ntopic = \"plant/#\"\nasset = \"{{1}}\"\n",
+            data = file("data"),
+            url = collector.url(),
+            ca = file("ca.pem"),
+            cert = file("client.pem"),
+            key = file("client.key"),
+        ),
+    )
+    .unwrap();
+    let agent_log = d.join("agent.log");
+    let agent = start_agent(&config, &agent_log);
+    let publish_tls = || {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "plant/press-9/x",
+                "-m",
+                r#"{"rpm": 1450}"#,
+            ])
+            .args([
+                "--cafile",
+                &file("ca.pem"),
+                "--cert",
+                &file("client.pem"),
+                "--key",
+                &file("client.key"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    wait_until("a message over TLS reaches the collector", async || {
+        publish_tls();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        otwatch_testkit::log_events(collector.log.as_ref())
+            .await
+            .iter()
+            .any(|e| e.asset == "press-9" && e.name == "rpm" && e.value == Some(1450.0))
+    })
+    .await;
+    assert!(
+        agent.terminate(),
+        "{}",
+        std::fs::read_to_string(&agent_log).unwrap()
+    );
+}
