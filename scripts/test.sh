@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole otwatch test suite on a fresh machine: installs what the
-# tests need (the Python readers pyarrow and DuckDB), checks formatting and
+# tests need (the Python readers pyarrow and DuckDB; pymodbus and
+# pymcprotocol, the agent's OT protocol peers; Mosquitto), checks formatting and
 # lints, checks that the agent stays free of heavy dependencies, builds the
 # binaries and runs every test.
 #
@@ -20,14 +21,28 @@ if ! python3 -c 'import pyarrow, duckdb' 2>/dev/null; then
 fi
 python3 -c 'import pyarrow, duckdb; print("pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
 
-step "test peers: rsyslog with GnuTLS (the syslog output's receiver)"
-if ! dpkg -s rsyslog rsyslog-gnutls >/dev/null 2>&1; then
-  # Only the packages: the tests start their own rsyslogd on loopback.
+step "test peers from Debian: rsyslog with GnuTLS (the syslog output's receiver), Mosquitto (an MQTT broker), logger, openssl"
+# Only the packages: the tests start their own rsyslogd and mosquitto on
+# loopback; no service is needed. About 20 s on a fresh machine, nothing
+# when present. openssl makes the certificates of the broker's TLS test;
+# logger (bsdutils, essential on Debian) sends syslog.
+debs="rsyslog rsyslog-gnutls mosquitto mosquitto-clients openssl bsdutils"
+if ! dpkg -s $debs >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null \
-    || { apt-get update -qq -o DPkg::Lock::Timeout=300 && apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends rsyslog rsyslog-gnutls >/dev/null; }
+  apt_get() { apt-get -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "$@" >/dev/null; }
+  apt_get install $debs || { apt-get update -qq -o DPkg::Lock::Timeout=300 && apt_get install $debs; }
 fi
 /usr/sbin/rsyslogd -v | head -1
+dpkg-query -W mosquitto mosquitto-clients openssl
+logger --version
+
+step "test peers: pymodbus (Modbus/TCP devices) and pymcprotocol (a second MELSEC SLMP client)"
+# Pinned: pymodbus changes its server API between minor versions. Pure
+# Python, no dependencies: about 2 s on a fresh machine, nothing when present.
+if ! python3 -c 'import pymodbus, pymcprotocol; assert pymodbus.__version__ == "3.16.1"' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pymodbus==3.16.1 pymcprotocol==0.3.0
+fi
+python3 -c 'import pymodbus, pymcprotocol; print("pymodbus", pymodbus.__version__, "pymcprotocol ok")'
 
 step "formatting"
 cargo fmt --all -- --check
@@ -40,6 +55,11 @@ fi
 
 step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "the agent builds with no protocol source, and with each alone (gateway builds)"
+for features in "" "modbus" "slmp" "syslog" "mqtt"; do
+  cargo clippy -p otwatch-agent --all-targets --no-default-features --features "$features" -- -D warnings
+done
 
 step "build everything (binaries, tests, benches) with one feature set"
 cargo build --workspace --all-targets

@@ -124,6 +124,12 @@ enum Command {
         /// Play normal operation only (no scenarios): shows the false-alarm rate.
         #[arg(long)]
         calm: bool,
+        /// Serve each site's machines as Modbus/TCP devices on loopback and
+        /// have the agents poll them (the protocol end to end) instead of
+        /// running the simulator inside the agents. Scenarios registers
+        /// cannot carry (program_download, polling_burst) are left out.
+        #[arg(long)]
+        sources: bool,
     },
     /// Score the detector on labelled recordings of real plant data.
     ///
@@ -759,6 +765,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             learn,
             calm,
+            sources,
         } => {
             init_logging("warn");
             demo::run(demo::DemoOptions {
@@ -770,6 +777,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 scenarios: !calm,
                 learn,
+                sources,
             })
             .await
             .map(|_| ())

@@ -160,6 +160,31 @@ pub enum SourceConfig {
     Sim(SimSourceConfig),
     /// Tails a file of JSON lines, one event per line.
     File(FileSourceConfig),
+    /// Modbus/TCP devices, polled read-only.
+    #[cfg(feature = "modbus")]
+    Modbus(crate::source::modbus::ModbusSourceConfig),
+    /// A `modbus` section in an agent built without the `modbus` feature:
+    /// refused at load, saying so.
+    #[cfg(not(feature = "modbus"))]
+    Modbus(toml::Table),
+    /// MELSEC PLCs over SLMP (MC protocol 3E binary), polled read-only.
+    #[cfg(feature = "slmp")]
+    Slmp(crate::source::slmp::SlmpSourceConfig),
+    /// An `slmp` section in an agent built without the `slmp` feature.
+    #[cfg(not(feature = "slmp"))]
+    Slmp(toml::Table),
+    /// MQTT subscriptions, JSON payloads mapped to events.
+    #[cfg(feature = "mqtt")]
+    Mqtt(crate::source::mqtt::MqttSourceConfig),
+    /// An `mqtt` section in an agent built without the `mqtt` feature.
+    #[cfg(not(feature = "mqtt"))]
+    Mqtt(toml::Table),
+    /// Syslog messages received over UDP and TCP.
+    #[cfg(feature = "syslog")]
+    Syslog(crate::source::syslog::SyslogSourceConfig),
+    /// A `syslog` section in an agent built without the `syslog` feature.
+    #[cfg(not(feature = "syslog"))]
+    Syslog(toml::Table),
 }
 
 /// The `sim` source.
@@ -242,7 +267,7 @@ impl AgentConfig {
         }
         if self.sources.is_empty() {
             return Err(
-                "no [[sources]]: configure at least one source (type = \"sim\" or \"file\")".into(),
+                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\", \"syslog\", \"mqtt\" or \"sim\")".into(),
             );
         }
         self.limits.validate()?;
@@ -269,6 +294,22 @@ impl AgentConfig {
                     }
                     file.check()?;
                 }
+                #[cfg(feature = "modbus")]
+                SourceConfig::Modbus(modbus) => modbus.check()?,
+                #[cfg(not(feature = "modbus"))]
+                SourceConfig::Modbus(_) => return Err(without_feature("modbus")),
+                #[cfg(feature = "slmp")]
+                SourceConfig::Slmp(slmp) => slmp.check()?,
+                #[cfg(not(feature = "slmp"))]
+                SourceConfig::Slmp(_) => return Err(without_feature("slmp")),
+                #[cfg(feature = "mqtt")]
+                SourceConfig::Mqtt(mqtt) => mqtt.check()?,
+                #[cfg(not(feature = "mqtt"))]
+                SourceConfig::Mqtt(_) => return Err(without_feature("mqtt")),
+                #[cfg(feature = "syslog")]
+                SourceConfig::Syslog(syslog) => syslog.check()?,
+                #[cfg(not(feature = "syslog"))]
+                SourceConfig::Syslog(_) => return Err(without_feature("syslog")),
             }
         }
         Ok(())
@@ -372,6 +413,20 @@ impl SenderConfig {
             )),
         }
     }
+}
+
+/// Why a source of a protocol this build left out is refused.
+#[cfg(not(all(
+    feature = "modbus",
+    feature = "slmp",
+    feature = "syslog",
+    feature = "mqtt"
+)))]
+fn without_feature(source: &str) -> String {
+    format!(
+        "{source} source: this otwatch-agent was built without the `{source}` feature; \
+         build it with `--features {source}` (the default build has every source)"
+    )
 }
 
 /// True for a loopback host: `localhost`, 127.0.0.0/8 or ::1.

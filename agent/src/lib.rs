@@ -10,7 +10,8 @@
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
 //! - [`dead_letter`]: events the collector refused, kept for an operator;
-//! - [`source`]: the `file` and `sim` sources; [`sim`]: the simulated site;
+//! - [`source`]: the `file`, `sim`, `modbus` and `slmp` sources (what every
+//!   source promises is written there); [`sim`]: the simulated site;
 //! - [`tls`]: the client certificate and its identity check;
 //! - [`metrics`]: the counters on a Prometheus `/metrics` endpoint.
 
@@ -29,6 +30,7 @@ use config::{AgentConfig, SourceConfig};
 use handle::QueueHandle;
 use queue::{DiskQueue, QueueMetrics};
 use sender::{Sender, SenderMetrics};
+use source::poll::DeviceMetrics;
 use source::SourceMetrics;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct AgentMetrics {
     pub queue: Arc<QueueMetrics>,
     pub sender: Arc<SenderMetrics>,
     pub sources: Vec<Arc<SourceMetrics>>,
+    /// Every polled device (modbus, slmp), labelled by source and device.
+    pub devices: Vec<Arc<DeviceMetrics>>,
 }
 
 /// A snapshot of [`AgentMetrics`].
@@ -52,6 +56,10 @@ pub struct AgentCounts {
     pub inputs_rejected: u64,
     /// Bytes of followed files lost to rotation (see [`source::file`]).
     pub rotation_bytes_lost: u64,
+    /// Syslog messages dropped because their sender went over its rate.
+    pub messages_rate_limited: u64,
+    /// Syslog messages cut at `max_message_bytes`.
+    pub messages_truncated: u64,
     /// Highest sequence number the collector acked durably.
     pub acked_seq: u64,
     /// Last sequence number taken into the queue.
@@ -90,6 +98,8 @@ impl AgentMetrics {
                 .iter()
                 .map(|s| s.rotation_bytes_lost.load(r))
                 .sum(),
+            messages_rate_limited: self.sources.iter().map(|s| s.rate_limited.load(r)).sum(),
+            messages_truncated: self.sources.iter().map(|s| s.truncated.load(r)).sum(),
             acked_seq: self.queue.acked_seq.load(r),
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),
@@ -132,6 +142,9 @@ async fn log_status(metrics: AgentMetrics, mut shutdown: watch::Receiver<bool>) 
             connected = c.connected,
             "agent status"
         );
+        for device in &metrics.devices {
+            device.log_status();
+        }
     }
 }
 
@@ -205,6 +218,11 @@ impl Agent {
         let span = tracing::info_span!("agent", site = %config.site, agent = %config.agent);
         let mut sources = Vec::new();
         let mut source_metrics = Vec::new();
+        #[cfg_attr(
+            not(any(feature = "modbus", feature = "slmp", feature = "mqtt")),
+            allow(unused_mut)
+        )]
+        let mut device_metrics: Vec<Arc<DeviceMetrics>> = Vec::new();
         let (failed, _) = watch::channel(None);
         for source in &config.sources {
             let metrics = Arc::new(SourceMetrics::default());
@@ -236,6 +254,82 @@ impl Agent {
                     )
                     .instrument(span.clone()),
                 ),
+                #[cfg(feature = "modbus")]
+                SourceConfig::Modbus(modbus) => {
+                    let devices = source::modbus::device_metrics(&modbus);
+                    device_metrics.extend(devices.iter().cloned());
+                    supervise(
+                        format!("source modbus ({} device(s))", modbus.devices.len()),
+                        &failed,
+                        source::modbus::run(
+                            modbus,
+                            config.limits.clone(),
+                            queue.clone(),
+                            metrics,
+                            devices,
+                            stop.clone(),
+                        )
+                        .instrument(span.clone()),
+                    )
+                }
+                #[cfg(feature = "slmp")]
+                SourceConfig::Slmp(slmp) => {
+                    let devices = source::slmp::device_metrics(&slmp);
+                    device_metrics.extend(devices.iter().cloned());
+                    supervise(
+                        format!("source slmp ({} device(s))", slmp.devices.len()),
+                        &failed,
+                        source::slmp::run(
+                            slmp,
+                            config.data_dir.join("sources"),
+                            config.limits.clone(),
+                            queue.clone(),
+                            metrics,
+                            devices,
+                            stop.clone(),
+                        )
+                        .instrument(span.clone()),
+                    )
+                }
+                #[cfg(feature = "mqtt")]
+                SourceConfig::Mqtt(mqtt) => {
+                    let devices = source::mqtt::device_metrics(&mqtt);
+                    device_metrics.extend(devices.iter().cloned());
+                    supervise(
+                        format!("source mqtt ({})", mqtt.broker),
+                        &failed,
+                        source::mqtt::run(
+                            mqtt,
+                            config.limits.clone(),
+                            queue.clone(),
+                            metrics,
+                            devices,
+                            stop.clone(),
+                        )
+                        .instrument(span.clone()),
+                    )
+                }
+                #[cfg(feature = "syslog")]
+                SourceConfig::Syslog(syslog) => supervise(
+                    "source syslog".to_string(),
+                    &failed,
+                    source::syslog::run(
+                        syslog,
+                        config.limits.clone(),
+                        queue.clone(),
+                        metrics,
+                        stop.clone(),
+                    )
+                    .instrument(span.clone()),
+                ),
+                #[cfg(not(all(
+                    feature = "modbus",
+                    feature = "slmp",
+                    feature = "syslog",
+                    feature = "mqtt"
+                )))]
+                #[allow(unreachable_patterns)]
+                _ => anyhow::bail!("a source of a protocol this build left out (see --check)"),
             };
             sources.push(task);
         }
@@ -275,6 +369,7 @@ impl Agent {
             queue: queue.metrics(),
             sender: sender_metrics,
             sources: source_metrics,
+            devices: device_metrics,
         };
         if let Some(addr) = config.metrics_listen {
             let listener = std::net::TcpListener::bind(addr)

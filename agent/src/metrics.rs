@@ -1,9 +1,13 @@
 //! The agent's metrics endpoint: the counters of [`AgentCounts`] in the
 //! Prometheus text format on `GET /metrics` of the `metrics_listen` address
-//! (and `GET /healthz`), served by `otwatch-metrics`.
+//! (and `GET /healthz`), served by `otwatch-metrics`, followed by one series
+//! per polled device ([`render_devices`]), labelled `source` and `device`.
 
+use crate::source::poll::DeviceMetrics;
 use crate::{AgentCounts, AgentMetrics};
-use otwatch_metrics::Metric;
+use otwatch_metrics::{Family, Kind, Metric};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,6 +30,16 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "otwatch_agent_rotation_bytes_lost_total",
                 "Bytes of followed files lost to rotation (copytruncate without a matching copy, or written between its copy and truncation).",
                 counts.rotation_bytes_lost,
+            ),
+            Metric::counter(
+                "otwatch_agent_messages_rate_limited_total",
+                "Syslog messages dropped because their sender went over max_messages_per_second.",
+                counts.messages_rate_limited,
+            ),
+            Metric::counter(
+                "otwatch_agent_messages_truncated_total",
+                "Syslog messages cut at max_message_bytes.",
+                counts.messages_truncated,
             ),
             Metric::gauge(
                 "otwatch_agent_acked_seq",
@@ -91,6 +105,88 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
     )
 }
 
+/// The polled devices' figures, one series per device, labelled with the
+/// agent's `site` and `agent` and the device's `source` and `device`.
+pub fn render_devices(devices: &[Arc<DeviceMetrics>], site: &str, agent: &str) -> String {
+    if devices.is_empty() {
+        return String::new();
+    }
+    type Read = fn(&DeviceMetrics) -> u64;
+    let figures: [(&'static str, Kind, &'static str, Read); 8] = [
+        (
+            "otwatch_agent_device_polls_total",
+            Kind::Counter,
+            "Polls of the device that read every value.",
+            |d| d.polls.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_errors_total",
+            Kind::Counter,
+            "Failed connections, requests and polls of the device (each outage logged).",
+            |d| d.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_values_rejected_total",
+            Kind::Counter,
+            "Values of the device the limits refused (NaN, too long, ...), logged with their tag and skipped.",
+            |d| d.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_events_total",
+            Kind::Counter,
+            "Events of the device handed to the queue.",
+            |d| d.events.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_up",
+            Kind::Gauge,
+            "1 while the device's last poll succeeded.",
+            |d| u64::from(d.up.load(Ordering::Relaxed)),
+        ),
+        (
+            "otwatch_agent_device_last_success_timestamp_seconds",
+            Kind::Gauge,
+            "Unix time of the device's last successful poll (0: none yet).",
+            |d| d.last_success_unix_ms.load(Ordering::Relaxed) / 1000,
+        ),
+        (
+            "otwatch_agent_device_last_poll_latency_microseconds",
+            Kind::Gauge,
+            "Time the device's last successful poll took, all its requests included.",
+            |d| d.last_latency_us.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_poll_latency_microseconds_total",
+            Kind::Counter,
+            "Sum of the latencies of the device's successful polls (divide by polls for the mean).",
+            |d| d.latency_us_total.load(Ordering::Relaxed),
+        ),
+    ];
+    let families: Vec<Family> = figures
+        .into_iter()
+        .map(|(name, kind, help, read)| Family {
+            name,
+            kind,
+            help,
+            series: devices
+                .iter()
+                .map(|d| {
+                    (
+                        vec![
+                            ("site", site.to_string()),
+                            ("agent", agent.to_string()),
+                            ("source", d.source.to_string()),
+                            ("device", d.device.clone()),
+                        ],
+                        read(d),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    otwatch_metrics::render_families(&families)
+}
+
 /// Serves `/metrics` on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -101,7 +197,10 @@ pub async fn serve(
 ) {
     otwatch_metrics::serve(
         listener,
-        move || render(&metrics.snapshot(), &site, &agent),
+        move || {
+            render(&metrics.snapshot(), &site, &agent)
+                + &render_devices(&metrics.devices, &site, &agent)
+        },
         shutdown,
     )
     .await

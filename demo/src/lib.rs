@@ -6,6 +6,12 @@
 //! loopback). Simulated time runs `speed` times faster than the wall clock and
 //! event timestamps follow it; the detector only ever sees event time, so the
 //! outcome of a seed does not depend on how fast the machine is.
+//!
+//! With `--sources` ([`devices`]), each site's machines are Modbus/TCP
+//! devices on loopback that the site's agent polls with its `modbus`
+//! source, instead of agents running the simulator themselves.
+
+pub mod devices;
 
 use anyhow::Context;
 use otwatch_agent::config::{
@@ -58,6 +64,8 @@ pub struct DemoOptions {
     pub seed: u64,
     pub scenarios: bool,
     pub learn: Duration,
+    /// Agents poll the sites' machines as Modbus/TCP devices.
+    pub sources: bool,
 }
 
 /// Simulated time after a scenario's end during which an alert on the same
@@ -224,6 +232,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     .to_string();
     let mut truth = Vec::new();
     let mut agents = Vec::new();
+    let mut site_devices = Vec::new();
     for i in 0..opts.sites {
         let site = site_name(i);
         let sim = SimConfig {
@@ -249,6 +258,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             otwatch_pki::LEAF_VALIDITY,
         )?;
         let (cert, key) = otwatch_pki::agent_files(&site, "gw-1");
+        let source = if opts.sources {
+            let served = devices::serve_site(&site, &sim, start_ns, opts.speed)
+                .await
+                .context("cannot serve the simulated Modbus devices")?;
+            let source = devices::modbus_source(&served);
+            site_devices.push(served);
+            source
+        } else {
+            SourceConfig::Sim(SimSourceConfig {
+                speed: opts.speed,
+                start: Some(start_text.clone()),
+                truth_file: None,
+                sim,
+            })
+        };
         let agent = AgentConfig {
             site: site.clone(),
             agent: "gw-1".into(),
@@ -267,17 +291,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             limits: central_limits(),
             metrics_listen: None,
             dead_letter_max_bytes: 64 * 1024 * 1024,
-            sources: vec![SourceConfig::Sim(SimSourceConfig {
-                speed: opts.speed,
-                start: Some(start_text.clone()),
-                truth_file: None,
-                sim,
-            })],
+            sources: vec![source],
         };
         agents
             .push(Agent::start(agent).with_context(|| format!("agent of {site} failed to start"))?);
     }
     truth.sort_by_key(|s| s.start_ns);
+    if opts.sources {
+        truth.retain(|s| !devices::NOT_CARRIED.iter().any(|(name, _)| *name == s.name));
+    }
 
     let wall = Instant::now();
     let sim_now =
@@ -286,6 +308,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         "otwatch demo: {} simulated site(s) streaming over gRPC with mutual TLS to {}, simulated time {}x the wall clock",
         opts.sites, central.addr, opts.speed
     );
+    if opts.sources {
+        let count: usize = site_devices.iter().map(|d| d.devices.len()).sum();
+        println!(
+            "each site's machines are Modbus/TCP devices on loopback ({count} in all), polled by the site's agent every 100 ms"
+        );
+        for (name, why) in devices::NOT_CARRIED {
+            println!("  scenario {name} is left out: {why}");
+        }
+    }
     println!(
         "learning normal behaviour for {} of simulated time (~{:.0} s), then {} scripted scenario(s){}",
         humantime::format_duration(opts.learn),
@@ -342,6 +373,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         let counts = agent.stop(Duration::from_secs(30)).await?;
         events_sent += counts.events_taken;
     }
+    drop(site_devices);
     let data_dir = central.data_dir.clone();
     central.wait_caught_up(Duration::from_secs(60)).await;
     // Alerts raised while the pipeline drained.

@@ -138,3 +138,113 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether the Python modules a test's peer needs are installed. When they
+/// are not, the test is skipped with a note, except under `CI=true`, where
+/// a missing peer fails the test: `scripts/test.sh` installs them, so a CI
+/// run without them is broken, not green.
+pub fn python_has(modules: &[&str]) -> bool {
+    let imports = modules.join(", ");
+    let found = std::process::Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 with {imports} is missing under CI=true: scripts/test.sh installs it"
+        );
+        eprintln!("skipped: python3 with {imports} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A free loopback port (free when asked; a test binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_listening(port: u16) {
+    wait_until(&format!("something listens on port {port}"), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+/// A process a test started, killed (SIGKILL) when dropped.
+pub struct Child {
+    pub child: std::process::Child,
+}
+
+impl Child {
+    /// Starts `program` with `args`, its output appended to `log`.
+    pub fn start(program: &str, args: &[&str], log: &Path) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Child { child }
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it, returning
+    /// whether it exited with success.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real `otwatch-agent` binary running `config`, logging to `log`.
+pub fn start_agent(config: &Path, log: &Path) -> Child {
+    Child::start(
+        env!("CARGO_BIN_EXE_otwatch-agent"),
+        &["--config", config.to_str().unwrap()],
+        log,
+    )
+}
+
+/// The body of `GET path` on `addr` (the agent's metrics endpoint).
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body).await;
+    body
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
