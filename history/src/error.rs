@@ -117,6 +117,11 @@ pub enum HistoryError {
     /// A query needed more memory than `memory_limit` allows.
     #[error("query needs more memory than memory_limit = {} allows ({detail}); narrow it (WHERE on date, hour or ts; LIMIT) or raise memory_limit", human_bytes(*limit))]
     MemoryLimit { limit: u64, detail: String },
+    /// A compaction found something other than what it expected (rows
+    /// that do not add up, a manifest that no longer lists what it merged);
+    /// nothing was swapped.
+    #[error("compacting {partition}: {detail}; nothing was changed")]
+    Compaction { partition: String, detail: String },
     /// A configuration value is out of range.
     #[error("{key}: {detail}")]
     Config { key: &'static str, detail: String },
@@ -147,6 +152,12 @@ pub enum IntegrityError {
         dir: PathBuf,
         dir_present: bool,
     },
+    /// A file a query listed is gone because the committed state no longer
+    /// lists it: compaction merged it into a larger file and removed it
+    /// after its grace period, or retention dropped its partition, while
+    /// the query ran. Running the query again reads the files committed now.
+    #[error("{table}: file {} was replaced by compaction or dropped by retention while this query ran (it read the history as it was when it started); run the query again", path.display())]
+    Replaced { table: &'static str, path: PathBuf },
     /// A committed file is there but is not what was committed.
     #[error("{table}: file {} is damaged ({reason}): restore it from a backup, or move it out of the history directory and run `otwatch history repair --forget-missing` to record the loss", path.display())]
     Damaged {

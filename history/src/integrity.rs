@@ -61,8 +61,13 @@ pub struct TableCheck {
     /// directory).
     pub without_manifest: Vec<PathBuf>,
     /// Data files no committed manifest lists: queries ignore them. Files
-    /// of a flush in progress are not counted.
+    /// of a flush in progress are not counted, nor those a compaction
+    /// holds.
     pub not_committed: Vec<PathBuf>,
+    /// Files a compaction holds outside the manifests: files it replaced,
+    /// removed after the grace period, and the new files of one not yet
+    /// swapped in. Queries read exactly one of the two sets.
+    pub compaction_held: Vec<PathBuf>,
     /// Losses acknowledged so far.
     pub lost: Vec<LostRecord>,
     /// Problems that stop queries of the whole table or a partition: a
@@ -84,6 +89,7 @@ impl TableCheck {
             damaged: Vec::new(),
             without_manifest: Vec::new(),
             not_committed: Vec::new(),
+            compaction_held: Vec::new(),
             lost: Vec::new(),
             problems: Vec::new(),
         }
@@ -180,6 +186,7 @@ fn check_table(root: &Path, table: Table, full: bool) -> Result<TableCheck, Hist
         for date in subdirs(&dir, DATE_COLUMN)? {
             for hour in subdirs(&date, HOUR_COLUMN)? {
                 let partition = writer::relative_partition(&dir, &hour);
+                let held = crate::compact::held_files(&hour);
                 for entry in fs::read_dir(&hour).map_err(HistoryError::io("listing", &hour))? {
                     let entry = entry.map_err(HistoryError::io("listing", &hour))?;
                     let name = entry.file_name().to_string_lossy().into_owned();
@@ -191,7 +198,12 @@ fn check_table(root: &Path, table: Table, full: bool) -> Result<TableCheck, Hist
                         .is_some_and(|p| listed.contains(&(p.clone(), name.clone())));
                     // A flush in progress (or one recovery will remove).
                     let in_flight = writer::flush_offset(&name).is_some_and(|o| o >= next);
-                    if !committed_here && !in_flight {
+                    if committed_here || in_flight {
+                        continue;
+                    }
+                    if held.contains(&name) {
+                        out.compaction_held.push(entry.path());
+                    } else {
                         out.not_committed.push(entry.path());
                     }
                 }
@@ -444,6 +456,13 @@ impl fmt::Display for TableCheck {
         }
         for p in &self.not_committed {
             writeln!(f, "  not committed (ignored by queries): {}", p.display())?;
+        }
+        if !self.compaction_held.is_empty() {
+            writeln!(
+                f,
+                "  {} file(s) held by compaction outside the manifests (replaced files wait for the grace period; queries read one set)",
+                self.compaction_held.len()
+            )?;
         }
         for l in &self.lost {
             writeln!(

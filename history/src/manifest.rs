@@ -14,7 +14,8 @@
 //! <table>/_partitions                  the partition index
 //!   {"offset":C,"partition":"date=2024-05-01/hour=10"}
 //! <table>/date=…/hour=…/_manifest      the files of one partition
-//!   {"offset":C,"file":"plant-a-00000000000000000042-0.parquet","rows":60,"bytes":12345}
+//!   {"offset":C,"file":"plant-a-00000000000000000042-0.parquet","rows":60,"bytes":12345,
+//!    "site":"plant-a","ts_min":1714557600000000000,"ts_max":1714561140000000000}
 //! <table>/_lost                        losses an operator acknowledged
 //!   {"at":"2024-05-02T08:00:00Z","reason":"missing_file","partition":"date=…/hour=10",
 //!    "file":"plant-a-…-0.parquet","offset":42,"rows":60,"bytes":12345}
@@ -26,6 +27,15 @@
 //!   it; a file's line by the flush that wrote the file.
 //! - `rows` and `bytes` are the file's row count and size when committed;
 //!   a file of another size is damaged, and a lost file's rows are known.
+//! - `site` (the `site` value every row of the file holds) and `ts_min` /
+//!   `ts_max` (the smallest and largest `ts`, nanoseconds since the epoch,
+//!   UTC) let a scan skip files without opening them (see [`crate::scan`]).
+//!   Lines written before otwatch recorded them have none: such a file is
+//!   never skipped on their account.
+//! - A file line may name a file that compaction wrote
+//!   (`<site>-<offset>-c<stamp>-<n>.parquet`, see [`crate::compact`]); its
+//!   `offset` is the largest offset of the files it replaced, so the
+//!   committed-prefix rule below treats it like any committed line.
 //! - `_lost` has a `reason`: `missing_file` and `missing_partition` (an
 //!   operator ran `forget_missing`), `manifest_rebuilt` (a partition's
 //!   manifest was gone or corrupt and was rebuilt from the files present,
@@ -81,6 +91,15 @@ pub(crate) struct FileEntry {
     pub file: String,
     pub rows: u64,
     pub bytes: u64,
+    /// The site of every row of the file, when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The smallest `ts` in the file (ns since the epoch), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_min: Option<i64>,
+    /// The largest `ts` in the file (ns since the epoch), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_max: Option<i64>,
 }
 
 /// Why a loss was recorded in `_lost`.

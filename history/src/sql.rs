@@ -1,15 +1,17 @@
 //! SQL over the history with DataFusion.
 //!
-//! [`session`] registers `events` and `alerts` as listing tables over the
-//! committed Parquet files of each table (see [`crate::writer`] for the
-//! layout), each with two hive partition columns after the file columns:
+//! [`session`] registers the tables (`events`, `alerts`) over the
+//! committed Parquet files of each (see [`crate::writer`] for the layout),
+//! each with two hive partition columns after the file columns:
 //!
 //! - `date` (`Date32`): the UTC date of `ts`, so `WHERE date = '2024-05-01'`
 //!   or `date >= current_date - 7` read only the matching directories;
 //! - `hour` (`Int32`, 0..=23): the UTC hour of `ts`.
 //!
-//! `ts` predicates prune too, within files: row groups and pages carry
-//! min/max statistics and filters are pushed into the Parquet decoder.
+//! `ts` ranges prune partitions as `date` and `hour` do, `site` prunes
+//! files, and within files row groups and pages are skipped by their
+//! min/max statistics, with filters pushed into the Parquet decoder (see
+//! [`crate::scan`]).
 //!
 //! The table schemas are fixed (not inferred), so empty or not yet created
 //! tables are queryable and return no rows. Files are listed on every scan,
@@ -47,16 +49,13 @@
 //! larger than the memory limit.
 
 use crate::error::{human_bytes, IntegrityError};
+use crate::scan::HistoryTable;
 use crate::store::{CommittedStore, ListedFile};
-use crate::writer::{DATE_COLUMN, HOUR_COLUMN};
 use crate::{HistoryError, Table};
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -209,7 +208,7 @@ impl Session {
             let url = ObjectStoreUrl::parse(CommittedStore::url(table))
                 .map_err(session_err("naming the table store"))?;
             ctx.register_object_store(url.as_ref(), Arc::new(store.clone()));
-            let provider = listing_table(table)?;
+            let provider = history_table(table, store.clone());
             ctx.register_table(table.name(), Arc::new(provider))
                 .map_err(session_err(&format!("registering table {table}")))?;
             stores.push(store);
@@ -257,6 +256,20 @@ impl Session {
             };
         }
         if reads_files(&e) {
+            // DataFusion reports a failed read of a file's footer as text,
+            // losing the store's error: ask the stores again about what the
+            // query listed, the file the message names first.
+            let text = e.to_string();
+            let stores = self.stores.clone();
+            let listed = tokio::task::spawn_blocking(move || {
+                stores.iter().find_map(|s| s.listed_problem(&text))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(problem) = listed {
+                return problem.into();
+            }
             let files: Vec<ListedFile> = self
                 .stores
                 .iter()
@@ -407,26 +420,18 @@ pub fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-fn listing_table(table: Table) -> Result<ListingTable, HistoryError> {
-    let session_err = |context: String| move |source| HistoryError::Session { context, source };
-    let url = ListingTableUrl::parse(CommittedStore::url(table))
-        .map_err(session_err(format!("table URL of {table}")))?;
-
+/// The table provider of `table` over `store` (see [`crate::scan`]).
+fn history_table(table: Table, store: CommittedStore) -> HistoryTable {
     // The format carries its own Parquet options; session-level settings do
-    // not reach a programmatically registered table.
+    // not reach a table's scan.
     let mut parquet = TableParquetOptions::default();
+    // Filters are evaluated while decoding (late materialization), and
+    // row groups and pages are skipped by their statistics.
     parquet.global.pushdown_filters = true;
     parquet.global.reorder_filters = true;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_options(parquet)))
-        .with_file_extension(".parquet")
-        .with_table_partition_cols(vec![
-            (DATE_COLUMN.to_owned(), DataType::Date32),
-            (HOUR_COLUMN.to_owned(), DataType::Int32),
-        ]);
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .with_schema(table.schema());
-    ListingTable::try_new(config).map_err(session_err(format!("creating table {table}")))
+    parquet.global.pruning = true;
+    parquet.global.enable_page_index = true;
+    HistoryTable::new(table, store, ParquetFormat::default().with_options(parquet))
 }
 
 /// Every error in the chain of `e`, outermost first.

@@ -9,20 +9,28 @@
 //!   committed size, and nothing else: a stray or half-written
 //!   `*.parquet` is never read, and a flush is never seen before its
 //!   commit.
-//! - Missing files are listed too, so that DataFusion's partition pruning
-//!   (which runs on the listing) decides whether a query needs them. Only a
-//!   query that would read one fails, with
-//!   [`IntegrityError::MissingFile`] naming it; a query over other dates or
-//!   hours runs. A committed partition without a manifest is listed as one
-//!   placeholder object in its directory for the same reason, and reading
-//!   it fails with [`IntegrityError::PartitionWithoutManifest`].
+//! - Missing files are listed too, so that the scan's pruning (see
+//!   [`crate::scan`], which asks for the files of the partitions and sites
+//!   a query can need) decides whether a query needs them. Only a query
+//!   that would read one fails, with [`IntegrityError::MissingFile`]
+//!   naming it; a query over other dates or hours runs. A committed
+//!   partition without a manifest is listed as one placeholder object in
+//!   its directory for the same reason, and reading it fails with
+//!   [`IntegrityError::PartitionWithoutManifest`].
+//! - A listed file that is gone because the committed state no longer
+//!   lists it (compaction replaced it and removed it after its grace
+//!   period, or retention dropped its partition, while a query was
+//!   running) fails the query with [`IntegrityError::Replaced`]: run it
+//!   again. Never a smaller answer.
 //! - Reading a committed file whose size differs from the committed size
 //!   fails with [`IntegrityError::Damaged`] naming it.
 //! - Files and partitions recorded in `_lost` are not required: they are
 //!   listed only while present (restored).
-//! - One listing reads `_committed` once, then the manifests: DataFusion
-//!   lists a table once per scan, so a scan sees the table at one committed
-//!   offset. Two scans of a query (a self-join) may see two offsets if a
+//! - One listing reads `_committed` once, then the index, then the
+//!   manifests of the partitions asked for: a scan lists its table once,
+//!   so a scan sees the table at one committed offset, and each partition
+//!   either before or after a compaction swapped its files (the swap
+//!   replaces the partition's manifest in one atomic step). Two scans of a query (a self-join) may see two offsets if a
 //!   flush commits between them.
 //!
 //! The errors travel as `object_store::Error::Generic` with the
@@ -40,7 +48,7 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,6 +118,32 @@ impl CommittedStore {
         format!("{SCHEME}://{}/", table.name())
     }
 
+    /// The committed objects `select` asks for (see [`Select`]), read from
+    /// the manifests. Blocking: call it off the async threads.
+    pub fn objects(&self, select: &dyn Select) -> Result<Vec<CommittedObject>, HistoryError> {
+        self.0.objects(select)
+    }
+
+    /// The integrity problem of a location the listings returned (a file
+    /// missing, replaced, of the wrong size, or a partition without a
+    /// manifest): of one that `error_text` names if there is one, else of
+    /// the first found. For diagnosis after a failed query.
+    pub fn listed_problem(&self, error_text: &str) -> Option<IntegrityError> {
+        let mut locations: Vec<StorePath> = self
+            .0
+            .listed
+            .lock()
+            .expect("listing map poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        locations.sort();
+        locations.sort_by_key(|l| !error_text.contains(l.as_ref()));
+        locations
+            .iter()
+            .find_map(|location| self.0.problem(location, None))
+    }
+
     /// The committed files the listings so far have returned.
     pub fn listed_files(&self) -> Vec<ListedFile> {
         let listed = self.0.listed.lock().expect("listing map poisoned");
@@ -131,16 +165,27 @@ impl CommittedStore {
 impl Inner {
     /// Every committed object under `prefix`, from the manifests.
     fn listing(&self, prefix: &StorePath) -> Result<Vec<ObjectMeta>, HistoryError> {
+        let select = PrefixSelect(prefix);
+        Ok(self.objects(&select)?.into_iter().map(|o| o.meta).collect())
+    }
+
+    /// The committed objects `select` asks for, from one read of the
+    /// committed state: `_committed` first, then the index, then the
+    /// manifests of the selected partitions only. Records what it returns
+    /// (the committed sizes reads are checked against).
+    fn objects(&self, select: &dyn Select) -> Result<Vec<CommittedObject>, HistoryError> {
         let Some(committed) = manifest::read_committed(&self.root, self.table)? else {
             return Ok(Vec::new());
         };
+        let names: Vec<&str> = committed.partitions.iter().map(String::as_str).collect();
+        let wanted = select.partitions(&names);
         let mut out = Vec::new();
         let mut listed = Vec::new();
-        for partition in &committed.partitions {
+        let mut selected = HashSet::new();
+        for (partition, _) in names.iter().zip(wanted).filter(|(_, keep)| *keep) {
+            let partition = *partition;
+            selected.insert(partition.to_owned());
             let location = StorePath::parse(partition).map_err(|e| self.invalid(partition, e))?;
-            if !(location.prefix_matches(prefix) || prefix.prefix_matches(&location)) {
-                continue;
-            }
             let pdir = self.dir.join(partition);
             let entries = manifest::read_prefix::<FileEntry>(
                 &pdir.join(MANIFEST_FILE),
@@ -149,8 +194,11 @@ impl Inner {
             let Some(entries) = entries else {
                 if !committed.lost.partitions.contains(partition) {
                     let placeholder = location.clone().join(NO_MANIFEST);
-                    if placeholder.prefix_matches(prefix) {
-                        out.push(meta(placeholder.clone(), PLACEHOLDER_BYTES));
+                    if select.placeholder(&placeholder) {
+                        out.push(CommittedObject {
+                            partition: partition.to_owned(),
+                            meta: meta(placeholder.clone(), PLACEHOLDER_BYTES),
+                        });
                         listed.push((
                             placeholder,
                             Listed::NoManifest {
@@ -164,7 +212,7 @@ impl Inner {
             };
             for entry in entries.entries {
                 let file = location.clone().join(entry.file.as_str());
-                if !file.prefix_matches(prefix) {
+                if !select.file(&file, &entry) {
                     continue;
                 }
                 if committed.lost.has_file(partition, &entry.file)
@@ -172,7 +220,10 @@ impl Inner {
                 {
                     continue;
                 }
-                out.push(meta(file.clone(), entry.bytes));
+                out.push(CommittedObject {
+                    partition: partition.to_owned(),
+                    meta: meta(file.clone(), entry.bytes),
+                });
                 listed.push((
                     file,
                     Listed::File {
@@ -182,12 +233,30 @@ impl Inner {
                 ));
             }
         }
-        // Replaces what an earlier listing of the same prefix said, so a
-        // long-lived session holds no more than the committed files.
+        // Replaces what an earlier listing said about the partitions read
+        // now, so a long-lived session holds no more than the committed
+        // files (compaction replaces a partition's files).
         let mut map = self.listed.lock().expect("listing map poisoned");
-        map.retain(|location, _| !location.prefix_matches(prefix));
+        map.retain(|location, _| !selected.contains(&partition_of(location)));
         map.extend(listed);
         Ok(out)
+    }
+
+    /// Whether `location` is still listed by the committed state now (a
+    /// file that is not was replaced by compaction or dropped by
+    /// retention since a scan listed it). `None` when that cannot be told.
+    fn still_committed(&self, location: &StorePath) -> Option<bool> {
+        let partition = partition_of(location);
+        let file = location.filename()?;
+        let committed = manifest::read_committed(&self.root, self.table).ok()??;
+        if !committed.partitions.contains(&partition) {
+            return Some(false);
+        }
+        let manifest = self.dir.join(&partition).join(MANIFEST_FILE);
+        let entries = manifest::read_prefix::<FileEntry>(&manifest, committed.next_offset)
+            .ok()??
+            .entries;
+        Some(entries.iter().any(|e| e.file == file))
     }
 
     fn invalid(&self, partition: &str, e: object_store::path::Error) -> HistoryError {
@@ -233,12 +302,18 @@ impl Inner {
                     None => match std::fs::metadata(&path) {
                         Ok(meta) => meta.len(),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            if self.still_committed(location) == Some(false) {
+                                return Some(IntegrityError::Replaced {
+                                    table: self.table.name(),
+                                    path,
+                                });
+                            }
                             return Some(IntegrityError::MissingFile {
                                 table: self.table.name(),
                                 path,
                                 rows,
                                 missing_listed: self.missing_count(),
-                            })
+                            });
                         }
                         Err(_) => return None,
                     },
@@ -269,6 +344,60 @@ impl Inner {
             None => e,
         }
     }
+}
+
+/// What a listing returns, besides the object: its partition.
+#[derive(Debug, Clone)]
+pub(crate) struct CommittedObject {
+    /// `date=…/hour=…`.
+    pub partition: String,
+    pub meta: ObjectMeta,
+}
+
+/// Which committed partitions and files a listing returns.
+pub(crate) trait Select {
+    /// Whether to read the manifest of each of these committed partitions
+    /// (`date=…/hour=…`), one answer each.
+    fn partitions(&self, partitions: &[&str]) -> Vec<bool>;
+    /// Whether to return a committed file of a partition read.
+    fn file(&self, location: &StorePath, entry: &FileEntry) -> bool;
+    /// Whether to return the placeholder of a read partition without a
+    /// manifest (reading it raises the error that names the partition).
+    fn placeholder(&self, location: &StorePath) -> bool;
+}
+
+/// Everything under a prefix (the object store's own `list`).
+struct PrefixSelect<'a>(&'a StorePath);
+
+impl Select for PrefixSelect<'_> {
+    fn partitions(&self, partitions: &[&str]) -> Vec<bool> {
+        partitions
+            .iter()
+            .map(|p| match StorePath::parse(p) {
+                Ok(location) => location.prefix_matches(self.0) || self.0.prefix_matches(&location),
+                // Kept, so that the listing reports the bad name.
+                Err(_) => true,
+            })
+            .collect()
+    }
+
+    fn file(&self, location: &StorePath, _entry: &FileEntry) -> bool {
+        location.prefix_matches(self.0)
+    }
+
+    fn placeholder(&self, location: &StorePath) -> bool {
+        location.prefix_matches(self.0)
+    }
+}
+
+/// `date=…/hour=…` of a location in a table's store.
+fn partition_of(location: &StorePath) -> String {
+    location
+        .parts()
+        .take(2)
+        .map(|p| p.as_ref().to_owned())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn meta(location: StorePath, size: u64) -> ObjectMeta {

@@ -95,6 +95,7 @@ use crate::error::IntegrityError;
 use crate::manifest::{
     self, FileEntry, LossReason, Lost, LostRecord, PartitionEntry, MANIFEST_FILE, PARTITIONS_FILE,
 };
+use crate::{compact, retention};
 use crate::{HistoryError, Table};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast, lexsort_to_indices, partition, take, take_record_batch, SortColumn};
@@ -161,6 +162,14 @@ pub struct Recovery {
     /// The table had no manifests (written by an older otwatch) and was
     /// indexed now.
     pub indexed: bool,
+    /// Compactions stopped before their swap, whose new files were removed.
+    pub compactions_rolled_back: usize,
+    /// Compactions swapped whose replaced files wait for the grace period
+    /// (removed by [`crate::Compactor::collect`]).
+    pub compactions_awaiting_removal: usize,
+    /// Partitions whose drop by retention was decided before a crash and
+    /// was finished now.
+    pub partitions_dropped: usize,
 }
 
 impl Recovery {
@@ -171,6 +180,8 @@ impl Recovery {
             || self.removed_manifests > 0
             || !self.rebuilt.is_empty()
             || self.indexed
+            || self.compactions_rolled_back > 0
+            || self.partitions_dropped > 0
     }
 }
 
@@ -373,6 +384,101 @@ impl TableWriter {
         Ok(stats)
     }
 
+    /// Swaps the files a compaction merged in for the files they replace
+    /// (step 3 of [`crate::compact`]): the partition's manifest is replaced
+    /// atomically by its committed lines without the replaced files and
+    /// with the new ones. Runs between flushes (it needs the writer), so
+    /// nothing appends to the manifest meanwhile. Refuses, changing
+    /// nothing, when the manifest no longer lists every replaced file or
+    /// the compaction's record is not there. After a failure of the disk
+    /// the writer refuses to write until recovered (recovery tells from
+    /// the manifest whether the swap happened).
+    pub fn commit_compaction(&mut self, prepared: &compact::Prepared) -> Result<(), HistoryError> {
+        let table = self.table.name();
+        if self.poisoned {
+            return Err(HistoryError::Poisoned { table });
+        }
+        let conflict = |detail: String| HistoryError::Compaction {
+            partition: prepared.partition.clone(),
+            detail,
+        };
+        if !self.partitions.contains(&prepared.partition) {
+            return Err(conflict("the partition is not committed".into()));
+        }
+        let pdir = self.dir.join(&prepared.partition);
+        match compact::read_intent(&pdir)? {
+            Some(intent) if intent.stamp == prepared.stamp => {}
+            _ => return Err(conflict("its record (_compaction) is not there".into())),
+        }
+        let path = pdir.join(MANIFEST_FILE);
+        let Some(prefix) = manifest::read_prefix::<FileEntry>(&path, self.next_offset)? else {
+            return Err(conflict("the partition has no manifest".into()));
+        };
+        let listed: BTreeSet<&str> = prefix.entries.iter().map(|e| e.file.as_str()).collect();
+        if let Some(gone) = prepared
+            .replaced
+            .iter()
+            .find(|f| !listed.contains(f.file.as_str()))
+        {
+            return Err(conflict(format!(
+                "the manifest no longer lists {}",
+                gone.file
+            )));
+        }
+        let replaced: BTreeSet<&str> = prepared.replaced.iter().map(|f| f.file.as_str()).collect();
+        let mut entries: Vec<FileEntry> = prefix
+            .entries
+            .iter()
+            .filter(|e| !replaced.contains(e.file.as_str()))
+            .cloned()
+            .collect();
+        entries.extend(prepared.written.iter().cloned());
+        if let Err(e) = compact::write_small(&path, &manifest::lines(&entries)) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        tracing::debug!(
+            table,
+            partition = prepared.partition,
+            "compaction swapped in"
+        );
+        Ok(())
+    }
+
+    /// Drops every committed partition whose hour ended at or before
+    /// `cutoff` (see [`crate::retention`]): the decision is recorded, the
+    /// partitions leave the index (from then on no query lists them), then
+    /// their directories are deleted. Returns the partitions dropped. After
+    /// a failure the writer refuses to write until recovered, which
+    /// finishes the drop.
+    pub fn drop_partitions_before(
+        &mut self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, HistoryError> {
+        let table = self.table.name();
+        if self.poisoned {
+            return Err(HistoryError::Poisoned { table });
+        }
+        let cutoff = cutoff.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let doomed: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|p| retention::partition_end(p).is_some_and(|end| end <= cutoff))
+            .cloned()
+            .collect();
+        if doomed.is_empty() {
+            return Ok(doomed);
+        }
+        if let Err(e) = retention::drop_partitions(&self.dir, &doomed) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        for p in &doomed {
+            self.partitions.remove(p);
+        }
+        Ok(doomed)
+    }
+
     /// Lists the flush's files durably in the manifests and the index, all
     /// tagged with the flush's starting offset (see the recovery invariant):
     /// manifest lines (fsync'd), then the partition directories (the data
@@ -570,6 +676,7 @@ impl TableWriter {
             let name = file_name(site, self.next_offset, n);
             let bytes = write_parquet(&dir, &name, &self.schema, batches, &self.props)?;
             let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            let (ts_min, ts_max) = ts_range(batches, &self.schema);
             written.push(Written {
                 path: dir.join(&name),
                 partition,
@@ -578,6 +685,9 @@ impl TableWriter {
                     file: name,
                     rows: rows as u64,
                     bytes,
+                    site: Some(site.clone()),
+                    ts_min,
+                    ts_max,
                 },
             });
             stats.rows += rows;
@@ -594,6 +704,23 @@ struct Written {
     path: PathBuf,
     partition: String,
     entry: FileEntry,
+}
+
+/// The smallest and largest `ts` of `batches` (`None` when they hold no
+/// rows), for the manifest line of the file they make.
+pub(crate) fn ts_range(batches: &[RecordBatch], schema: &SchemaRef) -> (Option<i64>, Option<i64>) {
+    let ts_idx = schema.index_of("ts").expect("every table has ts");
+    let mut range: (Option<i64>, Option<i64>) = (None, None);
+    for batch in batches {
+        let ts = batch
+            .column(ts_idx)
+            .as_primitive::<TimestampNanosecondType>();
+        if let (Some(lo), Some(hi)) = (arrow::compute::min(ts), arrow::compute::max(ts)) {
+            range.0 = Some(range.0.map_or(lo, |m| m.min(lo)));
+            range.1 = Some(range.1.map_or(hi, |m| m.max(hi)));
+        }
+    }
+    range
 }
 
 /// The hour bucket (hours since the epoch, floored) of every timestamp.
@@ -622,7 +749,7 @@ fn partition_name(hour_bucket: i64) -> String {
 }
 
 /// `<site>-<offset, 20 digits>-<n>.parquet`.
-fn file_name(site: &str, offset: u64, n: usize) -> String {
+pub(crate) fn file_name(site: &str, offset: u64, n: usize) -> String {
     format!(
         "{}-{offset:0width$}-{n}{PARQUET_SUFFIX}",
         sanitize_site(site),
@@ -792,6 +919,9 @@ fn recover(
         }
     };
     report.next_offset = next_offset;
+    // A drop by retention that was decided finishes first: its partitions
+    // leave the index, then the disk.
+    report.partitions_dropped = retention::recover(dir)?;
     remove_uncommitted_files(dir, next_offset, &mut report)?;
 
     let prefix = match fs::read(&index) {
@@ -850,6 +980,22 @@ fn recover(
                 rebuild_manifest(dir, partition, next_offset, valid_lines(&text, next_offset))?;
                 report.rebuilt.push(partition.clone());
             }
+        }
+    }
+    // Compactions: the committed manifest says whether each swapped; the
+    // new files of one that did not are removed.
+    for partition in &partitions {
+        let pdir = dir.join(partition);
+        if !pdir.join(compact::INTENT_FILE).exists() {
+            continue;
+        }
+        let listed = manifest::read_prefix::<FileEntry>(&pdir.join(MANIFEST_FILE), next_offset)?
+            .map(|p| p.entries)
+            .unwrap_or_default();
+        match compact::recover_partition(&pdir, &listed)? {
+            compact::Resolved::RolledBack => report.compactions_rolled_back += 1,
+            compact::Resolved::Swapped => report.compactions_awaiting_removal += 1,
+            compact::Resolved::None => {}
         }
     }
     for date in partition_subdirs(dir, DATE_COLUMN)? {
@@ -999,15 +1145,19 @@ fn rebuild_manifest_quietly(
     write_empty: bool,
 ) -> Result<Vec<FileEntry>, HistoryError> {
     let pdir = dir.join(partition);
+    // A compaction in flight holds two sets of the same rows: keep one.
+    let removed = compact::settle_for_rebuild(&pdir)?;
     let mut entries = keep;
+    entries.retain(|e| !removed.contains(&e.file));
     let known: BTreeSet<String> = entries.iter().map(|e| e.file.clone()).collect();
     let mut unreadable = Vec::new();
     for entry in fs::read_dir(&pdir).map_err(HistoryError::io("listing", &pdir))? {
         let entry = entry.map_err(HistoryError::io("listing", &pdir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(offset) = flush_offset(name) else {
-            continue;
+        let offset = match (flush_offset(name), compact::parse_name(name)) {
+            (Some(offset), _) | (None, Some((offset, _))) => offset,
+            (None, None) => continue,
         };
         if offset >= next_offset || known.contains(name) || !manifest::is_data_file_name(name) {
             continue;
@@ -1019,6 +1169,9 @@ fn rebuild_manifest_quietly(
                 file: name.to_owned(),
                 rows,
                 bytes,
+                site: None,
+                ts_min: None,
+                ts_max: None,
             }),
             Err(reason) => {
                 tracing::error!(path = %path.display(), reason, "a committed file is unreadable; it is left out of the table");

@@ -89,6 +89,12 @@ pub struct HistoryConfig {
     pub flush_interval: Duration,
     /// Rows that trigger a flush before `flush_interval` is up.
     pub flush_rows: usize,
+    /// Merging the small files of closed hours (`[history.compaction]`).
+    pub compaction: otwatch_history::CompactionConfig,
+    /// Partitions (hours) that ended longer ago than this are dropped
+    /// whole, e.g. "400d". Default: none (everything is kept).
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for HistoryConfig {
@@ -96,6 +102,8 @@ impl Default for HistoryConfig {
         HistoryConfig {
             flush_interval: Duration::from_secs(2),
             flush_rows: 500_000,
+            compaction: otwatch_history::CompactionConfig::default(),
+            retention: None,
         }
     }
 }
@@ -183,6 +191,14 @@ impl ServerConfig {
         if self.history.flush_rows == 0 {
             anyhow::bail!("history.flush_rows must be at least 1");
         }
+        self.history.compaction.validate()?;
+        if self
+            .history
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(3600))
+        {
+            anyhow::bail!("history.retention must be at least 1h (it drops whole hours)");
+        }
         crate::outputs::validate(&self.outputs)?;
         Ok(())
     }
@@ -209,6 +225,18 @@ mod tests {
         let c: ServerConfig = toml::from_str("").unwrap();
         assert_eq!(c.listen.port(), 4317);
         assert_eq!(c.history.flush_interval, Duration::from_secs(2));
+        assert_eq!(c.history.retention, None);
+        assert!(c.history.compaction.enabled);
+        let c: ServerConfig = toml::from_str(
+            "[history]\nretention = \"400d\"\n[history.compaction]\ngrace = \"5m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.history.retention, Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(c.history.compaction.grace, Duration::from_secs(300));
+        let err = toml::from_str::<ServerConfig>("[history.compaction]\ntarget = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `target`"), "{err}");
         c.validate_values().unwrap();
     }
 
@@ -223,6 +251,11 @@ mod tests {
             .contains("collector.limits.max_events_per_batch = 0"));
         assert!(refused("[detector]\ncusum_h = 0\n").contains("cusum_h"));
         assert!(refused("[history]\nflush_rows = 0\n").contains("flush_rows"));
+        assert!(refused("[history]\nretention = \"10m\"\n").contains("history.retention"));
+        assert!(refused("[history.compaction]\ntarget_file_bytes = 1000\n")
+            .contains("history.compaction.target_file_bytes"));
+        assert!(refused("[history.compaction]\ninterval = \"0s\"\n")
+            .contains("history.compaction.interval"));
         assert!(refused("[log]\nretention = \"0s\"\n").contains("retention"));
         assert!(refused("[[outputs]]\ntype = \"jsonl\"\npath = \"\"\n").contains("path"));
     }

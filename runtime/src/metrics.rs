@@ -42,6 +42,7 @@ pub fn render(
     let events_end = log.end_offset(Topic::Events);
     let alerts_end = log.end_offset(Topic::Alerts);
     let at = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Acquire);
+    let maintenance = &counters.history_maintenance;
     let mut text = otwatch_metrics::render(
         &[],
         &[
@@ -174,6 +175,46 @@ pub fn render(
                 "otwatch_history_rows_written_total",
                 "Rows written to the events table since the service started.",
                 at(&counters.events_written),
+            ),
+            Metric::counter(
+                "otwatch_history_compactions_total",
+                "Closed hours compacted (small files merged and swapped in) since start.",
+                at(&maintenance.compactions),
+            ),
+            Metric::counter(
+                "otwatch_history_compaction_files_merged_total",
+                "Small files merged away by compaction since start.",
+                at(&maintenance.files_merged),
+            ),
+            Metric::counter(
+                "otwatch_history_compaction_files_written_total",
+                "Files written by compaction since start.",
+                at(&maintenance.files_written),
+            ),
+            Metric::counter(
+                "otwatch_history_compaction_bytes_written_total",
+                "Bytes written by compaction since start.",
+                at(&maintenance.bytes_written),
+            ),
+            Metric::counter(
+                "otwatch_history_compaction_files_removed_total",
+                "Files replaced by compaction and removed after the grace period, since start.",
+                at(&maintenance.files_removed),
+            ),
+            Metric::gauge(
+                "otwatch_history_compaction_backlog",
+                "Closed hours waiting for compaction at the last look.",
+                maintenance.backlog(),
+            ),
+            Metric::counter(
+                "otwatch_history_maintenance_failures_total",
+                "Compactions, removals and retention passes that failed (logged; retried later).",
+                at(&maintenance.failures),
+            ),
+            Metric::counter(
+                "otwatch_history_partitions_dropped_total",
+                "Partitions (hours) dropped by history.retention since start.",
+                at(&maintenance.partitions_dropped),
             ),
         ],
     );

@@ -57,6 +57,8 @@ pub struct Counters {
     /// Log records the history writers skipped because they do not fit
     /// their table.
     pub history_records_skipped: Arc<AtomicU64>,
+    /// What compaction and retention did.
+    pub history_maintenance: Arc<crate::components::history::MaintenanceCounters>,
 }
 
 /// The running central service.
@@ -141,6 +143,7 @@ impl Service {
                     Table::Alerts | Table::Audit => Arc::new(AtomicU64::new(0)),
                 },
                 records_skipped: counters.history_records_skipped.clone(),
+                maintenance: counters.history_maintenance.clone(),
             };
             let reporter = register(
                 Stage::Output,
