@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole otwatch test suite on a fresh machine: installs what the
-# tests need (the Python readers pyarrow and DuckDB), checks formatting and
-# lints, checks that the agent stays free of heavy dependencies, builds the
-# binaries and runs every test.
+# tests need (the Python readers pyarrow and DuckDB; psql and psycopg, the
+# SQL endpoint's clients), checks formatting and lints, checks that the agent
+# stays free of heavy dependencies, builds the binaries and runs every test.
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -19,6 +19,19 @@ if ! python3 -c 'import pyarrow, duckdb' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pyarrow duckdb
 fi
 python3 -c 'import pyarrow, duckdb; print("pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
+
+step "test peers: psql and psycopg (Postgres wire clients of the SQL endpoint)"
+# Each is installed only when missing, so a machine that has them pays nothing.
+if ! command -v psql >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
+fi
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]'
+fi
+psql --version
+python3 -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
 
 step "formatting"
 cargo fmt --all -- --check
