@@ -4,7 +4,7 @@
 //! own crates.
 //!
 //! - [`config`]: `otwatch.toml`, validated the same way by every command;
-//! - [`components`]: ingest, detector, history writers;
+//! - [`components`]: ingest, detector, history writers, the SQL endpoint;
 //! - [`outputs`]: the alert outputs, each a consumer of the `alerts` topic;
 //! - [`supervisor`]: runs components in stages, turns a failure into a stop
 //!   with a non-zero exit;

@@ -8,7 +8,9 @@
 //! | `detector` | detect | `events` topic | `alerts` topic, checkpoint |
 //! | `history-events`, `history-alerts` | output | a topic | Parquet tables |
 //! | `output-<name>` | output | `alerts` topic | a receiver (stdout, file, ...) |
+//! | `sql` | ingest | analysts (Postgres wire), the history's files | nothing |
 
 pub mod detector;
 pub mod history;
 pub mod ingest;
+pub mod sql;
