@@ -99,5 +99,6 @@ pub fn sample_alert(id: &str, ts_ns: i64, site: &str, technique: &str) -> Alert 
         last_seq: 9,
         event_count: 7,
         technique: technique.into(),
+        ..Default::default()
     }
 }
