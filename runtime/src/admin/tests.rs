@@ -109,9 +109,14 @@ mod lifecycle {
 
     #[test]
     fn suppressions_are_checked_naming_the_problem() {
-        let ok = |asset, detector, secs, reason| {
+        fn ok(
+            asset: Option<&str>,
+            detector: Option<&str>,
+            secs: u64,
+            reason: &str,
+        ) -> Result<(), String> {
             check_suppress("plant-a", asset, detector, secs, reason)
-        };
+        }
         assert_eq!(ok(None, None, 7200, "die change"), Ok(()));
         assert_eq!(ok(Some("line1/press-01"), Some("cycle"), 60, "x"), Ok(()));
         let err = |r: Result<(), String>| r.unwrap_err();
