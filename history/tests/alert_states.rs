@@ -5,7 +5,7 @@
 
 mod common;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use common::{parquet_files, sample_alert, T10};
 use otwatch_history::{query, Table, TableWriter};
 use otwatch_proto::arrow::{alerts_to_batch, state};
