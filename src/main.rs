@@ -7,6 +7,8 @@
 //! component of a running service failed (logged with its cause), so that
 //! systemd or Kubernetes restarts it.
 
+mod alerts;
+
 use otwatch_demo as demo;
 use otwatch_eval as eval;
 use otwatch_pki as cert;
@@ -227,6 +229,23 @@ enum Command {
         /// How long the allowance lasts, from now (at most 7 days).
         #[arg(long = "for", value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
+    },
+    /// List alerts with their state; ack, resolve or suppress them. `list`
+    /// reads the history; the others ask the `otwatch serve` running on
+    /// --data-dir (through <data_dir>/admin.sock), and each change is
+    /// recorded in the event log, sent by the outputs as an update of the
+    /// alert, and kept in the `alerts` and `audit` tables.
+    ///
+    /// Examples:
+    ///   otwatch alerts list --open --since 24h
+    ///   otwatch alerts list --site plant-a --format json
+    ///   otwatch alerts ack 4f0c2d9e1a7b3c55 --comment "checking with the plant"
+    ///   otwatch alerts resolve 4f0c2d9e1a7b3c55 --comment "setpoint change was planned"
+    ///   otwatch alerts suppress --site plant-a --asset line1/press-01 --for 2h --reason "die change"
+    #[command(verbatim_doc_comment)]
+    Alerts {
+        #[command(subcommand)]
+        action: alerts::AlertsAction,
     },
     /// The audit trail of decisions (the `audit` table: `otwatch sql
     /// "SELECT ts, user, host, command, site, asset, alert_id FROM audit
@@ -983,6 +1002,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 answer.id.unwrap_or_default()
             );
             Ok(())
+        }
+        Command::Alerts { action } => {
+            init_logging("warn");
+            alerts::run(action).await
         }
         Command::Audit { action } => {
             init_logging("warn");

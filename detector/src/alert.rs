@@ -43,6 +43,8 @@ impl Draft {
             last_seq: self.last_seq,
             event_count: self.event_count,
             technique: self.technique.to_string(),
+            state: "open".into(),
+            ..Alert::default()
         }
     }
 }

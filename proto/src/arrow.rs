@@ -89,7 +89,33 @@ pub fn events_schema() -> SchemaRef {
     .clone()
 }
 
-/// Schema of the `alerts` table.
+/// The states of an alert (the `state` column; see [`alerts_schema`]).
+pub mod state {
+    /// Raised and not yet handled.
+    pub const OPEN: &str = "open";
+    /// Someone in the SOC took it.
+    pub const ACKED: &str = "acked";
+    /// Closed.
+    pub const RESOLVED: &str = "resolved";
+    /// Raised while a suppression matched it: stored, never sent.
+    pub const SUPPRESSED: &str = "suppressed";
+}
+
+/// Schema of the `alerts` table: one row per alert and state. An alert is
+/// raised as `open` (or `suppressed`); each change the SOC makes (`otwatch
+/// alerts ack|resolve`) is one more row with the same `id`, the alert's
+/// fields, and the new state. The latest state of an alert is the row of
+/// its id with the greatest `coalesce(state_at, ts)`.
+///
+/// The lifecycle columns come last and are nullable, so files and log
+/// records written before them still read (a null `state` is `open`):
+///
+/// | column | type | meaning |
+/// |---|---|---|
+/// | `state` | string, nullable | `open`, `acked`, `resolved`, `suppressed` ([`state`]) |
+/// | `state_by` | string, nullable | who set it; null when raised open |
+/// | `state_at` | timestamp ns UTC, nullable | when it was set (the service's clock); null when raised |
+/// | `comment` | string, nullable | the comment given with it (a suppression's reason) |
 pub fn alerts_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     S.get_or_init(|| {
@@ -114,6 +140,10 @@ pub fn alerts_schema() -> SchemaRef {
             u("last_seq"),
             u("event_count"),
             Field::new("technique", DataType::Utf8, true),
+            Field::new("state", DataType::Utf8, true),
+            Field::new("state_by", DataType::Utf8, true),
+            Field::new("state_at", ts_type(), true),
+            Field::new("comment", DataType::Utf8, true),
         ]))
     })
     .clone()
@@ -285,12 +315,57 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, ArrowError> {
         Arc::new(StringArray::from_iter(alerts.iter().map(|a| {
             (!a.technique.is_empty()).then_some(a.technique.as_str())
         }))),
+        strings(|a| {
+            if a.state.is_empty() {
+                state::OPEN
+            } else {
+                &a.state
+            }
+        }),
+        Arc::new(StringArray::from_iter(alerts.iter().map(|a| {
+            (!a.state_by.is_empty()).then_some(a.state_by.as_str())
+        }))),
+        Arc::new(
+            TimestampNanosecondArray::from_iter(
+                alerts
+                    .iter()
+                    .map(|a| (a.state_at_ns != 0).then_some(a.state_at_ns)),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter(
+            alerts
+                .iter()
+                .map(|a| (!a.comment.is_empty()).then_some(a.comment.as_str())),
+        )),
     ];
     RecordBatch::try_new(alerts_schema(), columns)
 }
 
-/// Converts an `alerts` record batch back to protobuf alerts.
+/// Converts an `alerts` record batch back to protobuf alerts. A batch
+/// without the lifecycle columns (written before them) reads as `open`
+/// alerts.
 pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>, ArrowError> {
+    let optional = |name: &'static str| -> Result<Option<StringArray>, ArrowError> {
+        batch
+            .column_by_name(name)
+            .map(|c| string_column(c.as_ref()))
+            .transpose()
+    };
+    let (state_col, state_by, comment) = (
+        optional("state")?,
+        optional("state_by")?,
+        optional("comment")?,
+    );
+    let state_at = match batch.column_by_name("state_at") {
+        Some(_) => Some(column::<TimestampNanosecondArray>(batch, "state_at")?),
+        None => None,
+    };
+    let text = |c: &Option<StringArray>, i: usize| -> String {
+        c.as_ref()
+            .filter(|c| c.is_valid(i))
+            .map_or(String::new(), |c| c.value(i).to_string())
+    };
     let s = |name: &'static str| -> Result<StringArray, ArrowError> {
         string_column(batch.column_by_name(name).ok_or_else(no(name))?)
     };
@@ -338,6 +413,13 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>, ArrowError> {
             } else {
                 String::new()
             },
+            state: match text(&state_col, i) {
+                s if s.is_empty() => state::OPEN.into(),
+                s => s,
+            },
+            state_by: text(&state_by, i),
+            state_at_ns: state_at.filter(|c| c.is_valid(i)).map_or(0, |c| c.value(i)),
+            comment: text(&comment, i),
         })
         .collect())
 }
@@ -688,8 +770,28 @@ mod tests {
             last_seq: 9,
             event_count: 7,
             technique: "T0836".into(),
+            state: state::OPEN.into(),
+            ..Alert::default()
         };
-        let batch = alerts_to_batch(std::slice::from_ref(&alert)).unwrap();
-        assert_eq!(batch_to_alerts(&batch).unwrap(), vec![alert]);
+        let acked = Alert {
+            state: state::ACKED.into(),
+            state_by: "alice".into(),
+            state_at_ns: 9,
+            comment: "on it".into(),
+            ..alert.clone()
+        };
+        let batch = alerts_to_batch(&[alert.clone(), acked.clone()]).unwrap();
+        assert_eq!(batch_to_alerts(&batch).unwrap(), vec![alert.clone(), acked]);
+        // An empty state is written as open.
+        let unset = Alert {
+            state: String::new(),
+            ..alert.clone()
+        };
+        let batch = alerts_to_batch(&[unset]).unwrap();
+        assert_eq!(batch_to_alerts(&batch).unwrap(), vec![alert.clone()]);
+        // A batch from before the lifecycle columns reads as open alerts.
+        let old = batch.project(&(0..17).collect::<Vec<_>>()).unwrap();
+        assert_eq!(old.num_columns(), 17);
+        assert_eq!(batch_to_alerts(&old).unwrap(), vec![alert]);
     }
 }

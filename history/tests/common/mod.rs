@@ -99,5 +99,7 @@ pub fn sample_alert(id: &str, ts_ns: i64, site: &str, technique: &str) -> Alert 
         last_seq: 9,
         event_count: 7,
         technique: technique.into(),
+        state: "open".into(),
+        ..Default::default()
     }
 }

@@ -25,12 +25,20 @@
 //! ← {"ok":true,"id":"ctl-1764000000000000000","detail":"model.accept recorded"}
 //! → {"command":"model.relearn","site":"plant-a","asset":"line1/press-01","from_ns":1,"to_ns":2}
 //! ← {"ok":false,"error":"asset \"line1/press-9\" is not one the detector has seen at site plant-a"}
+//! → {"command":"alert.ack","alert_id":"4f0c...","comment":"on it"}
+//! ← {"ok":true,"id":"ctl-1764000000000000001","detail":"alert.ack recorded; ..."}
+//! → {"command":"alert.suppress","site":"plant-a","asset":null,"detector":null,"for_secs":7200,"reason":"maintenance"}
 //! ```
 //!
-//! New commands (alert lifecycle, a dashboard's calls) are new variants of
+//! The alert lifecycle (`alert.ack`, `alert.resolve`, `alert.suppress`) is
+//! checked against the history's `alerts` table, not the detector
+//! ([`alerts`]).
+//!
+//! New commands (a dashboard's calls, ...) are new variants of
 //! [`Request`]; an older service answers them with an error naming the
 //! command it does not know.
 
+pub mod alerts;
 pub mod server;
 #[cfg(test)]
 mod tests;
@@ -87,6 +95,33 @@ pub enum Request {
         from_ns: i64,
         for_secs: u64,
     },
+    /// Take alert `alert_id`: it becomes `acked`, with an optional comment.
+    #[serde(rename = "alert.ack")]
+    AlertAck {
+        alert_id: String,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// Close alert `alert_id`: it becomes `resolved`.
+    #[serde(rename = "alert.resolve")]
+    AlertResolve {
+        alert_id: String,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// For `for_secs` from now, mark the new alerts of `site` (only of
+    /// `asset`, only of `detector`, when given) `suppressed`: stored, not
+    /// sent.
+    #[serde(rename = "alert.suppress")]
+    AlertSuppress {
+        site: String,
+        #[serde(default)]
+        asset: Option<String>,
+        #[serde(default)]
+        detector: Option<String>,
+        for_secs: u64,
+        reason: String,
+    },
 }
 
 /// The longest backfill allowance: long enough to load a large recorded
@@ -102,6 +137,9 @@ impl Request {
             Request::ModelAccept { .. } => Some("model.accept"),
             Request::ModelRelearn { .. } => Some("model.relearn"),
             Request::CollectorBackfill { .. } => Some(crate::components::ingest::BACKFILL_COMMAND),
+            Request::AlertAck { .. } => Some("alert.ack"),
+            Request::AlertResolve { .. } => Some("alert.resolve"),
+            Request::AlertSuppress { .. } => Some("alert.suppress"),
         }
     }
 }

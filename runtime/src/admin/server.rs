@@ -14,8 +14,10 @@
 //!   serialized, so records are numbered, timed and linked in one order;
 //!   `ts` is strictly increasing along the chain even if the clock steps
 //!   back.
-//! - Reads (`model.status`) and checks of a decision go to the detector
-//!   component over a channel and are answered from its live state.
+//! - Reads (`model.status`) and checks of a model decision go to the
+//!   detector component over a channel and are answered from its live
+//!   state; alert decisions are checked against the `alerts` history
+//!   ([`super::alerts`]).
 
 use super::{Answer, Request, MAX_REQUEST_BYTES};
 use crate::components::detector::Query;
@@ -51,6 +53,8 @@ struct Link {
 struct Shared {
     log: Arc<dyn EventLog>,
     detector: mpsc::Sender<Query>,
+    /// The history root, where alert decisions look their alert up.
+    history: PathBuf,
     host: String,
     chain: Mutex<Link>,
 }
@@ -73,6 +77,7 @@ impl AdminComponent {
         let shared = Arc::new(Shared {
             log: self.log,
             detector: self.detector,
+            history: crate::history_dir(&self.data_dir),
             host: hostname(),
             chain: Mutex::new(chain),
         });
@@ -191,37 +196,49 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
             Err(e) => Answer::refused(e),
         };
     };
-    let checked = match &request {
+    let (site, asset, alert_id, args) = if command.starts_with("alert.") {
+        match super::alerts::decision(&request, &shared.history).await {
+            Ok(d) => (d.site, d.asset, d.alert_id, d.args),
+            Err(e) => return Answer::refused(e),
+        }
+    } else if let Request::CollectorBackfill {
+        agent,
+        from_ns,
+        for_secs,
+        ..
+    } = &request
+    {
         // Collectors check nothing further: any agent may be allowed.
-        Request::CollectorBackfill { .. } => super::check_backfill(&request, now_ns()),
-        _ => {
+        match super::check_backfill(&request, now_ns()) {
+            Ok((site, asset)) => (
+                site,
+                asset,
+                None,
+                serde_json::json!({"agent": agent, "from_ns": from_ns, "for_secs": for_secs}),
+            ),
+            Err(e) => return Answer::refused(e),
+        }
+    } else {
+        let checked = {
             let request = request.clone();
             ask_detector(shared, |reply| Query::Check { request, reply }).await
-        }
-    };
-    let (site, asset) = match checked {
-        Ok(subject) => subject,
-        Err(e) => return Answer::refused(e),
-    };
-    let (alert_id, args) = match &request {
-        Request::ModelAccept { alert_id } => (Some(alert_id.clone()), serde_json::json!({})),
-        Request::ModelRelearn { from_ns, to_ns, .. } => (
-            None,
-            match (from_ns, to_ns) {
-                (Some(from), Some(to)) => serde_json::json!({"from_ns": from, "to_ns": to}),
-                _ => serde_json::json!({}),
-            },
-        ),
-        Request::CollectorBackfill {
-            agent,
-            from_ns,
-            for_secs,
-            ..
-        } => (
-            None,
-            serde_json::json!({"agent": agent, "from_ns": from_ns, "for_secs": for_secs}),
-        ),
-        Request::ModelStatus { .. } => unreachable!("model.status is not a decision"),
+        };
+        let (site, asset) = match checked {
+            Ok(subject) => subject,
+            Err(e) => return Answer::refused(e),
+        };
+        let (alert_id, args) = match &request {
+            Request::ModelAccept { alert_id } => (Some(alert_id.clone()), serde_json::json!({})),
+            Request::ModelRelearn { from_ns, to_ns, .. } => (
+                None,
+                match (from_ns, to_ns) {
+                    (Some(from), Some(to)) => serde_json::json!({"from_ns": from, "to_ns": to}),
+                    _ => serde_json::json!({}),
+                },
+            ),
+            _ => unreachable!("only model decisions are checked by the detector"),
+        };
+        (site, asset, alert_id, args)
     };
     let mut chain = shared.chain.lock().await;
     let ts_ns = now_ns().max(chain.ts_ns.saturating_add(1));

@@ -8,31 +8,43 @@
 //! when that event is scored. `model.relearn` with an interval reads the
 //! stored `events` history of that interval (`otwatch_history::query_stream`)
 //! and feeds it to the detector before going on with the live log. Queries
-//! of the admin socket ([`Query`]: `model status`, the check of a decision
+//! of the admin socket ([`Query`]: `model status`, the check of a model decision
 //! before it is recorded) are answered here, between polls, from the live
 //! state, after the decisions already in the log are applied: routing them
 //! to the one owner of the state costs nothing while nobody asks, where a
 //! shared snapshot would be rebuilt on every batch.
 //!
+//! It is also the one consumer that acts on the alert lifecycle
+//! ([`crate::admin::alerts`]), in log order: an `alert.ack` or
+//! `alert.resolve` appends the alert again, same id, in its new state, to
+//! the `alerts` topic (so the outputs send the update and the `alerts`
+//! table holds each state); an `alert.suppress` adds a suppression that
+//! marks the alerts raised after it in the log, and within its window,
+//! `suppressed` (stored, not sent).
+//!
 //! # Checkpoint
 //!
 //! `<data_dir>/detector/checkpoint.json` holds `{"offset": N,
-//! "control_offset": M, "detector": {...}}`: everything learned and the
-//! next offsets of `events` and `control` to process, replaced atomically
-//! together every [`CHECKPOINT_EVERY`] and at a clean stop (a checkpoint
-//! without `control_offset` reads as 0). A restart resumes from it; the options of `[detector]` in the
-//! configuration always win over the copy the checkpoint holds (the options
-//! that changed are logged), so a changed configuration takes effect at the
-//! next start.
+//! "control_offset": M, "detector": {...}, "suppressions": [...]}`:
+//! everything learned, the suppressions in force
+//! ([`crate::admin::alerts::Suppression`]) and the next offsets of `events`
+//! and `control` to process, replaced atomically together every
+//! [`CHECKPOINT_EVERY`] and at a clean stop (a checkpoint without
+//! `control_offset` reads as 0, without `suppressions` as none). A restart
+//! resumes from it; the options of `[detector]` in the configuration always
+//! win over the copy the checkpoint holds (the options that changed are
+//! logged), so a changed configuration takes effect at the next start.
 //!
 //! Alerts are at least once: a crash between raising an alert and the next
-//! checkpoint raises it again after the restart, with the same id.
+//! checkpoint raises it again after the restart, with the same id; so is
+//! an update of an alert's state.
 //!
 //! A failing disk is retried: alerts that cannot be appended are held (no
 //! further batch is processed until they are in the log), a checkpoint that
 //! cannot be written is tried again later; the component shows `retrying`
 //! meanwhile.
 
+use crate::admin::alerts::{update_from_record, Suppression, SUPPRESSION_GRACE_NS};
 use crate::admin::Request;
 use crate::health::Backoff;
 use crate::retry_transient;
@@ -49,6 +61,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+#[cfg(test)]
+#[path = "detector_tests.rs"]
+mod tests;
+
 /// How often the detector's state is checkpointed.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// The consumer group of the detector.
@@ -62,6 +78,8 @@ struct Checkpoint {
     #[serde(default)]
     control_offset: u64,
     detector: Detector,
+    #[serde(default)]
+    suppressions: Vec<Suppression>,
 }
 
 #[derive(serde::Serialize)]
@@ -69,6 +87,7 @@ struct CheckpointRef<'a> {
     offset: u64,
     control_offset: u64,
     detector: &'a Detector,
+    suppressions: &'a [Suppression],
 }
 
 /// A question of the admin socket for the detector.
@@ -106,9 +125,17 @@ fn transient(e: &LogError) -> bool {
     matches!(e, LogError::Io { .. } | LogError::Fs(_))
 }
 
+/// What a checkpoint restores.
+struct Restored {
+    detector: Detector,
+    offset: u64,
+    control_offset: u64,
+    suppressions: Vec<Suppression>,
+}
+
 /// Loads the checkpoint (adopting `config`) or starts a new detector; with
 /// the next offsets of `events` and `control`.
-fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<(Detector, u64, u64)> {
+fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<Restored> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let cp: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
@@ -130,13 +157,19 @@ fn restore(path: &Path, config: DetectorConfig) -> anyhow::Result<(Detector, u64
                     "detector resumed from its checkpoint; these [detector] options changed since it was written and the configured values now apply"
                 );
             }
-            Ok((detector, cp.offset, cp.control_offset))
+            Ok(Restored {
+                detector,
+                offset: cp.offset,
+                control_offset: cp.control_offset,
+                suppressions: cp.suppressions,
+            })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((
-            Detector::new(config).context("the [detector] configuration is invalid")?,
-            0,
-            0,
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Restored {
+            detector: Detector::new(config).context("the [detector] configuration is invalid")?,
+            offset: 0,
+            control_offset: 0,
+            suppressions: Vec::new(),
+        }),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
@@ -146,11 +179,13 @@ fn save(
     offset: u64,
     control_offset: u64,
     detector: &Detector,
+    suppressions: &[Suppression],
 ) -> Result<(), otwatch_fs::FsError> {
     let bytes = serde_json::to_vec(&CheckpointRef {
         offset,
         control_offset,
         detector,
+        suppressions,
     })
     .expect("the detector state serializes");
     otwatch_fs::write_atomic(path, &bytes)
@@ -160,7 +195,12 @@ impl DetectorComponent {
     pub async fn run(mut self, mut ctx: Context) -> anyhow::Result<()> {
         otwatch_fs::create_dir_all_durable(&self.dir)?;
         let path = self.dir.join("checkpoint.json");
-        let (mut detector, offset, control_offset) = restore(&path, self.config.clone())?;
+        let Restored {
+            mut detector,
+            offset,
+            control_offset,
+            mut suppressions,
+        } = restore(&path, self.config.clone())?;
         let mut consumer = self
             .log
             .consumer_at(Topic::Events, GROUP, offset)
@@ -178,10 +218,6 @@ impl DetectorComponent {
         let mut saved_at = Instant::now();
         let mut saved = (offset, control_offset);
         loop {
-            // Decisions first: one appended before the events polled next
-            // is in force when they are scored.
-            self.decide(&mut detector, control.as_mut(), &mut ctx, &mut backoff)
-                .await?;
             let stopping = ctx.stopping();
             let wait = if stopping {
                 Duration::ZERO
@@ -199,6 +235,21 @@ impl DetectorComponent {
                 return Ok(());
             };
             let drained = got.is_empty();
+            // Decisions after the poll, before scoring: one appended before
+            // these events (even while the poll waited) is in force when
+            // they are scored.
+            if !self
+                .decide(
+                    &mut detector,
+                    &mut suppressions,
+                    control.as_mut(),
+                    &mut ctx,
+                    &mut backoff,
+                )
+                .await?
+            {
+                return Ok(());
+            }
             let mut raised = Vec::new();
             for d in &got {
                 match detector.process(&d.batch) {
@@ -208,22 +259,44 @@ impl DetectorComponent {
                     }
                 }
             }
-            if !raised.is_empty() && !self.append(&raised, &mut ctx, &mut backoff).await? {
-                // Stopping before the alerts reached the log: the checkpoint
-                // is not advanced, so they are raised again next time.
-                return Ok(());
+            for alert in &mut raised {
+                if let Some(s) = suppressions.iter().find(|s| s.matches(alert)) {
+                    s.mark(alert);
+                    tracing::info!(site = %alert.site, asset = %alert.asset, alert_id = %alert.id, suppression = %s.id, "alert suppressed: stored, not sent");
+                }
+            }
+            if !raised.is_empty() {
+                if !self.append(&raised, &mut ctx, &mut backoff).await? {
+                    // Stopping before the alerts reached the log: the
+                    // checkpoint is not advanced, so they are raised again
+                    // next time.
+                    return Ok(());
+                }
+                self.alerts_raised
+                    .fetch_add(raised.len() as u64, Ordering::Relaxed);
             }
             while let Ok(query) = self.queries.try_recv() {
-                self.decide(&mut detector, control.as_mut(), &mut ctx, &mut backoff)
-                    .await?;
+                if !self
+                    .decide(
+                        &mut detector,
+                        &mut suppressions,
+                        control.as_mut(),
+                        &mut ctx,
+                        &mut backoff,
+                    )
+                    .await?
+                {
+                    return Ok(());
+                }
                 answer(&detector, query);
             }
             let position = consumer.position();
             let positions = (position, control.position());
             if positions != saved && (saved_at.elapsed() >= CHECKPOINT_EVERY || stopping) {
-                let (path2, detector2) = (path.clone(), detector);
+                let (path2, detector2, suppressions2) =
+                    (path.clone(), detector, suppressions.clone());
                 let (d, written) = tokio::task::spawn_blocking(move || {
-                    let r = save(&path2, positions.0, positions.1, &detector2);
+                    let r = save(&path2, positions.0, positions.1, &detector2, &suppressions2);
                     (detector2, r)
                 })
                 .await?;
@@ -264,14 +337,17 @@ impl DetectorComponent {
     /// Applies the control records the log holds beyond `control`'s
     /// position. A decision that cannot be applied (its alert was
     /// forgotten since it was checked, ...) is logged and skipped: it stays
-    /// in the audit either way.
+    /// in the audit either way. False if told to stop before the alert
+    /// updates the decisions make reached the log (the checkpoint must
+    /// then not move, so that they are made again).
     async fn decide(
         &self,
         detector: &mut Detector,
+        suppressions: &mut Vec<Suppression>,
         control: &mut dyn Consumer,
         ctx: &mut Context,
         backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         loop {
             let polled = retry_transient!(
                 ctx,
@@ -281,11 +357,12 @@ impl DetectorComponent {
                 control.poll(RECORDS_PER_POLL, Duration::ZERO).await
             );
             let Some(got) = polled.context("cannot read the control topic")? else {
-                return Ok(());
+                return Ok(false);
             };
             if got.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
+            let mut updates = Vec::new();
             for d in &got {
                 let records = match batch_to_control(&d.batch) {
                     Ok(records) => records,
@@ -295,8 +372,15 @@ impl DetectorComponent {
                     }
                 };
                 for record in records {
-                    self.apply(detector, &record).await;
+                    if record.command.starts_with("alert.") {
+                        updates.extend(apply_alert_decision(suppressions, &record));
+                    } else {
+                        self.apply(detector, &record).await;
+                    }
                 }
+            }
+            if !updates.is_empty() && !self.append(&updates, ctx, backoff).await? {
+                return Ok(false);
             }
         }
     }
@@ -405,8 +489,8 @@ impl DetectorComponent {
         Ok(rows)
     }
 
-    /// Appends alerts to the log, retrying a failing disk. False if told to
-    /// stop before it succeeded.
+    /// Appends alerts (raised, or updates of their state) to the log,
+    /// retrying a failing disk. False if told to stop before it succeeded.
     async fn append(
         &self,
         raised: &[Alert],
@@ -431,8 +515,6 @@ impl DetectorComponent {
         {
             return Ok(false);
         }
-        self.alerts_raised
-            .fetch_add(raised.len() as u64, Ordering::Relaxed);
         ctx.reporter.running();
         Ok(true)
     }
@@ -458,6 +540,42 @@ fn conform(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Applies one decision of the alert lifecycle: the update of the alert it
+/// makes, if any.
+fn apply_alert_decision(suppressions: &mut Vec<Suppression>, r: &ControlRecord) -> Option<Alert> {
+    match r.command.as_str() {
+        "alert.ack" | "alert.resolve" => match update_from_record(r) {
+            Ok(update) => {
+                tracing::info!(id = %r.id, user = %r.user, site = %r.site, asset = %r.asset, alert_id = %update.id, state = %update.state, "alert state changed");
+                Some(update)
+            }
+            Err(e) => {
+                tracing::warn!(id = %r.id, error = %e, "alert decision could not be applied; skipped");
+                None
+            }
+        },
+        "alert.suppress" => {
+            match Suppression::from_record(r) {
+                Ok(s) => {
+                    // Suppressions long over are dropped; the audit keeps them.
+                    suppressions
+                        .retain(|old| old.until_ns.saturating_add(SUPPRESSION_GRACE_NS) > r.ts_ns);
+                    tracing::info!(id = %r.id, user = %r.user, site = %s.site, asset = s.asset.as_deref().unwrap_or("*"), detector = s.detector.as_deref().unwrap_or("*"), until_ns = s.until_ns, "suppression in force");
+                    suppressions.push(s);
+                }
+                Err(e) => {
+                    tracing::warn!(id = %r.id, error = %e, "alert.suppress could not be applied; skipped")
+                }
+            }
+            None
+        }
+        other => {
+            tracing::warn!(id = %r.id, command = other, "unknown alert decision; skipped");
+            None
+        }
+    }
 }
 
 /// Answers a question of the admin socket from the live state.
@@ -504,6 +622,9 @@ fn check(detector: &Detector, request: &Request) -> Result<(String, String), Str
             Ok((site.clone(), asset.clone().unwrap_or_default()))
         }
         Request::ModelStatus { .. } => Err("model.status is not a decision".into()),
-        Request::CollectorBackfill { .. } => Err("collector.backfill is not for the detector".into()),
+        other => Err(format!(
+            "{} is not checked by the detector",
+            other.command().unwrap_or("a read")
+        )),
     }
 }

@@ -1,8 +1,15 @@
 //! How an alert reads: one line for a person, one JSON object for a tool,
 //! and what its ATT&CK for ICS technique means. Every output formats alerts
 //! through here, so they agree.
+//!
+//! An alert is sent once when raised (`state` `open`) and again, with the
+//! same id, each time the SOC changes its state (`acked`, `resolved`): a
+//! receiver tells an update from a new alert by an id it has seen before
+//! with a state other than `open` (and `state_at` set). Alerts raised while
+//! a suppression matched (`suppressed`) are never sent.
 
-use otwatch_proto::{severity_name, Alert};
+use otwatch_proto::arrow::state;
+use otwatch_proto::{parse_severity, severity_name, Alert};
 
 /// Formats an event-time timestamp (ns) as `YYYY-MM-DD HH:MM:SS`, UTC.
 pub fn format_ts(ts_ns: i64) -> String {
@@ -19,16 +26,56 @@ pub fn alert_line(alert: &Alert) -> String {
     } else {
         format!(" [{}]", alert.technique)
     };
+    let update = if is_update(alert) {
+        let by = if alert.state_by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", alert.state_by)
+        };
+        let comment = if alert.comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", alert.comment)
+        };
+        format!(
+            " ({} {}{by}{comment})",
+            alert.state.to_uppercase(),
+            alert.id
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{} {:<8} {}/{} {}: {}{}",
+        "{} {:<8} {}/{} {}: {}{}{}",
         format_ts(alert.ts_ns),
         severity_name(alert.severity()).to_uppercase(),
         alert.site,
         alert.asset,
         alert.detector,
         alert.message,
-        technique
+        technique,
+        update
     )
+}
+
+/// Whether `alert` is a change of state of an alert sent before (acked,
+/// resolved), rather than a new one.
+pub fn is_update(alert: &Alert) -> bool {
+    !alert.state.is_empty() && alert.state != state::OPEN && alert.state != state::SUPPRESSED
+}
+
+/// The state of `alert` (`open` when unset).
+pub fn state_of(alert: &Alert) -> &str {
+    if alert.state.is_empty() {
+        state::OPEN
+    } else {
+        &alert.state
+    }
+}
+
+fn rfc3339(ts_ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ts_ns)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// The JSON form of an alert, as written to the JSON-lines sink.
@@ -51,6 +98,45 @@ pub fn alert_json(alert: &Alert) -> serde_json::Value {
         "last_seq": alert.last_seq,
         "event_count": alert.event_count,
         "technique": alert.technique,
+        "state": state_of(alert),
+        "state_by": (!alert.state_by.is_empty()).then_some(&alert.state_by),
+        "state_at": (alert.state_at_ns != 0).then(|| rfc3339(alert.state_at_ns)),
+        "comment": (!alert.comment.is_empty()).then_some(&alert.comment),
+    })
+}
+
+/// An alert back from its JSON form ([`alert_json`]); `None` when a field
+/// is missing or of the wrong type.
+pub fn alert_from_json(v: &serde_json::Value) -> Option<Alert> {
+    let s = |k: &str| v[k].as_str().map(str::to_string);
+    let opt = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let time = |k: &str| -> Option<i64> {
+        chrono::DateTime::parse_from_rfc3339(v[k].as_str()?)
+            .ok()?
+            .timestamp_nanos_opt()
+    };
+    Some(Alert {
+        id: s("id")?,
+        ts_ns: time("ts")?,
+        site: s("site")?,
+        asset: s("asset")?,
+        detector: s("detector")?,
+        name: s("name")?,
+        severity: parse_severity(v["severity"].as_str()?) as i32,
+        score: v["score"].as_f64()?,
+        observed: v["observed"].as_f64()?,
+        expected_low: v["expected_low"].as_f64()?,
+        expected_high: v["expected_high"].as_f64()?,
+        message: s("message")?,
+        agent: s("agent")?,
+        first_seq: v["first_seq"].as_u64()?,
+        last_seq: v["last_seq"].as_u64()?,
+        event_count: v["event_count"].as_u64()?,
+        technique: opt("technique"),
+        state: opt("state"),
+        state_by: opt("state_by"),
+        state_at_ns: time("state_at").unwrap_or(0),
+        comment: opt("comment"),
     })
 }
 

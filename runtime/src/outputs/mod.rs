@@ -15,6 +15,9 @@
 //!   `retrying` with the cause in `/healthz` meanwhile; its backlog waits in
 //!   the log (the log keeps what any consumer has not committed);
 //! - a new output starts at the oldest alert the log holds;
+//! - alerts marked `suppressed` are not sent; a change of state of an alert
+//!   (`acked`, `resolved`) is sent as the alert again, with the same id and
+//!   its new state (see [`format`]);
 //! - secrets (tokens, HMAC keys) come from files or environment variables
 //!   ([`secret`]), TLS keys from files ([`tls`]); none is in the config
 //!   text, its `Debug` or the logs;
@@ -35,7 +38,7 @@ mod testing;
 pub mod tls;
 pub mod webhook;
 
-pub use format::{alert_json, alert_line, attack_ics, format_ts};
+pub use format::{alert_from_json, alert_json, alert_line, attack_ics, format_ts, is_update};
 
 use crate::health::Backoff;
 use crate::retry_transient;
@@ -222,20 +225,25 @@ pub async fn run(
                 ),
             }
         }
+        // Suppressed alerts are stored (the history reads the same topic)
+        // but never sent.
+        alerts.retain(|a| a.state != otwatch_proto::arrow::state::SUPPRESSED);
         // Not committed until delivered: a stop while the receiver fails
         // delivers these again at the next start.
-        let delivered = retry_transient!(
-            ctx,
-            backoff,
-            "cannot deliver",
-            |_: &OutputError| {
-                stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                true
-            },
-            output.deliver(&alerts).await
-        );
-        if delivered?.is_none() {
-            return Ok(());
+        if !alerts.is_empty() {
+            let delivered = retry_transient!(
+                ctx,
+                backoff,
+                "cannot deliver",
+                |_: &OutputError| {
+                    stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    true
+                },
+                output.deliver(&alerts).await
+            );
+            if delivered?.is_none() {
+                return Ok(());
+            }
         }
         stats
             .delivered

@@ -39,6 +39,7 @@ pub fn alert(i: u64) -> Alert {
         last_seq: 120 + i,
         event_count: 21,
         technique: "T0836".into(),
+        ..Default::default()
     }
 }
 

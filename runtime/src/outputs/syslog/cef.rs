@@ -36,6 +36,14 @@
 //! | `cfp2Label=Expected low` `cfp2`, `cfp3Label=Expected high` `cfp3` | the learned range |
 //! | `cfp4Label=Score` `cfp4` | the model's score |
 //! | `cnt` | evidence: how many events |
+//! | `act` | only in an update: the new state, `acked` or `resolved` |
+//! | `suser` | only in an update: who changed it |
+//! | `flexDate1Label=State changed at` `flexDate1` | only in an update: when, ms since the Unix epoch |
+//! | `reason` | only in an update: the comment given with it |
+//!
+//! An update of an alert (the SOC acked or resolved it) is the alert again,
+//! same `externalId`, with `act` set: a SIEM correlates on `externalId`
+//! and tells updates by `act`.
 //!
 //! In extension values `\` is written `\\`, `=` is written `\=`, a line
 //! feed `\n` and a carriage return `\r`; `|` needs no escape there.
@@ -140,6 +148,16 @@ pub fn cef(alert: &Alert, dvchost: &str) -> String {
     labelled("cfp3", "Expected high", alert.expected_high.to_string());
     labelled("cfp4", "Score", alert.score.to_string());
     fields.push(("cnt", alert.event_count.to_string()));
+    if crate::outputs::is_update(alert) {
+        fields.push(("act", alert.state.clone()));
+        fields.push(("suser", alert.state_by.clone()));
+        fields.push(("flexDate1Label", "State changed at".into()));
+        fields.push((
+            "flexDate1",
+            alert.state_at_ns.div_euclid(1_000_000).to_string(),
+        ));
+        fields.push(("reason", alert.comment.clone()));
+    }
     let mut first = true;
     for (key, value) in fields {
         if value.is_empty() {

@@ -16,7 +16,10 @@
 //!   expected_low="…" expected_high="…" agent="…" first_seq="…"
 //!   last_seq="…" event_count="…" technique="…" tactic="…"]` (technique
 //!   and tactic only when known; `"`, `\` and `]` in values escaped with `\`),
-//!   MSG the alert's message.
+//!   MSG the alert's message. An update of an alert (acked or resolved by
+//!   the SOC) is the same element and id with `state="…" state_by="…"
+//!   state_at="…"` (RFC 3339, UTC, milliseconds) and `comment="…"` (when
+//!   one was given) added: their presence tells an update from a new alert.
 //!
 //! MSG is UTF-8 without a byte order mark, line breaks replaced by spaces so
 //! each record stays one line in the receiver's files.
@@ -106,6 +109,19 @@ pub fn record(header: &Header, alert: &Alert) -> String {
             }
             if let Some((_, tactic)) = attack_ics(&alert.technique) {
                 param("tactic", tactic);
+            }
+            if crate::outputs::is_update(alert) {
+                param("state", &alert.state);
+                param("state_by", &alert.state_by);
+                param(
+                    "state_at",
+                    &chrono::DateTime::from_timestamp_nanos(alert.state_at_ns)
+                        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                        .to_string(),
+                );
+                if !alert.comment.is_empty() {
+                    param("comment", &alert.comment);
+                }
             }
             text.push_str("] ");
             text.push_str(&one_line(&alert.message));

@@ -552,6 +552,101 @@ async fn a_receiver_that_is_down_is_retried_and_a_restarted_one_gets_the_rest() 
     running.stop().await;
 }
 
+/// An alert raised (open), one raised while suppressed, and the first
+/// one again, acked: what the detector appends in the alert lifecycle.
+fn lifecycle() -> (Alert, Alert, Alert) {
+    use otwatch_proto::arrow::state;
+    let raised = Alert {
+        state: state::OPEN.into(),
+        ..alert(0)
+    };
+    let suppressed = Alert {
+        state: state::SUPPRESSED.into(),
+        state_by: "alice".into(),
+        comment: "die change".into(),
+        ..alert(1)
+    };
+    let acked = Alert {
+        state: state::ACKED.into(),
+        state_by: "bob".into(),
+        state_at_ns: raised.ts_ns + 60_000_000_000,
+        comment: "checking = with \\ the plant".into(),
+        ..raised.clone()
+    };
+    (raised, suppressed, acked)
+}
+
+#[tokio::test]
+async fn cef_updates_carry_the_state_and_suppressed_alerts_are_not_sent() {
+    let pki = Pki::new();
+    let Some(rsyslog) = Rsyslog::start(&pki, None) else {
+        return;
+    };
+    let config = config(
+        format!("127.0.0.1:{}", rsyslog.tcp),
+        Transport::Tcp,
+        SyslogFormat::Cef,
+    );
+    let (output, opened) = start_output(&config);
+    let (raised, suppressed, acked) = lifecycle();
+    let (before, after) = (vec![raised.clone(), suppressed], vec![acked.clone()]);
+    let running = Running::start(&output, opened, &[&before, &after]).await;
+    assert!(running.wait_committed_all(Duration::from_secs(30)).await);
+    let received = rsyslog.wait_for(2).await;
+    assert_eq!(received.len(), 2, "{received:?}");
+    let (_, first) = parse_cef(&received[0].msg);
+    let (_, update) = parse_cef(&received[1].msg);
+    assert_eq!(first["externalId"], raised.id);
+    assert!(
+        !first.contains_key("act"),
+        "a new alert is not an update: {first:?}"
+    );
+    assert_eq!(update["externalId"], raised.id);
+    assert_eq!(update["act"], "acked");
+    assert_eq!(update["suser"], "bob");
+    assert_eq!(update["reason"], acked.comment);
+    assert_eq!(
+        labelled(&update, "State changed at"),
+        (acked.state_at_ns / 1_000_000).to_string()
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn rfc5424_updates_carry_the_state_and_suppressed_alerts_are_not_sent() {
+    let pki = Pki::new();
+    let Some(rsyslog) = Rsyslog::start(&pki, None) else {
+        return;
+    };
+    let config = config(
+        format!("127.0.0.1:{}", rsyslog.tcp),
+        Transport::Tcp,
+        SyslogFormat::Rfc5424,
+    );
+    let (output, opened) = start_output(&config);
+    let (raised, suppressed, acked) = lifecycle();
+    let all = vec![raised.clone(), suppressed, acked.clone()];
+    let running = Running::start(&output, opened, &[&all]).await;
+    assert!(running.wait_committed_all(Duration::from_secs(30)).await);
+    let received = rsyslog.wait_for(2).await;
+    assert_eq!(received.len(), 2, "{received:?}");
+    let (_, first) = parse_sd(&received[0].structured_data);
+    let (_, update) = parse_sd(&received[1].structured_data);
+    assert_eq!(first["id"], raised.id);
+    assert!(!first.contains_key("state"), "{first:?}");
+    assert_eq!(update["id"], raised.id);
+    assert_eq!(update["state"], "acked");
+    assert_eq!(update["state_by"], "bob");
+    assert_eq!(update["comment"], acked.comment);
+    assert_eq!(
+        update["state_at"],
+        chrono::DateTime::from_timestamp_nanos(acked.state_at_ns)
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    );
+    running.stop().await;
+}
+
 #[test]
 fn cef_escapes_the_header_and_the_extension_as_the_spec_says() {
     assert_eq!(escape_header(r"a|b\c"), r"a\|b\\c");

@@ -1,0 +1,212 @@
+//! `otwatch alerts`: list alerts with their latest state (from the history,
+//! with SQL), and ack, resolve or suppress them (through the admin socket
+//! of the running service, like `otwatch model`).
+
+use clap::Subcommand;
+use otwatch_runtime::admin::{alerts::MAX_SUPPRESSION_SECS, Request};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum AlertsAction {
+    /// The alerts in the history, each with its latest state (open, acked,
+    /// resolved, suppressed), who set it, when, and the comment; oldest
+    /// first.
+    List {
+        /// Data directory of `otwatch serve` or `otwatch demo`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Only alerts neither resolved nor suppressed.
+        #[arg(long)]
+        open: bool,
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only alerts raised since TIME: RFC 3339, `YYYY-MM-DD HH:MM:SS`
+        /// UTC, Unix seconds, or a span back from now (`24h`, `7days`).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Output format: table, csv or json (one object per line).
+        #[arg(long, default_value = "table")]
+        format: otwatch_history::OutputFormat,
+    },
+    /// Take an alert: its state becomes `acked`; the outputs send the update.
+    Ack {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// The alert's id (`otwatch alerts list`).
+        id: String,
+        /// Why, or what is being done; kept with the state and the audit.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Close an alert: its state becomes `resolved`; the outputs send the
+    /// update.
+    Resolve {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// The alert's id (`otwatch alerts list`).
+        id: String,
+        /// How it was resolved; kept with the state and the audit.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// For a while from now, store the new alerts of a site (or one asset,
+    /// or one detector of it) as `suppressed` and send none of them.
+    Suppress {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        site: String,
+        /// Only this asset.
+        #[arg(long)]
+        asset: Option<String>,
+        /// Only this detector (cycle, cadence, sequence, process, discrete,
+        /// access).
+        #[arg(long)]
+        detector: Option<String>,
+        /// How long: `2h`, `30m`, `1day` (at most 31 days).
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Why (maintenance window, known work, ...); goes into the audit.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+/// `--since`: a time, or a span back from now.
+fn since_ns(since: &str) -> anyhow::Result<i64> {
+    if let Ok(span) = humantime::parse_duration(since) {
+        let now = chrono::Utc::now();
+        let back = chrono::Duration::from_std(span)
+            .map_err(|_| anyhow::anyhow!("--since {since:?} is too far back"))?;
+        return (now - back)
+            .timestamp_nanos_opt()
+            .ok_or_else(|| anyhow::anyhow!("--since {since:?} is too far back"));
+    }
+    otwatch_eval::parse_time(since)
+        .map_err(|e| anyhow::anyhow!("--since: {e:#}; or a span back from now such as 24h"))
+}
+
+/// The query of `otwatch alerts list`: the latest row of each alert id
+/// (greatest `coalesce(state_at, ts)`; a null state, from history written
+/// before alert states, is `open`).
+pub fn list_query(open: bool, site: Option<&str>, since_ns: Option<i64>) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut filters = Vec::new();
+    if let Some(site) = site {
+        filters.push(format!("site = {}", quote(site)));
+    }
+    if let Some(since) = since_ns {
+        filters.push(format!("ts >= to_timestamp_nanos({since})"));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filters.join(" AND "))
+    };
+    let open = if open {
+        "AND state NOT IN ('resolved', 'suppressed')"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT id, ts, site, asset, detector, severity, state, state_by, state_at, comment, message FROM (\
+           SELECT id, ts, site, asset, detector, severity, coalesce(state, 'open') AS state, state_by, state_at, comment, message, \
+             row_number() OVER (PARTITION BY id ORDER BY coalesce(state_at, ts) DESC) AS latest \
+           FROM alerts {filter}) \
+         WHERE latest = 1 {open} ORDER BY ts, id"
+    )
+}
+
+async fn list(
+    data_dir: &Path,
+    open: bool,
+    site: Option<String>,
+    since: Option<String>,
+    format: otwatch_history::OutputFormat,
+) -> anyhow::Result<()> {
+    let history = crate::existing_history(data_dir)?;
+    let since = since.as_deref().map(since_ns).transpose()?;
+    let sql = list_query(open, site.as_deref(), since);
+    let mut stream =
+        otwatch_history::query_stream(&history, &sql, &otwatch_history::SqlConfig::default())
+            .await?;
+    let mut out = otwatch_history::BatchWriter::new(std::io::stdout().lock(), format);
+    while let Some(batch) = stream.next_batch().await {
+        out.write(&batch?)?;
+    }
+    drop(out.finish()?);
+    Ok(())
+}
+
+pub async fn run(action: AlertsAction) -> anyhow::Result<()> {
+    let (data_dir, request) = match action {
+        AlertsAction::List {
+            data_dir,
+            open,
+            site,
+            since,
+            format,
+        } => return list(&data_dir, open, site, since, format).await,
+        AlertsAction::Ack {
+            data_dir,
+            id,
+            comment,
+        } => (
+            data_dir,
+            Request::AlertAck {
+                alert_id: id,
+                comment,
+            },
+        ),
+        AlertsAction::Resolve {
+            data_dir,
+            id,
+            comment,
+        } => (
+            data_dir,
+            Request::AlertResolve {
+                alert_id: id,
+                comment,
+            },
+        ),
+        AlertsAction::Suppress {
+            data_dir,
+            site,
+            asset,
+            detector,
+            duration,
+            reason,
+        } => {
+            // Rounded up, so that `--for 500ms` is not refused as zero.
+            let for_secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+            anyhow::ensure!(
+                for_secs <= MAX_SUPPRESSION_SECS,
+                "--for {} is longer than the longest suppression ({} days)",
+                humantime::format_duration(duration),
+                MAX_SUPPRESSION_SECS / 86_400
+            );
+            (
+                data_dir,
+                Request::AlertSuppress {
+                    site,
+                    asset,
+                    detector,
+                    for_secs,
+                    reason,
+                },
+            )
+        }
+    };
+    let answer = crate::ask_admin(&data_dir, &request).await?;
+    println!(
+        "{} (control record {})",
+        answer.detail.unwrap_or_default(),
+        answer.id.unwrap_or_default()
+    );
+    Ok(())
+}
