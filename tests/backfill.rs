@@ -5,21 +5,12 @@
 
 mod common;
 
-use common::{batch, now_ns, open_greeted, start_serve, stop_serve};
+use common::{batch, now_ns, open_greeted, run_otwatch, start_serve, stop_serve};
 use std::path::Path;
 use std::process::{Command, Output};
 
 const SITE: &str = "plant-a";
 const NS: i64 = 1_000_000_000;
-
-fn run(args: &[&str], data: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_otwatch"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap()
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -179,6 +170,6 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
     let rows = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(rows.contains("collector.backfill,plant-a,"), "{rows}");
     assert!(rows.contains("\"\"agent\"\":\"\"gw-1\"\""), "{rows}");
-    let out = run(&["audit", "verify"], &data);
+    let out = run_otwatch(&["audit", "verify"], &data);
     assert!(out.status.success(), "{}", text(&out));
 }

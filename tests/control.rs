@@ -6,29 +6,19 @@
 
 mod common;
 
-use common::{now_ns, open_greeted, Stream};
+use common::{now_ns, open_greeted, run_otwatch, start_serve, stop_serve, Stream};
 use otwatch_detector::AssetReport;
 use otwatch_proto::{ControllerEvent, EventBatch, EventKind};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// The service's configuration: a short learning window, quick flushes.
+const CONFIG: &str = "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n";
 
 const SITE: &str = "plant-a";
 const ASSET: &str = "line1/plc-01";
 const MASTER: &str = "10.0.0.5";
-
-fn otwatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_otwatch"))
-}
-
-fn run(args: &[&str], data: &Path) -> Output {
-    otwatch()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap()
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -116,80 +106,11 @@ impl Plant {
     }
 }
 
-/// Starts `otwatch serve` on a port of its choosing (two tests picking a
-/// free port each could pick the same one) and connects to it: the address
-/// is read from its log.
-async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
-    let config = dir.join("otwatch.toml");
-    if !config.exists() {
-        std::fs::write(
-            &config,
-            "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n",
-        )
-        .unwrap();
-    }
-    let mut serve = otwatch()
-        .args([
-            "serve",
-            "--insecure-loopback",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = std::io::BufReader::new(serve.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut tx = Some(tx);
-        // Reads the whole log, so that serve never blocks on a full pipe.
-        for line in log.lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .contains("collector listening")
-                .then(|| line.split("addr=").nth(1))
-                .flatten()
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("serve never said where it listens");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (serve, channel)
-}
-
-fn stop(mut serve: Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = serve.wait().unwrap();
-    assert!(status.success(), "serve exited with {status}");
-}
-
 #[tokio::test]
 async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (serve, channel) = start_serve(dir.path()).await;
+    let (serve, channel) = start_serve(dir.path(), CONFIG).await;
     // Three hours ago, on the minute, so that the interval is easy to give.
     let base = (now_ns() / 60_000_000_000 - 180) * 60_000_000_000;
     let mut plant = Plant {
@@ -209,7 +130,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
     assert_eq!(first.len(), 1, "{first:?}");
 
     // Accepting an alert the detector never raised is refused, naming it.
-    let out = run(&["model", "accept", "--alert", "0123456789abcdef"], &data);
+    let out = run_otwatch(&["model", "accept", "--alert", "0123456789abcdef"], &data);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("is not one the detector knows"),
@@ -217,7 +138,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
         stderr(&out)
     );
     // The SOC accepts the write: the episode ends...
-    let out = run(&["model", "accept", "--alert", &first[0]], &data);
+    let out = run_otwatch(&["model", "accept", "--alert", &first[0]], &data);
     assert!(out.status.success(), "model accept: {}", stderr(&out));
     assert!(
         stdout(&out).contains("control record ctl-"),
@@ -277,8 +198,8 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
     assert!(!third.contains(&second[0]) && !third.contains(&first[0]));
 
     // Both decisions are in the audit, with who asked and a chain that holds.
-    stop(serve);
-    let out = run(&["audit", "verify"], &data);
+    stop_serve(serve);
+    let out = run_otwatch(&["audit", "verify"], &data);
     assert!(
         out.status.success(),
         "audit verify: {}{}",
@@ -312,9 +233,9 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
 
     // After a restart the decisions hold (from the detector's checkpoint)
     // and a new one continues the chain.
-    let (serve, channel) = start_serve(dir.path()).await;
+    let (serve, channel) = start_serve(dir.path(), CONFIG).await;
     plant.stream = open_greeted(channel, SITE, "gw-1").await.unwrap();
-    let out = run(&["model", "accept", "--alert", &third[0]], &data);
+    let out = run_otwatch(&["model", "accept", "--alert", &third[0]], &data);
     assert!(out.status.success(), "model accept: {}", stderr(&out));
     assert_eq!(open_access_alerts(&data), Vec::<String>::new());
     plant
@@ -327,8 +248,8 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
     let fourth = open_alerts_other_than(&data, &[]).await;
     assert_eq!(fourth.len(), 1, "only the fourth peer alerts: {fourth:?}");
     assert!(!fourth.contains(&third[0]));
-    stop(serve);
-    let out = run(&["audit", "verify"], &data);
+    stop_serve(serve);
+    let out = run_otwatch(&["audit", "verify"], &data);
     assert!(
         out.status.success() && stdout(&out).contains("3 record(s), the hash chain holds"),
         "audit verify: {}{}",
@@ -382,7 +303,7 @@ async fn a_held_setpoint_change_sampled_once_a_minute_stays_alerted_until_accept
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (serve, channel) = start_serve(dir.path()).await;
+    let (serve, channel) = start_serve(dir.path(), CONFIG).await;
     let base = (now_ns() / 60_000_000_000 - 12 * 60) * 60_000_000_000;
     let mut plant = Plant {
         stream: open_greeted(channel, SITE, "gw-1").await.unwrap(),
@@ -439,7 +360,7 @@ async fn a_held_setpoint_change_sampled_once_a_minute_stays_alerted_until_accept
     assert_eq!(process_open_alerts_at(&data, PUMP, ts(299)).await, open);
 
     // The SOC accepts it: the episode ends and the held level is quiet.
-    let out = run(&["model", "accept", "--alert", &open[0]], &data);
+    let out = run_otwatch(&["model", "accept", "--alert", &open[0]], &data);
     assert!(out.status.success(), "model accept: {}", stderr(&out));
     assert_eq!(process_status(&data, PUMP).0, Vec::<String>::new());
     plant.send_events(observations(300, 120, 5.0)).await;
@@ -449,5 +370,5 @@ async fn a_held_setpoint_change_sampled_once_a_minute_stays_alerted_until_accept
         "{}",
         std::fs::read_to_string(data.join("alerts.jsonl")).unwrap_or_default()
     );
-    stop(serve);
+    stop_serve(serve);
 }

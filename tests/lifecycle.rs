@@ -7,26 +7,17 @@
 
 mod common;
 
-use common::{now_ns, open_greeted, Stream};
+use common::{now_ns, open_greeted, run_otwatch, start_serve, stop_serve, Stream};
 use otwatch_proto::{ControllerEvent, EventBatch, EventKind};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const MASTER: &str = "10.0.0.5";
 
-fn otwatch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_otwatch"))
-}
-
-fn run(args: &[&str], data: &Path) -> Output {
-    otwatch()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap()
-}
+/// The service's configuration: a short learning window, quick flushes,
+/// alerts written to `data/alerts.jsonl`.
+const CONFIG: &str = "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n\n[[outputs]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n";
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -82,58 +73,11 @@ impl Agent {
     }
 }
 
-async fn start_serve(dir: &Path) -> (Child, tonic::transport::Channel) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("otwatch.toml");
-    std::fs::write(
-        &config,
-        "[detector]\nlearn = \"10m\"\n\n[history]\nflush_interval = \"1s\"\n\n\
-         [[outputs]]\ntype = \"jsonl\"\npath = \"alerts.jsonl\"\n",
-    )
-    .unwrap();
-    let serve = otwatch()
-        .args(["serve", "--insecure-loopback", "--config"])
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            break channel;
-        }
-        assert!(Instant::now() < deadline, "serve never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    (serve, channel)
-}
-
-fn stop(mut serve: Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = serve.wait().unwrap();
-    assert!(status.success(), "serve exited with {status}");
-}
-
 /// `otwatch alerts list --format json` with `args`, one object per alert.
 fn list(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
     let mut all = vec!["alerts", "list", "--format", "json"];
     all.extend_from_slice(args);
-    let out = run(&all, data);
+    let out = run_otwatch(&all, data);
     assert!(out.status.success(), "alerts list: {}", stderr(&out));
     stdout(&out)
         .lines()
@@ -166,7 +110,7 @@ fn sent(data: &Path) -> Vec<serde_json::Value> {
 async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_audited() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (serve, channel) = start_serve(dir.path()).await;
+    let (serve, channel) = start_serve(dir.path(), CONFIG).await;
     let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     let me = me.trim();
     // Three hours ago, on the minute.
@@ -203,14 +147,14 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     assert_eq!(raised["asset"], "line1/plc-01");
 
     // Acking an alert that does not exist is refused, naming it.
-    let out = run(&["alerts", "ack", "00000000000000ff"], &data);
+    let out = run_otwatch(&["alerts", "ack", "00000000000000ff"], &data);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("00000000000000ff is not in the alerts history"),
         "{}",
         stderr(&out)
     );
-    let out = run(&["alerts", "ack", &id, "--comment", "on it"], &data);
+    let out = run_otwatch(&["alerts", "ack", &id, "--comment", "on it"], &data);
     assert!(out.status.success(), "alerts ack: {}", stderr(&out));
     assert!(
         stdout(&out).contains("control record ctl-"),
@@ -244,7 +188,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     assert_eq!(lines[1]["comment"], "on it");
     assert!(lines[1]["state_at"].is_string(), "{}", lines[1]);
     // Acking it again is refused; the history holds both states.
-    let out = run(&["alerts", "ack", &id], &data);
+    let out = run_otwatch(&["alerts", "ack", &id], &data);
     assert!(
         !out.status.success() && stderr(&out).contains("already acked"),
         "{}",
@@ -343,8 +287,8 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     assert!(open.iter().any(|r| r["id"] == id.as_str()), "{open:?}");
 
     // Both decisions are in the audit, and its chain holds.
-    stop(serve);
-    let out = run(&["audit", "verify"], &data);
+    stop_serve(serve);
+    let out = run_otwatch(&["audit", "verify"], &data);
     assert!(
         out.status.success() && stdout(&out).contains("2 record(s), the hash chain holds"),
         "audit verify: {}{}",

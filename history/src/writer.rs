@@ -547,7 +547,14 @@ impl TableWriter {
             let conformed = {
                 let expected = self.schema.fields();
                 let actual = batch.schema();
-                if actual.fields().len() != expected.len() {
+                // A record an older otwatch wrote lacks the columns added
+                // since; those always come last and are nullable, so they
+                // are filled with nulls (read as their defaults).
+                let older = actual.fields().len() < expected.len()
+                    && expected[actual.fields().len()..]
+                        .iter()
+                        .all(|f| f.is_nullable());
+                if actual.fields().len() != expected.len() && !older {
                     return Err(HistoryError::Schema {
                         table,
                         index,
@@ -573,10 +580,17 @@ impl TableWriter {
                         });
                     }
                 }
+                let mut columns = batch.columns().to_vec();
+                for field in &expected[columns.len()..] {
+                    columns.push(arrow::array::new_null_array(
+                        field.data_type(),
+                        batch.num_rows(),
+                    ));
+                }
                 // Also rejects nulls in non-nullable columns.
                 RecordBatch::try_new_with_options(
                     self.schema.clone(),
-                    batch.columns().to_vec(),
+                    columns,
                     &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
                 )
                 .map_err(|e| HistoryError::Schema {

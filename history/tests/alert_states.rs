@@ -136,3 +136,34 @@ async fn older_files_without_states_read_beside_newer_ones() {
         ]
     );
 }
+
+/// A record of the alerts topic written by an older otwatch (17 columns,
+/// before the lifecycle columns) is still written to the history after an
+/// upgrade, its state columns null, instead of being skipped.
+#[tokio::test]
+async fn the_writer_takes_records_in_the_older_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let raised = sample_alert("00000000000000c3", T10, "plant-a", "T0836");
+    let batch = alerts_to_batch(&[raised]).unwrap();
+    let older = batch.project(&(0..17).collect::<Vec<_>>()).unwrap();
+    {
+        let mut writer = TableWriter::open(root, Table::Alerts).unwrap();
+        writer.write(&[older], 1).unwrap();
+    }
+    let rows = query(
+        root,
+        "SELECT id, coalesce(state, 'open') AS state, state_by IS NULL AS no_by FROM alerts",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let b = &rows[0];
+    let text = |i: usize| {
+        let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).unwrap();
+        c.as_string::<i32>().value(0).to_string()
+    };
+    assert_eq!(text(0), "00000000000000c3");
+    assert_eq!(text(1), "open");
+    assert_eq!(text(2), "true");
+}

@@ -115,42 +115,64 @@ pub async fn stored(log: &LocalLog) -> Vec<(String, u64)> {
     otwatch_testkit::log_seqs(log).await
 }
 
-/// `otwatch serve --insecure-loopback` on a free port with `config` (the
-/// text of its otwatch.toml) and `dir/data` as its data directory, once it
-/// listens; with a gRPC channel to it.
+/// Starts `otwatch serve --insecure-loopback` with `dir/data` as its data
+/// directory and `dir/otwatch.toml` as its configuration (written with
+/// `config` unless it exists, so a restart keeps it), on a port of its
+/// choosing (two tests picking a free port each could pick the same one),
+/// and connects to it: the address is read from its log.
 pub async fn start_serve(
     dir: &std::path::Path,
     config: &str,
 ) -> (std::process::Child, tonic::transport::Channel) {
-    use std::time::{Duration, Instant};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    use std::process::{Command, Stdio};
     let config_path = dir.join("otwatch.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_otwatch"))
-        .args(["serve", "--insecure-loopback", "--config"])
+    if !config_path.exists() {
+        std::fs::write(&config_path, config).unwrap();
+    }
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_otwatch"))
+        .args([
+            "serve",
+            "--insecure-loopback",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config_path)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let channel = loop {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
-        if let Ok(channel) = endpoint.connect().await {
-            break channel;
+    let log = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut tx = Some(tx);
+        // Reads the whole log, so that serve never blocks on a full pipe.
+        for line in log.lines().map_while(Result::ok) {
+            if let Some(addr) = line
+                .contains("collector listening")
+                .then(|| line.split("addr=").nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
         }
-        assert!(Instant::now() < deadline, "serve never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("serve never said where it listens");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     (serve, channel)
 }
 
@@ -163,4 +185,14 @@ pub fn stop_serve(mut serve: std::process::Child) {
     assert!(ok.success());
     let status = serve.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
+}
+
+/// Runs `otwatch ARGS --data-dir DATA`.
+pub fn run_otwatch(args: &[&str], data: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_otwatch"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
 }
