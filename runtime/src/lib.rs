@@ -4,7 +4,7 @@
 //! own crates.
 //!
 //! - [`config`]: `otwatch.toml`, validated the same way by every command;
-//! - [`components`]: ingest, detector, history writers, the SQL endpoint;
+//! - [`components`]: ingest, detector, history writers;
 //! - [`admin`]: the admin socket (`otwatch model ...`) and the control
 //!   plane's wire format;
 //! - [`outputs`]: the alert outputs, each a consumer of the `alerts` topic;
