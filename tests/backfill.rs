@@ -6,8 +6,7 @@
 mod common;
 
 use common::{batch, now_ns, open_greeted, run_otwatch, start_serve, stop_serve};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const SITE: &str = "plant-a";
 const NS: i64 = 1_000_000_000;
@@ -49,7 +48,7 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
     assert_eq!(ack.refused.len(), 3, "{ack:?}");
 
     // Bad requests are refused, naming the problem.
-    let out = run(
+    let out = run_otwatch(
         &[
             "backfill",
             "--site",
@@ -63,7 +62,7 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
     );
     assert!(!out.status.success());
     assert!(text(&out).contains("not in the past"), "{}", text(&out));
-    let out = run(
+    let out = run_otwatch(
         &[
             "backfill",
             "--site",
@@ -82,7 +81,7 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
 
     // Two days back, for gw-1 only.
     let from = ((now_ns() / NS) - 2 * 86_400).to_string();
-    let out = run(
+    let out = run_otwatch(
         &[
             "backfill", "--site", SITE, "--agent", "gw-1", "--from", &from, "--for", "1h",
         ],
@@ -135,7 +134,7 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
     // The first event the allowance let through, and the ten after the restart.
     let expected = "11";
     loop {
-        let out = run(
+        let out = run_otwatch(
             &[
                 "sql",
                 "--format",
@@ -157,7 +156,7 @@ async fn a_backfill_lets_one_agent_send_its_recorded_history_and_is_audited() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     stop_serve(serve);
-    let out = run(
+    let out = run_otwatch(
         &[
             "sql",
             "--format",

@@ -31,7 +31,7 @@ fn stderr(o: &Output) -> String {
 /// The alerts of the open access episodes of the asset, from `otwatch
 /// model status` (answered by the detector after the decisions in the log).
 fn open_access_alerts(data: &Path) -> Vec<String> {
-    let out = run(
+    let out = run_otwatch(
         &[
             "model", "status", "--site", SITE, "--asset", ASSET, "--json",
         ],
@@ -160,7 +160,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
     // master's writes and the second peer included), once it is stored.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = run(
+        let out = run_otwatch(
             &["sql", "--format", "csv", "SELECT count(*) AS n FROM events"],
             &data,
         );
@@ -175,7 +175,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
     }
     let from = (base / 1_000_000_000).to_string();
     let to = (base / 1_000_000_000 + 760).to_string();
-    let out = run(
+    let out = run_otwatch(
         &[
             "model", "relearn", "--site", SITE, "--asset", ASSET, "--from", &from, "--to", &to,
         ],
@@ -211,7 +211,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
         "{}",
         stdout(&out)
     );
-    let out = run(
+    let out = run_otwatch(
         &[
             "sql",
             "--format",
@@ -260,7 +260,7 @@ async fn accept_and_relearn_from_history_act_through_serve_are_audited_and_survi
 
 /// The process model's report of `asset`: (open alerts, newest event time).
 fn process_status(data: &Path, asset: &str) -> (Vec<String>, Option<i64>) {
-    let out = run(
+    let out = run_otwatch(
         &[
             "model", "status", "--site", SITE, "--asset", asset, "--json",
         ],

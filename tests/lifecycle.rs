@@ -194,7 +194,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
         "{}",
         stderr(&out)
     );
-    let out = run(
+    let out = run_otwatch(
         &[
             "sql",
             "--format",
@@ -206,7 +206,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     assert_eq!(stdout(&out), "s\nopen\nacked\n", "{}", stderr(&out));
 
     // Suppressing needs a reason and a sensible duration.
-    let out = run(
+    let out = run_otwatch(
         &[
             "alerts", "suppress", "--site", "plant-b", "--for", "0s", "--reason", "x",
         ],
@@ -217,7 +217,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
         "{}",
         stderr(&out)
     );
-    let out = run(
+    let out = run_otwatch(
         &[
             "alerts", "suppress", "--site", "plant-b", "--for", "2h", "--reason", " ",
         ],
@@ -228,7 +228,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
         "{}",
         stderr(&out)
     );
-    let out = run(
+    let out = run_otwatch(
         &[
             "alerts",
             "suppress",
@@ -295,7 +295,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
         stdout(&out),
         stderr(&out)
     );
-    let out = run(
+    let out = run_otwatch(
         &[
             "sql",
             "--format",
