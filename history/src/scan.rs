@@ -169,7 +169,7 @@ impl TableProvider for HistoryTable {
         }
         let files = objects
             .into_iter()
-            .map(|o| partitioned_file(o, &file_schema))
+            .map(partitioned_file)
             .collect::<Result<Vec<_>>>()?;
         let target = state.config().target_partitions().max(1);
         let groups = FileGroup::new(files).split_files(target);
@@ -187,17 +187,18 @@ impl TableProvider for HistoryTable {
     }
 }
 
-/// A listed object as DataFusion reads it: its partition values, and the
-/// table's schema so that the reader need not decode it from each footer.
-fn partitioned_file(object: CommittedObject, file_schema: &SchemaRef) -> Result<PartitionedFile> {
+/// A listed object as DataFusion reads it, with its partition values. The
+/// reader takes each file's schema from its footer, not from the table:
+/// files an older otwatch wrote lack the columns added since, and are
+/// adapted to the table's schema (the missing columns read as nulls).
+fn partitioned_file(object: CommittedObject) -> Result<PartitionedFile> {
     let (date, hour) = partition_values(&object.partition).ok_or_else(|| {
         DataFusionError::Internal(format!("bad partition name {:?}", object.partition))
     })?;
-    let mut file = PartitionedFile::new_from_meta(object.meta).with_partition_values(vec![
+    let file = PartitionedFile::new_from_meta(object.meta).with_partition_values(vec![
         ScalarValue::Date32(Some(date)),
         ScalarValue::Int32(Some(hour)),
     ]);
-    file.arrow_schema = Some(Arc::clone(file_schema));
     Ok(file)
 }
 
