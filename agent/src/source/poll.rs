@@ -473,6 +473,20 @@ impl TagReporter {
     }
 }
 
+/// Records a failure of `link` and waits the next pause of `backoff` before
+/// the device is tried again (less if `shutdown` turns true): returns
+/// whether to stop.
+pub async fn fail_and_back_off(
+    link: &mut DeviceLink,
+    error: &str,
+    backoff: &mut Backoff,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let wait = backoff.next_wait();
+    link.failed(error, Some(wait));
+    sleep_or_stop(wait, shutdown).await
+}
+
 /// Sleeps `wait`, or less if `shutdown` turns true: returns whether it did.
 pub async fn sleep_or_stop(
     wait: Duration,

@@ -46,8 +46,8 @@ mod tests;
 pub use config::SlmpSourceConfig;
 
 use super::poll::{
-    device_event, now_ns, sleep_or_stop, Backoff, DeviceLink, DeviceMetrics, Pacer, TagReporter,
-    TagValue,
+    device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
+    TagReporter, TagValue,
 };
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
@@ -293,9 +293,7 @@ async fn poll_device(
         let mut client = match connect(&device).await {
             Ok(client) => client,
             Err(e) => {
-                let wait = backoff.next_wait();
-                link.failed(&e, Some(wait));
-                if sleep_or_stop(wait, &mut shutdown).await {
+                if fail_and_back_off(&mut link, &e, &mut backoff, &mut shutdown).await {
                     break;
                 }
                 continue;
@@ -342,9 +340,9 @@ async fn poll_device(
                     state.save(&state_file);
                 }
                 Err(e) if e.breaks_connection() => {
-                    let wait = backoff.next_wait();
-                    link.failed(&e.to_string(), Some(wait));
-                    if sleep_or_stop(wait, &mut shutdown).await {
+                    if fail_and_back_off(&mut link, &e.to_string(), &mut backoff, &mut shutdown)
+                        .await
+                    {
                         return Ok(());
                     }
                     break;
