@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole otwatch test suite on a fresh machine: installs what the
-# tests need (the Python readers pyarrow and DuckDB; pymodbus and
-# pymcprotocol, the agent's OT protocol peers; Mosquitto), checks formatting and
+# tests need (the Python readers pyarrow and DuckDB; psql and psycopg, the
+# SQL endpoint's clients; rsyslog, Mosquitto, pymodbus and pymcprotocol, the
+# peers of the alert outputs and the agent's sources), checks formatting and
 # lints, checks that the agent stays free of heavy dependencies, builds the
 # binaries and runs every test.
 #
@@ -21,12 +22,12 @@ if ! python3 -c 'import pyarrow, duckdb' 2>/dev/null; then
 fi
 python3 -c 'import pyarrow, duckdb; print("pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
 
-step "test peers from Debian: rsyslog with GnuTLS (the syslog output's receiver), Mosquitto (an MQTT broker), logger, openssl"
+step "test peers from Debian: rsyslog with GnuTLS (the syslog output's receiver), Mosquitto (an MQTT broker), logger, openssl, psql (the SQL endpoint's client)"
 # Only the packages: the tests start their own rsyslogd and mosquitto on
 # loopback; no service is needed. About 20 s on a fresh machine, nothing
 # when present. openssl makes the certificates of the broker's TLS test;
 # logger (bsdutils, essential on Debian) sends syslog.
-debs="rsyslog rsyslog-gnutls mosquitto mosquitto-clients openssl bsdutils"
+debs="rsyslog rsyslog-gnutls mosquitto mosquitto-clients openssl bsdutils postgresql-client"
 if ! dpkg -s $debs >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt_get() { apt-get -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "$@" >/dev/null; }
@@ -34,6 +35,7 @@ if ! dpkg -s $debs >/dev/null 2>&1; then
 fi
 /usr/sbin/rsyslogd -v | head -1
 dpkg-query -W mosquitto mosquitto-clients openssl
+psql --version
 logger --version
 
 step "test peers: pymodbus (Modbus/TCP devices) and pymcprotocol (a second MELSEC SLMP client)"
@@ -43,6 +45,12 @@ if ! python3 -c 'import pymodbus, pymcprotocol; assert pymodbus.__version__ == "
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pymodbus==3.16.1 pymcprotocol==0.3.0
 fi
 python3 -c 'import pymodbus, pymcprotocol; print("pymodbus", pymodbus.__version__, "pymcprotocol ok")'
+
+step "test peer: psycopg (a Postgres wire client of the SQL endpoint)"
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]'
+fi
+python3 -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
 
 step "formatting"
 cargo fmt --all -- --check

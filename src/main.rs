@@ -71,6 +71,12 @@ enum Command {
         /// metrics_listen). Default: none.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve the Postgres wire endpoint for analysts (psql, Grafana,
+        /// DBeaver, psycopg) on this address (overrides the config file's
+        /// sql_listen; users, TLS and limits are in its [sql] section).
+        /// Default: none.
+        #[arg(long, value_name = "ADDR")]
+        sql_listen: Option<SocketAddr>,
     },
     /// Make a deployment's certificates: CA, collector, agents, revocation list
     ///
@@ -247,6 +253,15 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Manage the users of the Postgres wire endpoint ([sql] in the config).
+    ///
+    /// Example:
+    ///   otwatch sql-user hash --name grafana --site plant-lyon >> /etc/otwatch/sql-users.toml
+    #[command(verbatim_doc_comment)]
+    SqlUser {
+        #[command(subcommand)]
+        action: SqlUserAction,
     },
     /// Check or repair the Parquet history.
     ///
@@ -493,6 +508,86 @@ async fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<bool> {
 }
 
 #[derive(Subcommand)]
+enum SqlUserAction {
+    /// Make the SCRAM-SHA-256 verifier of a password, for `password_hash`
+    /// in [[sql.users]] or sql.users_file. The password is read from
+    /// standard input (asked for twice, without echo, at a terminal); the
+    /// verifier is not a password and cannot be used to log in.
+    Hash {
+        /// Print a whole [[users]] entry for this user name, ready to
+        /// append to sql.users_file (inline in otwatch.toml the table is
+        /// [[sql.users]]), instead of the verifier alone.
+        #[arg(long, value_name = "USER")]
+        name: Option<String>,
+        /// With --name: a site the user may read (repeatable); without,
+        /// the user reads every site.
+        #[arg(long = "site", value_name = "SITE", requires = "name")]
+        sites: Vec<String>,
+        /// PBKDF2 iterations (at least 4096, PostgreSQL's default).
+        #[arg(long, default_value_t = otwatch_pgwire::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
+}
+
+/// Reads the password for `otwatch sql-user hash`: at a terminal, twice
+/// without echo; otherwise the first line of standard input.
+fn read_new_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("again: ").context("cannot read the password")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "the password is empty");
+    Ok(password)
+}
+
+fn run_sql_user(action: SqlUserAction) -> anyhow::Result<()> {
+    match action {
+        SqlUserAction::Hash {
+            name,
+            sites,
+            iterations,
+        } => {
+            anyhow::ensure!(
+                iterations >= otwatch_pgwire::DEFAULT_ITERATIONS,
+                "--iterations must be at least {}",
+                otwatch_pgwire::DEFAULT_ITERATIONS
+            );
+            let password = read_new_password()?;
+            let password_hash = otwatch_pgwire::hash_password(&password, iterations);
+            match name {
+                None => println!("{password_hash}"),
+                Some(name) => {
+                    let user = otwatch_pgwire::SqlUser {
+                        name,
+                        password_hash,
+                        sites: (!sites.is_empty()).then_some(sites),
+                    };
+                    #[derive(serde::Serialize)]
+                    struct Entry {
+                        users: Vec<otwatch_pgwire::SqlUser>,
+                    }
+                    let entry = Entry { users: vec![user] };
+                    // Checked the way the service will read it.
+                    otwatch_pgwire::users::check_entries(&entry.users)?;
+                    print!("{}", toml::to_string(&entry)?);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum CertAction {
     /// Create a new CA (ca.pem, ca-key.pem). Keep ca-key.pem offline or at
     /// least readable by you only (it is written with mode 0600).
@@ -721,6 +816,7 @@ async fn serve(
     listen: Option<SocketAddr>,
     insecure_loopback: bool,
     metrics_listen: Option<SocketAddr>,
+    sql_listen: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let mut config = match config {
@@ -735,6 +831,9 @@ async fn serve(
     }
     if let Some(addr) = metrics_listen {
         config.metrics_listen = Some(addr);
+    }
+    if let Some(addr) = sql_listen {
+        config.sql_listen = Some(addr);
     }
     config.insecure_loopback = insecure_loopback;
     let service = otwatch_runtime::Service::start(config).await?;
@@ -774,7 +873,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             insecure_loopback,
             metrics_listen,
-        } => return serve(config, data_dir, listen, insecure_loopback, metrics_listen).await,
+            sql_listen,
+        } => {
+            return serve(
+                config,
+                data_dir,
+                listen,
+                insecure_loopback,
+                metrics_listen,
+                sql_listen,
+            )
+            .await
+        }
+        Command::SqlUser { action } => run_sql_user(action),
         Command::Demo {
             duration,
             speed,

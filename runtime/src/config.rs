@@ -23,6 +23,7 @@ use anyhow::Context;
 use otwatch_collector::CollectorConfig;
 use otwatch_detector::DetectorConfig;
 use otwatch_eventlog::LocalLogConfig;
+use otwatch_pgwire::SqlEndpointConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,13 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// What `/readyz` requires.
     pub health: HealthConfig,
+    /// Address of the Postgres wire endpoint where analysts connect with
+    /// psql, Grafana, DBeaver or psycopg, e.g. "0.0.0.0:5432"; configured
+    /// in `[sql]`. Default: none (off).
+    pub sql_listen: Option<SocketAddr>,
+    /// The Postgres wire endpoint: users, TLS, limits (see
+    /// `otwatch_pgwire::SqlEndpointConfig`).
+    pub sql: SqlEndpointConfig,
     /// Serve plaintext gRPC (agents name themselves with headers) when
     /// `[collector.tls]` is absent. Only ever set from the command line
     /// (`--insecure-loopback`) or by the demo, never from a file, and only
@@ -74,6 +82,8 @@ impl Default for ServerConfig {
             outputs: crate::outputs::default_outputs(),
             metrics_listen: None,
             health: HealthConfig::default(),
+            sql_listen: None,
+            sql: SqlEndpointConfig::default(),
             insecure_loopback: false,
         }
     }
@@ -200,6 +210,7 @@ impl ServerConfig {
             anyhow::bail!("history.retention must be at least 1h (it drops whole hours)");
         }
         crate::outputs::validate(&self.outputs)?;
+        self.sql.validate(self.sql_listen)?;
         Ok(())
     }
 }
@@ -258,6 +269,8 @@ mod tests {
             .contains("history.compaction.interval"));
         assert!(refused("[log]\nretention = \"0s\"\n").contains("retention"));
         assert!(refused("[[outputs]]\ntype = \"jsonl\"\npath = \"\"\n").contains("path"));
+        assert!(refused("[sql]\nmax_rows = 0\n").contains("sql.max_rows"));
+        assert!(refused("sql_listen = \"0.0.0.0:5432\"\n").contains("sql_listen"));
     }
 
     #[test]

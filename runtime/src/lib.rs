@@ -4,7 +4,7 @@
 //! own crates.
 //!
 //! - [`config`]: `otwatch.toml`, validated the same way by every command;
-//! - [`components`]: ingest, detector, history writers;
+//! - [`components`]: ingest, detector, history writers, the SQL endpoint;
 //! - [`admin`]: the admin socket (`otwatch model ...`) and the control
 //!   plane's wire format;
 //! - [`outputs`]: the alert outputs, each a consumer of the `alerts` topic;

@@ -1,6 +1,7 @@
 //! The central service in one process (`otwatch serve`): the collector, the
 //! embedded event log, the detector, the history writers and the alert
-//! outputs, each a supervised component over the log.
+//! outputs, each a supervised component over the log, and, with
+//! `sql_listen`, the Postgres wire endpoint over the history.
 //!
 //! Everything downstream of the collector reads the event log and nothing
 //! else, so each component resumes on its own after a restart: the history
@@ -21,6 +22,7 @@ use crate::admin::server::AdminComponent;
 use crate::components::detector::DetectorComponent;
 use crate::components::history::HistoryComponent;
 use crate::components::ingest::IngestComponent;
+use crate::components::sql::SqlComponent;
 use crate::config::ServerConfig;
 use crate::health::{Health, Reporter};
 use crate::supervisor::{Failure, Stage, Supervisor};
@@ -65,6 +67,8 @@ pub struct Counters {
 pub struct Service {
     /// The ingest address (useful with port 0).
     pub addr: SocketAddr,
+    /// The Postgres wire endpoint's address, when `sql_listen` is set.
+    pub sql_addr: Option<SocketAddr>,
     pub log: Arc<LocalLog>,
     pub collector: Arc<CollectorMetrics>,
     pub health: Health,
@@ -84,6 +88,25 @@ impl Service {
         let data_dir = config.data_dir.clone();
         let lock =
             otwatch_fs::DirLock::acquire(&data_dir).context("cannot use the data directory")?;
+        // The SQL endpoint's files (TLS, users) and port are checked before
+        // anything opens: one that cannot be used stops the start.
+        let sql = match config.sql_listen {
+            Some(addr) => {
+                let endpoint =
+                    otwatch_pgwire::SqlEndpoint::open(&config.sql, &history_dir(&data_dir))
+                        .await
+                        .context("cannot start the SQL endpoint")?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for SQL on {addr}"))?;
+                Some(SqlComponent { endpoint, listener })
+            }
+            None => None,
+        };
+        let sql_addr = match &sql {
+            Some(c) => Some(c.listener.local_addr()?),
+            None => None,
+        };
         let log = Arc::new(
             LocalLog::open(log_dir(&data_dir), config.log.clone())
                 .context("cannot open the event log")?,
@@ -226,6 +249,18 @@ impl Service {
         let reporter = health.register("admin", None);
         stages.push((Stage::Ingest, reporter.clone()));
         supervisor.spawn(Stage::Ingest, reporter, |ctx| admin.run(ctx));
+        if let (Some(sql), Some(sql_addr)) = (sql, sql_addr) {
+            tracing::info!(
+                addr = %sql_addr,
+                tls = sql.endpoint.tls(),
+                require_tls = sql.endpoint.requires_tls(),
+                users = sql.endpoint.users(),
+                "SQL endpoint listening (Postgres wire, SCRAM-SHA-256 passwords, read-only)"
+            );
+            let reporter = health.register(crate::components::sql::NAME, None);
+            stages.push((Stage::Ingest, reporter.clone()));
+            supervisor.spawn(Stage::Ingest, reporter, |ctx| sql.run(ctx));
+        }
         if secure {
             tracing::info!(%addr, data_dir = %data_dir.display(), "collector listening (TLS, client certificates required)");
         } else {
@@ -248,6 +283,7 @@ impl Service {
         }
         Ok(Service {
             addr,
+            sql_addr,
             log,
             collector: collector_metrics,
             health,

@@ -9,7 +9,9 @@
 //! | `history-events`, `history-alerts`, `history-audit` | output | a topic | Parquet tables |
 //! | `admin` (in [`crate::admin`]) | ingest | `<data_dir>/admin.sock` | `control` topic |
 //! | `output-<name>` | output | `alerts` topic | a receiver (stdout, file, ...) |
+//! | `sql` | ingest | analysts (Postgres wire), the history's files | nothing |
 
 pub mod detector;
 pub mod history;
 pub mod ingest;
+pub mod sql;
