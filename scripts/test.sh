@@ -47,8 +47,8 @@ fi
 python3 -c 'import pymodbus, pymcprotocol; print("pymodbus", pymodbus.__version__, "pymcprotocol ok")'
 
 step "test peer: psycopg (a Postgres wire client of the SQL endpoint)"
-if ! python3 -c 'import psycopg' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]'
+if ! python3 -c 'import psycopg; assert psycopg.__version__ == "3.3.9"' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]==3.3.9'
 fi
 python3 -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
 

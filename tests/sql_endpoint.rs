@@ -115,16 +115,7 @@ fn serve_refuses_a_plaintext_sql_endpoint_off_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_an_agent_sends_are_queryable_with_psql() {
-    let have_psql = Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_psql {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "psql is not installed (scripts/test.sh installs it)"
-        );
-        eprintln!("skipping: psql is not installed (scripts/test.sh installs it)");
+    if !otwatch_testkit::peer_installed("psql (Debian postgresql-client)", "/usr/bin/psql") {
         return;
     }
     let out = hash(&[], PASSWORD);

@@ -16,16 +16,8 @@ use std::process::Command;
 
 /// Whether Mosquitto and its clients are here; under `CI=true` they must be.
 fn mosquitto_present() -> bool {
-    let found = Path::new("/usr/sbin/mosquitto").exists()
-        && Command::new("mosquitto_pub").arg("--help").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto and mosquitto-clients are missing under CI=true: scripts/test.sh installs them"
-        );
-        eprintln!("skipped: mosquitto is not installed (scripts/test.sh installs it)");
-    }
-    found
+    otwatch_testkit::peer_installed("mosquitto", "/usr/sbin/mosquitto")
+        && otwatch_testkit::peer_installed("mosquitto-clients", "/usr/bin/mosquitto_pub")
 }
 
 fn publish(port: u16, topic: &str, payload: &str) {

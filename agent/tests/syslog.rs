@@ -15,20 +15,10 @@ use otwatch_proto::{ControllerEvent, EventKind};
 use std::process::Command;
 use tokio::io::AsyncWriteExt;
 
-/// Whether `logger` (util-linux) is here; under `CI=true` it must be.
+/// Whether `logger` (util-linux, Debian's bsdutils) is here; under
+/// `CI=true` it must be.
 fn logger_present() -> bool {
-    let found = Command::new("logger")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "logger (util-linux, Debian's bsdutils) is missing under CI=true"
-        );
-        eprintln!("skipped: logger (util-linux) is not installed");
-    }
-    found
+    otwatch_testkit::peer_installed("logger (util-linux)", "/usr/bin/logger")
 }
 
 fn logger(args: &[&str]) {

@@ -11,22 +11,10 @@
 mod workload;
 
 use otwatch_history::query;
-use std::process::Command;
 use workload::Workload;
 
 fn duckdb_present() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import duckdb, pyarrow"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with duckdb and pyarrow is missing (scripts/test.sh installs them)"
-        );
-        eprintln!("python3 with duckdb and pyarrow not found; not comparing with DuckDB");
-    }
-    found
+    otwatch_testkit::python_has(&["duckdb", "pyarrow"])
 }
 
 async fn assert_same_answers(root: &std::path::Path, w: &Workload, layout: &str) {

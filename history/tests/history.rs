@@ -594,11 +594,7 @@ fn files_read_in_pyarrow_and_duckdb() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
     let script = manifest_dir.join("../tests/history_pyarrow.py");
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import pyarrow, duckdb"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("python3 with pyarrow and duckdb not found; not checking foreign readers");
+    if !otwatch_testkit::python_has(&["pyarrow", "duckdb"]) {
         return;
     }
     let root = tempfile::tempdir().unwrap();

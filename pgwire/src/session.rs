@@ -11,8 +11,8 @@
 //!
 //! # Sites
 //!
-//! For a user limited to some sites, `events` and `alerts` are registered
-//! as the history's table behind a filter `site IN (<the user's sites>)`.
+//! For a user limited to some sites, every table (`events`, `alerts` and
+//! `audit`, each with a `site` column) is registered as the history's table behind a filter `site IN (<the user's sites>)`.
 //! The user's SQL only ever names the filtered table: DataFusion inlines it
 //! into every plan under the filter (`LogicalPlanBuilder::scan`), predicates
 //! the user adds are ANDed to it, and statements that could reach the files
@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The site column of both tables.
+/// The site column every history table has.
 const SITE: &str = "site";
 
 /// What the query handlers need of a logged-in connection; kept in the

@@ -1,6 +1,7 @@
 //! Helpers the test suites of several crates share, so each is written
-//! once: reading back what the event log holds, and a small disk (a tmpfs)
-//! a test can fill to see how the code under test meets `ENOSPC`.
+//! once: reading back what the event log holds, a small disk (a tmpfs)
+//! a test can fill to see how the code under test meets `ENOSPC`, and
+//! whether the real peers a test talks to are installed.
 //!
 //! Only for tests: nothing here is part of the product.
 
@@ -89,4 +90,39 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
+}
+
+/// Whether the Python modules a test's peer needs are installed. When they
+/// are not, the test is skipped with a note, except under `CI=true`, where
+/// a missing peer fails the test: `scripts/test.sh` installs them, so a CI
+/// run without them is broken, not green.
+pub fn python_has(modules: &[&str]) -> bool {
+    let imports = modules.join(", ");
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {imports}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 with {imports} is missing under CI=true: scripts/test.sh installs it"
+        );
+        eprintln!("skipped: python3 with {imports} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// Whether a program a test starts as its peer is installed at `path`.
+/// Missing, the test is skipped with a note, except under `CI=true`, where
+/// `scripts/test.sh` installs every peer and a missing one is a failure.
+pub fn peer_installed(what: &str, path: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} ({path}) is missing under CI=true: scripts/test.sh installs it"
+    );
+    eprintln!("skipped: {what} ({path}) is not installed; scripts/test.sh installs it");
+    false
 }

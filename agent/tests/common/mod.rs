@@ -139,25 +139,8 @@ pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// Whether the Python modules a test's peer needs are installed. When they
-/// are not, the test is skipped with a note, except under `CI=true`, where
-/// a missing peer fails the test: `scripts/test.sh` installs them, so a CI
-/// run without them is broken, not green.
-pub fn python_has(modules: &[&str]) -> bool {
-    let imports = modules.join(", ");
-    let found = std::process::Command::new("python3")
-        .args(["-c", &format!("import {imports}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with {imports} is missing under CI=true: scripts/test.sh installs it"
-        );
-        eprintln!("skipped: python3 with {imports} is not installed (scripts/test.sh installs it)");
-    }
-    found
-}
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use otwatch_testkit::python_has;
 
 /// A free loopback port (free when asked; a test binds it soon after).
 pub fn free_port() -> u16 {

@@ -7,6 +7,30 @@ use super::tls::TlsFiles;
 use reqwest::Url;
 use std::time::Duration;
 
+/// Default of an HTTP output's `timeout`: long enough for a loaded SIEM,
+/// short enough that a receiver that never answers is retried soon.
+pub fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Checks what every HTTP output's options share (`url`, `insecure_http`,
+/// `timeout`, `tls`) and returns the receiver's URL and the client built
+/// from them, so that `otwatch serve --check` and the running output
+/// refuse the same things.
+pub fn check_receiver(
+    output: &str,
+    url: &str,
+    insecure_http: bool,
+    timeout: Duration,
+    tls: &TlsFiles,
+) -> Result<(Url, reqwest::Client), String> {
+    let url = check_url(output, url, insecure_http)?;
+    if timeout.is_zero() {
+        return Err(format!("outputs.{output}.timeout must be longer than 0"));
+    }
+    Ok((url, client(output, tls, timeout)?))
+}
+
 /// Checks `url` (option `outputs.<output>.url`): http or https, a host,
 /// and https unless the host is a loopback address or `insecure_http` is
 /// set, since alerts and their signatures would otherwise cross the

@@ -143,8 +143,8 @@ pub fn validate(outputs: &[OutputConfig]) -> anyhow::Result<()> {
             }
             OutputConfig::Jsonl(_) => Ok(()),
             OutputConfig::Syslog(c) => c.check(name),
-            OutputConfig::Webhook(c) => c.check(name),
-            OutputConfig::SplunkHec(c) => c.check(name),
+            OutputConfig::Webhook(c) => c.check(name).map(|_| ()),
+            OutputConfig::SplunkHec(c) => c.check(name).map(|_| ()),
             OutputConfig::Kafka(c) => c.check(name),
         };
         checked.map_err(anyhow::Error::msg)?;

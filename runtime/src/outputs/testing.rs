@@ -169,19 +169,7 @@ impl Running {
     }
 }
 
-/// Whether a test peer (a program the test starts) is installed. Missing,
-/// the test is skipped with a note, except under `CI=true`, where
-/// `scripts/test.sh` installs every peer and a missing one is a failure.
-pub fn peer_installed(what: &str, path: &str) -> bool {
-    if std::path::Path::new(path).exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} ({path}) is missing: scripts/test.sh installs it");
-    }
-    eprintln!("skipped: {what} ({path}) is not installed; scripts/test.sh installs it");
-    false
-}
+pub use otwatch_testkit::peer_installed;
 
 /// A loopback port free at the time of asking.
 pub fn free_port(udp: bool) -> u16 {

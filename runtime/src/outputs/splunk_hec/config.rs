@@ -49,7 +49,10 @@ pub struct SplunkHecConfig {
     pub max_events_per_request: usize,
     /// Longest one request may take, connecting included, before it is
     /// abandoned and retried with backoff. Default: 10 s.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "crate::outputs::http::default_timeout",
+        with = "humantime_serde"
+    )]
     pub timeout: Duration,
     /// Allow `http://` to a host that is not loopback (the token then
     /// crosses the network in clear). Default: false.
@@ -72,26 +75,24 @@ fn default_batch() -> usize {
     100
 }
 
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
 /// The endpoint HEC takes JSON events on.
 pub const EVENT_PATH: &str = "/services/collector/event";
 
 impl SplunkHecConfig {
-    /// The endpoint to POST to: `url`, with [`EVENT_PATH`] when it has no path.
-    pub fn endpoint(&self, name: &str) -> Result<reqwest::Url, String> {
-        let mut url = crate::outputs::http::check_url(name, &self.url, self.insecure_http)?;
+    /// Refuses values the output cannot work with, naming the option;
+    /// returns the endpoint to POST to (`url`, with [`EVENT_PATH`] when it
+    /// has no path) and the client.
+    pub fn check(&self, name: &str) -> Result<(reqwest::Url, reqwest::Client), String> {
+        let (mut url, client) = crate::outputs::http::check_receiver(
+            name,
+            &self.url,
+            self.insecure_http,
+            self.timeout,
+            &self.tls,
+        )?;
         if url.path() == "/" || url.path().is_empty() {
             url.set_path(EVENT_PATH);
         }
-        Ok(url)
-    }
-
-    /// Refuses values the output cannot work with, naming the option.
-    pub fn check(&self, name: &str) -> Result<(), String> {
-        self.endpoint(name)?;
         crate::outputs::secret::require(
             name,
             "token",
@@ -103,9 +104,6 @@ impl SplunkHecConfig {
                 "outputs.{name}.max_events_per_request must be at least 1"
             ));
         }
-        if self.timeout.is_zero() {
-            return Err(format!("outputs.{name}.timeout must be longer than 0"));
-        }
         for (key, value) in [("source", &self.source), ("sourcetype", &self.sourcetype)] {
             if value.is_empty() {
                 return Err(format!("outputs.{name}.{key} is empty"));
@@ -116,7 +114,6 @@ impl SplunkHecConfig {
                 "outputs.{name}.index is empty (leave it out for the token's default index)"
             ));
         }
-        crate::outputs::http::client(name, &self.tls, self.timeout)?;
-        Ok(())
+        Ok((url, client))
     }
 }

@@ -46,7 +46,7 @@ pub(super) struct SplunkHec {
 
 impl SplunkHec {
     pub(super) fn open(name: &str, config: &SplunkHecConfig) -> anyhow::Result<Self> {
-        config.check(name).map_err(anyhow::Error::msg)?;
+        let (url, client) = config.check(name).map_err(anyhow::Error::msg)?;
         let token = super::secret::require(
             name,
             "token",
@@ -60,8 +60,8 @@ impl SplunkHec {
             })?;
         authorization.set_sensitive(true);
         Ok(SplunkHec {
-            url: config.endpoint(name).map_err(anyhow::Error::msg)?,
-            client: http::client(name, &config.tls, config.timeout).map_err(anyhow::Error::msg)?,
+            url,
+            client,
             authorization,
             host: config.host.clone().unwrap_or_else(super::format::this_host),
             source: config.source.clone(),

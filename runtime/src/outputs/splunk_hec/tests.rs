@@ -217,13 +217,13 @@ fn bad_options_are_refused_naming_the_key() {
         ..config(String::new(), &token)
     };
     assert_eq!(
-        c.endpoint("s").unwrap().as_str(),
+        c.check("s").unwrap().0.as_str(),
         "https://splunk.example.net:8088/services/collector/event"
     );
     let c = SplunkHecConfig {
         url: "https://splunk.example.net/custom/hec".into(),
         ..c
     };
-    assert_eq!(c.endpoint("s").unwrap().path(), "/custom/hec");
+    assert_eq!(c.check("s").unwrap().0.path(), "/custom/hec");
     assert!(!format!("{c:?}").contains(TOKEN));
 }

@@ -50,7 +50,10 @@ pub struct WebhookConfig {
     pub headers: BTreeMap<String, String>,
     /// Longest one request may take, connecting included, before it is
     /// abandoned and retried with backoff. Default: 10 s.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "crate::outputs::http::default_timeout",
+        with = "humantime_serde"
+    )]
     pub timeout: Duration,
     /// Allow `http://` to a host that is not loopback (alerts then cross the
     /// network in clear). Default: false.
@@ -65,10 +68,6 @@ fn default_signature_header() -> String {
     "X-Otwatch-Signature".into()
 }
 
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
 /// Header names that carry credentials: refused in `headers`.
 const SECRET_HEADERS: [&str; 5] = [
     "authorization",
@@ -79,12 +78,16 @@ const SECRET_HEADERS: [&str; 5] = [
 ];
 
 impl WebhookConfig {
-    /// Refuses values the output cannot work with, naming the option.
-    pub fn check(&self, name: &str) -> Result<(), String> {
-        crate::outputs::http::check_url(name, &self.url, self.insecure_http)?;
-        if self.timeout.is_zero() {
-            return Err(format!("outputs.{name}.timeout must be longer than 0"));
-        }
+    /// Refuses values the output cannot work with, naming the option;
+    /// returns the receiver's URL and the client.
+    pub fn check(&self, name: &str) -> Result<(reqwest::Url, reqwest::Client), String> {
+        let receiver = crate::outputs::http::check_receiver(
+            name,
+            &self.url,
+            self.insecure_http,
+            self.timeout,
+            &self.tls,
+        )?;
         reqwest::header::HeaderName::try_from(self.signature_header.as_str()).map_err(|e| {
             format!(
                 "outputs.{name}.signature_header: {:?} is not a header name: {e}",
@@ -115,7 +118,6 @@ impl WebhookConfig {
             self.bearer_token_file.as_ref(),
             self.bearer_token_env.as_ref(),
         )?;
-        crate::outputs::http::client(name, &self.tls, self.timeout)?;
-        Ok(())
+        Ok(receiver)
     }
 }

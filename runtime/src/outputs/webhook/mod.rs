@@ -55,10 +55,7 @@ pub fn signature(key: &ring::hmac::Key, body: &[u8]) -> String {
 
 impl Webhook {
     pub(super) fn open(name: &str, config: &WebhookConfig) -> anyhow::Result<Self> {
-        config.check(name).map_err(anyhow::Error::msg)?;
-        let url =
-            http::check_url(name, &config.url, config.insecure_http).map_err(anyhow::Error::msg)?;
-        let client = http::client(name, &config.tls, config.timeout).map_err(anyhow::Error::msg)?;
+        let (url, client) = config.check(name).map_err(anyhow::Error::msg)?;
         let hmac = super::secret::load(
             name,
             "hmac_key",
