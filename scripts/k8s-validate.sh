@@ -59,7 +59,7 @@ k8s_validate() {
   [ "$rc" = 0 ] && ! grep -q '^\(WARN\|ERROR\|FATAL\)' <<<"$out"
 }
 
-kubectl version --client 2>/dev/null | head -1
+kubectl version --client 2>/dev/null | sed -n 1p
 echo "kubernetes-validate $(kubernetes-validate --version) (Kubernetes $K8S_VERSION), node $(node --version)"
 
 overlays=(k8s/overlays/*/)
