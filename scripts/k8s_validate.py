@@ -32,6 +32,7 @@ ROLES = {"collector", "detector", "history"}
 CONFIG_PATH = "/etc/otwatch/otwatch.toml"
 METRICS_PORT = 9464
 INGEST_PORT = 4317
+COLLECTOR_TLS_SECRET = "otwatch-collector-tls"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -108,6 +109,15 @@ def rules(overlay, docs):
         need(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
              f"{where}: pod seccompProfile must be RuntimeDefault")
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounted = {m["name"] for c in spec.get("initContainers", []) + spec["containers"]
+                   for m in c.get("volumeMounts", [])}
+        for v in volumes:
+            need(v in mounted, f"{where}: volume {v} is mounted by no container")
+        is_collector = any(c.get("args", [None])[0] == "collector" for c in spec["containers"])
+        for v in volumes.values():
+            secret = v.get("secret", {}).get("secretName", "")
+            need(is_collector or secret != COLLECTOR_TLS_SECRET,
+                 f"{where}: only collectors hold the collector's key (Secret {COLLECTOR_TLS_SECRET})")
         for c in spec.get("initContainers", []) + spec["containers"]:
             cw = f"{where} container {c['name']}"
             sc = c.get("securityContext", {})
@@ -299,6 +309,11 @@ def rules_must_fail(overlay, rendered):
     def kafka(d):
         return first(d, "Kafka")["spec"]["kafka"]
 
+    def give_detector_the_key(d):
+        spec = first(d, "Deployment", lambda x: x["metadata"]["name"].endswith("detector"))["spec"]["template"]["spec"]
+        spec["volumes"].append({"name": "key", "secret": {"secretName": COLLECTOR_TLS_SECRET}})
+        spec["containers"][0]["volumeMounts"].append({"name": "key", "mountPath": "/etc/otwatch/tls"})
+
     breaks = {
         "writable root file system": lambda d: container(d)["securityContext"].update(readOnlyRootFilesystem=False),
         "capabilities kept": lambda d: container(d)["securityContext"].update(capabilities={}),
@@ -314,6 +329,7 @@ def rules_must_fail(overlay, rendered):
         "ingest open to pods": lambda d: first(d, "NetworkPolicy", lambda p: any(
             INGEST_PORT in {x.get("port") for x in r.get("ports", [])} for r in p["spec"].get("ingress", [])))
         ["spec"]["ingress"][0]["from"].append({"podSelector": {}}),
+        "collector key in a detector": lambda d: give_detector_the_key(d),
         "v1beta2 Strimzi resource": lambda d: first(d, "KafkaTopic").update(apiVersion="kafka.strimzi.io/v1beta2"),
     }
     if overlay == "prod":
