@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Renders every overlay under k8s/overlays with `kubectl kustomize` and
 # validates the result, offline:
-#  - Kubernetes objects strictly against the schemas of Kubernetes
-#    $K8S_VERSION (kubernetes-validate --strict: unknown fields fail);
+#  - Kubernetes objects strictly against the schemas of the oldest and the
+#    newest Kubernetes the manifests support, $K8S_VERSIONS
+#    (kubernetes-validate --strict: unknown fields fail);
 #  - Strimzi resources against the schemas of Strimzi's CRDs
 #    (kafka.strimzi.io/v1, k8s/schemas/strimzi), unknown fields failing too;
 #  - the deployment rules schemas cannot express (non-root, read-only root,
@@ -21,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-K8S_VERSION=1.32.0
+K8S_VERSIONS="1.30.0 1.34.0"
 KUBERNETES_VALIDATE=1.37.0
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/otwatch/k8s-validate"
 work="$(mktemp -d)"
@@ -54,13 +55,15 @@ strimzi_validate() { node "$cache/validate.mjs" "$@"; }
 # here every object given to it must have one.
 k8s_validate() {
   local out rc=0
-  out="$(kubernetes-validate --strict -k "$K8S_VERSION" --quiet "$@" 2>&1)" || rc=$?
+  local versions=()
+  for v in $K8S_VERSIONS; do versions+=(-k "$v"); done
+  out="$(kubernetes-validate --strict "${versions[@]}" --quiet "$@" 2>&1)" || rc=$?
   [ -n "$out" ] && printf '%s\n' "$out"
   [ "$rc" = 0 ] && ! grep -q '^\(WARN\|ERROR\|FATAL\)' <<<"$out"
 }
 
 kubectl version --client 2>/dev/null | sed -n 1p
-echo "kubernetes-validate $(kubernetes-validate --version) (Kubernetes $K8S_VERSION), node $(node --version)"
+echo "kubernetes-validate $(kubernetes-validate --version) (Kubernetes ${K8S_VERSIONS// / and }), node $(node --version)"
 
 overlays=(k8s/overlays/*/)
 [ "${#overlays[@]}" -ge 2 ] || fail "expected the dev and prod overlays under k8s/overlays"
@@ -75,7 +78,7 @@ for dir in "${overlays[@]}"; do
   python3 scripts/k8s_validate.py split "$overlay" "$out/rendered.yaml" "$out" \
     || fail "$overlay: deployment rules broken (above)"
 
-  echo "== $overlay: Kubernetes objects against Kubernetes $K8S_VERSION, strict"
+  echo "== $overlay: Kubernetes objects against Kubernetes ${K8S_VERSIONS// / and }, strict"
   k8s_validate "$out/k8s.yaml" || fail "$overlay: Kubernetes objects invalid (above)"
   echo "$(grep -c '^kind:' "$out/k8s.yaml") objects valid"
 

@@ -149,6 +149,15 @@ def rules(overlay, docs):
                 mount = next((m for p, m in mounts.items() if path and path.startswith(p.rstrip("/") + "/")), None)
                 need(mount is not None and "secret" in volumes.get(mount["name"], {}),
                      f"{cw}: {path} must come from a Secret")
+    # The image the Dockerfile makes runs as the user the pods expect.
+    docker = (REPO / "Dockerfile").read_text().splitlines()
+    user = [l.split()[1] for l in docker if l.startswith("USER ")]
+    exposed = {p for l in docker if l.startswith("EXPOSE ") for p in l.split()[1:]}
+    for d in deployments:
+        psc = d["spec"]["template"]["spec"].get("securityContext", {})
+        need(user and user[-1] == f"{psc.get('runAsUser')}:{psc.get('runAsGroup')}",
+             f"{name(d)}: runAsUser:runAsGroup must be the Dockerfile's USER ({user[-1] if user else 'none'})")
+    need({str(INGEST_PORT), str(METRICS_PORT)} <= exposed, "the Dockerfile must EXPOSE the ingest and metrics ports")
     need(set(roles_seen) == ROLES, f"roles deployed: {sorted(r for r in roles_seen if r)}, expected {sorted(ROLES)}")
 
     # The collector's Service: plain TCP on the ingest port.
