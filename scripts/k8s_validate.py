@@ -64,7 +64,7 @@ def config_text(docs):
     return maps[0], maps[0]["data"]["otwatch.toml"]
 
 
-def rules(overlay, docs):
+def rules(overlay, docs, check_source=True):
     """Every deployment rule the schemas cannot express; returns problems."""
     problems = []
     by_kind = {}
@@ -86,7 +86,7 @@ def rules(overlay, docs):
         config = tomllib.loads(text)
         own = REPO / "k8s" / "overlays" / overlay / "otwatch.toml"
         source = own if own.exists() else REPO / "k8s" / "base" / "otwatch.toml"
-        need(text == source.read_text(),
+        need(not check_source or text == source.read_text(),
              f"the ConfigMap's otwatch.toml differs from {source.relative_to(REPO)}")
         need(config.get("listen", "").endswith(f":{INGEST_PORT}"),
              f"otwatch.toml: listen must be on port {INGEST_PORT}")
@@ -210,12 +210,38 @@ def rules(overlay, docs):
             need(host == f"{cluster}-kafka-bootstrap" and int(port) in tls_ports,
                  f"otwatch.toml: broker {b} is not the TLS bootstrap of Kafka {cluster}")
         need(log.get("brokers"), "otwatch.toml: [log] brokers missing")
+        security = log.get("security", {})
+        need(security.get("protocol") in ("ssl", "sasl_ssl"),
+             "otwatch.toml: [log.security] protocol must be ssl or sasl_ssl (the listener is TLS)")
+        ca = security.get("ca_file", "")
+        for d in deployments:
+            spec = d["spec"]["template"]["spec"]
+            vols = {v["name"]: v for v in spec.get("volumes", [])}
+            for c in spec["containers"]:
+                mount = next((m for m in c.get("volumeMounts", [])
+                              if ca.startswith(m["mountPath"].rstrip("/") + "/")), None)
+                need(mount is not None and "secret" in vols.get(mount["name"], {}),
+                     f"{name(d)} container {c['name']}: [log.security] ca_file {ca} must come from a Secret")
         topics = {t["metadata"]["name"]: t for t in by_kind.get("KafkaTopic", [])}
-        for key in ("events_topic", "alerts_topic", "control_topic"):
+        keys = ("events_topic", "alerts_topic", "control_topic", "producers_topic")
+        for key in keys:
             need(log.get(key) in topics, f"otwatch.toml: [log] {key} = {log.get(key)!r} has no KafkaTopic")
-        control = topics.get(log.get("control_topic"), {})
-        need(control.get("spec", {}).get("config", {}).get("cleanup.policy") == "compact",
-             "the control topic (agents' high-water marks) must be compacted")
+        topic = {key: topics.get(log.get(key), {}).get("spec", {}) for key in keys}
+        need(topic["producers_topic"].get("config", {}).get("cleanup.policy") == "compact",
+             "the producers topic (agents' high-water marks) must be compacted")
+        need(topic["control_topic"].get("partitions") == 1,
+             "the control topic (SOC decisions, a hash chain) has one partition")
+        for key in ("events_topic", "alerts_topic", "producers_topic"):
+            need(topic[key].get("partitions") == log.get("partitions"),
+                 f"otwatch.toml: [log] partitions = {log.get('partitions')} but {log.get(key)} has "
+                 f"{topic[key].get('partitions')}: otwatch would create it differently from the KafkaTopic")
+        for key in keys:
+            need(topic[key].get("replicas") == log.get("replication_factor"),
+                 f"otwatch.toml: [log] replication_factor = {log.get('replication_factor')} but "
+                 f"{log.get(key)} has {topic[key].get('replicas')} replicas")
+        retention_ms = seconds(log.get("retention", "7d")) * 1000
+        need(topic["events_topic"].get("config", {}).get("retention.ms") == retention_ms,
+             f"otwatch.toml: [log] retention ({log.get('retention')}) differs from the events topic's retention.ms")
         pools = by_kind.get("KafkaNodePool", [])
         for p in pools + list(topics.values()):
             need(p["metadata"].get("labels", {}).get("strimzi.io/cluster") == cluster,
@@ -248,6 +274,12 @@ def rules(overlay, docs):
             need("podAntiAffinity" in d["spec"]["template"]["spec"].get("affinity", {}),
                  f"prod: {name(d)} needs pod anti-affinity")
     return problems
+
+
+def seconds(text):
+    """A duration of otwatch.toml ("14d", "12h", "30m", "90s") in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return int(text[:-1]) * units[text[-1]]
 
 
 def split(overlay, rendered, outdir):
@@ -323,6 +355,11 @@ def rules_must_fail(overlay, rendered):
         spec["volumes"].append({"name": "key", "secret": {"secretName": COLLECTOR_TLS_SECRET}})
         spec["containers"][0]["volumeMounts"].append({"name": "key", "mountPath": "/etc/otwatch/tls"})
 
+    def set_config(d, old, new):
+        cm, text = config_text(d)
+        assert old in text, old
+        cm["data"]["otwatch.toml"] = text.replace(old, new)
+
     breaks = {
         "writable root file system": lambda d: container(d)["securityContext"].update(readOnlyRootFilesystem=False),
         "capabilities kept": lambda d: container(d)["securityContext"].update(capabilities={}),
@@ -339,6 +376,11 @@ def rules_must_fail(overlay, rendered):
             INGEST_PORT in {x.get("port") for x in r.get("ports", [])} for r in p["spec"].get("ingress", [])))
         ["spec"]["ingress"][0]["from"].append({"podSelector": {}}),
         "collector key in a detector": lambda d: give_detector_the_key(d),
+        "plaintext to Kafka": lambda d: set_config(d, "[log.security]\nprotocol = \"ssl\"", "[log.security]\nprotocol = \"plaintext\""),
+        "config and topic partitions differ": lambda d: first(d, "KafkaTopic", lambda t: t["metadata"]["name"].endswith("events"))
+        ["spec"].update(partitions=7),
+        "producers topic not compacted": lambda d: first(d, "KafkaTopic", lambda t: t["metadata"]["name"].endswith("producers"))
+        ["spec"]["config"].update({"cleanup.policy": "delete"}),
         "v1beta2 Strimzi resource": lambda d: first(d, "KafkaTopic").update(apiVersion="kafka.strimzi.io/v1beta2"),
     }
     if overlay == "prod":
@@ -350,10 +392,20 @@ def rules_must_fail(overlay, rendered):
                                      if p["kind"] == "KafkaNodePool" and "broker" in p["spec"]["roles"]],
         })
     failed = 0
+    copies = copy.deepcopy(docs)
+    set_config(copies, "[log]", "[log]\n# edited after rendering")
+    problems = rules(overlay, copies)
+    if problems:
+        print(f"ok {overlay}: ConfigMap differs from its source file: refused ({problems[0]})")
+    else:
+        print(f"NOT REFUSED {overlay}: ConfigMap differs from its source file")
+        failed += 1
     for what, mutate in breaks.items():
         copies = copy.deepcopy(docs)
         mutate(copies)
-        problems = rules(overlay, copies)
+        # The copies' config differs from its source file on purpose: each
+        # break must be refused by the rule it breaks, not by that check.
+        problems = rules(overlay, copies, check_source=False)
         if problems:
             print(f"ok {overlay}: {what}: refused ({problems[0]})")
         else:

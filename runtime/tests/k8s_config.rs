@@ -19,7 +19,10 @@ const DISTRIBUTED_KEYS: &[(&[&str], &str)] = &[
     (&["log"], "events_topic"),
     (&["log"], "alerts_topic"),
     (&["log"], "control_topic"),
-    (&["log"], "tls"),
+    (&["log"], "producers_topic"),
+    (&["log"], "partitions"),
+    (&["log"], "replication_factor"),
+    (&["log"], "security"),
     (&["history"], "url"),
     (&["detector"], "checkpoint_url"),
 ];
