@@ -3,8 +3,8 @@
 # tests need (the Python readers pyarrow and DuckDB; psql and psycopg, the
 # SQL endpoint's clients; rsyslog, Mosquitto, pymodbus and pymcprotocol, the
 # peers of the alert outputs and the agent's sources), checks formatting and
-# lints, checks that the agent stays free of heavy dependencies, builds the
-# binaries and runs every test.
+# lints, checks that the agent stays free of heavy dependencies, validates
+# the Kubernetes manifests, builds the binaries and runs every test.
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -51,6 +51,11 @@ if ! python3 -c 'import psycopg; assert psycopg.__version__ == "3.3.9"' 2>/dev/n
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]==3.3.9'
 fi
 python3 -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
+
+step "Kubernetes manifests (k8s/): every overlay rendered and validated, broken copies refused"
+# Offline: kubectl kustomize, kubernetes-validate (pinned) and the Strimzi
+# CRD validators (npm, pinned), installed when missing. About 10 s.
+scripts/k8s-validate.sh
 
 step "formatting"
 cargo fmt --all -- --check
