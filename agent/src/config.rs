@@ -179,6 +179,12 @@ pub enum SourceConfig {
     /// An `mqtt` section in an agent built without the `mqtt` feature.
     #[cfg(not(feature = "mqtt"))]
     Mqtt(toml::Table),
+    /// OPC UA servers, values and events through subscriptions.
+    #[cfg(feature = "opcua")]
+    Opcua(crate::source::opcua::OpcuaSourceConfig),
+    /// An `opcua` section in an agent built without the `opcua` feature.
+    #[cfg(not(feature = "opcua"))]
+    Opcua(toml::Table),
     /// Syslog messages received over UDP and TCP.
     #[cfg(feature = "syslog")]
     Syslog(crate::source::syslog::SyslogSourceConfig),
@@ -267,7 +273,7 @@ impl AgentConfig {
         }
         if self.sources.is_empty() {
             return Err(
-                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"slmp\", \"syslog\", \"mqtt\" or \"sim\")".into(),
+                "no [[sources]]: configure at least one source (type = \"file\", \"modbus\", \"opcua\", \"slmp\", \"syslog\", \"mqtt\" or \"sim\")".into(),
             );
         }
         self.limits.validate()?;
@@ -306,6 +312,10 @@ impl AgentConfig {
                 SourceConfig::Mqtt(mqtt) => mqtt.check()?,
                 #[cfg(not(feature = "mqtt"))]
                 SourceConfig::Mqtt(_) => return Err(without_feature("mqtt")),
+                #[cfg(feature = "opcua")]
+                SourceConfig::Opcua(opcua) => opcua.check()?,
+                #[cfg(not(feature = "opcua"))]
+                SourceConfig::Opcua(_) => return Err(without_feature("opcua")),
                 #[cfg(feature = "syslog")]
                 SourceConfig::Syslog(syslog) => syslog.check()?,
                 #[cfg(not(feature = "syslog"))]
@@ -420,7 +430,8 @@ impl SenderConfig {
     feature = "modbus",
     feature = "slmp",
     feature = "syslog",
-    feature = "mqtt"
+    feature = "mqtt",
+    feature = "opcua"
 )))]
 fn without_feature(source: &str) -> String {
     format!(

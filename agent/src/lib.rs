@@ -10,7 +10,7 @@
 //! - [`handle`]: the queue's async face shared by sources and sender;
 //! - [`sender`]: batching, compression, acks, reconnects;
 //! - [`dead_letter`]: events the collector refused, kept for an operator;
-//! - [`source`]: the `file`, `sim`, `modbus` and `slmp` sources (what every
+//! - [`source`]: the `file`, `sim` and protocol sources (what every
 //!   source promises is written there); [`sim`]: the simulated site;
 //! - [`tls`]: the client certificate and its identity check;
 //! - [`metrics`]: the counters on a Prometheus `/metrics` endpoint.
@@ -219,7 +219,12 @@ impl Agent {
         let mut sources = Vec::new();
         let mut source_metrics = Vec::new();
         #[cfg_attr(
-            not(any(feature = "modbus", feature = "slmp", feature = "mqtt")),
+            not(any(
+                feature = "modbus",
+                feature = "slmp",
+                feature = "mqtt",
+                feature = "opcua"
+            )),
             allow(unused_mut)
         )]
         let mut device_metrics: Vec<Arc<DeviceMetrics>> = Vec::new();
@@ -309,6 +314,25 @@ impl Agent {
                         .instrument(span.clone()),
                     )
                 }
+                #[cfg(feature = "opcua")]
+                SourceConfig::Opcua(opcua) => {
+                    let devices = source::opcua::device_metrics(&opcua);
+                    device_metrics.extend(devices.iter().cloned());
+                    supervise(
+                        format!("source opcua ({} server(s))", opcua.servers.len()),
+                        &failed,
+                        source::opcua::run(
+                            opcua,
+                            config.data_dir.join("sources"),
+                            config.limits.clone(),
+                            queue.clone(),
+                            metrics,
+                            devices,
+                            stop.clone(),
+                        )
+                        .instrument(span.clone()),
+                    )
+                }
                 #[cfg(feature = "syslog")]
                 SourceConfig::Syslog(syslog) => supervise(
                     "source syslog".to_string(),
@@ -326,7 +350,8 @@ impl Agent {
                     feature = "modbus",
                     feature = "slmp",
                     feature = "syslog",
-                    feature = "mqtt"
+                    feature = "mqtt",
+                    feature = "opcua"
                 )))]
                 #[allow(unreachable_patterns)]
                 _ => anyhow::bail!("a source of a protocol this build left out (see --check)"),

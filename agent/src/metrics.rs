@@ -112,7 +112,7 @@ pub fn render_devices(devices: &[Arc<DeviceMetrics>], site: &str, agent: &str) -
         return String::new();
     }
     type Read = fn(&DeviceMetrics) -> u64;
-    let figures: [(&'static str, Kind, &'static str, Read); 8] = [
+    let figures: [(&'static str, Kind, &'static str, Read); 9] = [
         (
             "otwatch_agent_device_polls_total",
             Kind::Counter,
@@ -160,6 +160,12 @@ pub fn render_devices(devices: &[Arc<DeviceMetrics>], site: &str, agent: &str) -
             Kind::Counter,
             "Sum of the latencies of the device's successful polls (divide by polls for the mean).",
             |d| d.latency_us_total.load(Ordering::Relaxed),
+        ),
+        (
+            "otwatch_agent_device_items_unavailable",
+            Kind::Gauge,
+            "Subscribed items the device does not serve now (unknown node, bad status), each logged (opcua; 0 for polled sources).",
+            |d| d.items_unavailable.load(Ordering::Relaxed),
         ),
     ];
     let families: Vec<Family> = figures

@@ -12,6 +12,8 @@
 //!   TCP, logins and configuration changes recognised;
 //! - `mqtt` (feature `mqtt`): MQTT subscriptions, JSON payloads mapped to
 //!   events, QoS 1 acknowledged once queued;
+//! - `opcua` (feature `opcua`): OPC UA servers through subscriptions
+//!   (monitored items, deadbands, events and alarms), read-only;
 //! - `poll`: what the polled sources share (rate limits, reconnects,
 //!   per-device metrics and status lines).
 //!
@@ -69,6 +71,8 @@ pub mod file;
 pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod poll;
 pub mod sim;
 #[cfg(feature = "slmp")]
@@ -99,7 +103,7 @@ pub struct SourceMetrics {
 /// Code lines (comments left out) of the `.rs` files of a source folder
 /// (`src/source/modbus`), its `tests.rs` left out: what the scans for write
 /// paths look through.
-#[cfg(all(test, any(feature = "modbus", feature = "slmp")))]
+#[cfg(all(test, any(feature = "modbus", feature = "slmp", feature = "opcua")))]
 pub(crate) fn code_lines(dir: &str) -> Vec<(String, usize, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut out = Vec::new();

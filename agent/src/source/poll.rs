@@ -227,6 +227,9 @@ pub struct DeviceMetrics {
     /// Sum of the latencies of the successful polls, in µs: divided by
     /// `polls`, the mean latency.
     pub latency_us_total: AtomicU64,
+    /// Subscribed items the device does not serve now (an unknown node, a
+    /// bad status), each logged (`opcua`; 0 for the polled sources).
+    pub items_unavailable: AtomicU64,
 }
 
 impl DeviceMetrics {
@@ -259,6 +262,7 @@ impl DeviceMetrics {
             events = self.events.load(r),
             last_success_ago = since_success.as_deref().unwrap_or("never"),
             last_latency_ms = self.last_latency_us.load(r) as f64 / 1000.0,
+            items_unavailable = self.items_unavailable.load(r),
             "device status"
         );
     }
