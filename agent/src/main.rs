@@ -55,7 +55,12 @@ async fn main() -> anyhow::Result<()> {
         // Colour codes only for a person at a terminal, not in journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The OPC UA library's own lines are left out by default: the
+            // opcua source logs every failure itself, with the server, the
+            // item and the status, once per outage (RUST_LOG brings them
+            // back for a diagnosis).
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,opcua_client=off,opcua_core=off,opcua_crypto=off".into()),
         )
         .init();
     let cli = Cli::parse();

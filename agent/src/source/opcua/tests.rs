@@ -1,3 +1,309 @@
 //! The `opcua` source without a server: configuration checks, the turning
 //! of values and events into events, the monitored-item requests, and the
 //! scan for any service that could change a server.
+
+use super::config::OpcuaServerConfig;
+use super::values::{create_requests, Monitor, Refused};
+use crate::config::{AgentConfig, SourceConfig};
+use opcua::types::{
+    DataChangeFilter, DataValue, DateTime, EventFilter, LocalizedText, StatusCode, Variant,
+};
+use otwatch_proto::EventKind;
+
+const GOOD: &str = r#"
+[[sources.servers]]
+name = "press"
+asset = "line1/press"
+endpoint = "opc.tcp://10.0.0.9:4840"
+items = [
+  { name = "temp", node = "ns=2;s=Press.Temp", deadband = 0.5, unit = "C" },
+  { name = "on", node = "ns=2;i=7" },
+  { name = "mode", node = "ns=2;s=Mode", report = "state", states = { "1" = "RUN", "2" = "STOP" } },
+  { name = "count", node = "ns=2;s=Count", report = "sample", sampling_interval = "250ms" },
+]
+events = [{ node = "i=2253", min_severity = 300 }]
+"#;
+
+fn load(servers: &str) -> Result<AgentConfig, String> {
+    let text = format!(
+        "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = \"/tmp/x\"\n\
+         [collector]\nurl = \"http://127.0.0.1:4317\"\n\
+         [[sources]]\ntype = \"opcua\"\n{servers}"
+    );
+    AgentConfig::parse(&text, "agent.toml").map_err(|e| e.to_string())
+}
+
+fn server(servers: &str) -> OpcuaServerConfig {
+    let config = load(servers).unwrap();
+    match &config.sources[0] {
+        SourceConfig::Opcua(o) => o.servers[0].clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[track_caller]
+fn refused(servers: String, expected: &str) {
+    let err = load(&servers).unwrap_err();
+    assert!(err.contains(expected), "expected {expected:?} in: {err}");
+}
+
+#[test]
+fn a_good_configuration_loads_with_its_defaults() {
+    let s = server(GOOD);
+    assert_eq!(s.host_port().unwrap(), ("10.0.0.9".to_string(), 4840));
+    assert_eq!(s.sampling_interval, std::time::Duration::from_secs(1));
+    assert_eq!(s.queue_size, 10);
+    assert_eq!(s.items.len(), 4);
+    let v6 = server(&GOOD.replace("10.0.0.9:4840", "[fe80::1]:4841/ua"));
+    assert_eq!(v6.host_port().unwrap(), ("fe80::1".to_string(), 4841));
+    let no_port = server(&GOOD.replace("10.0.0.9:4840", "plc.local"));
+    assert_eq!(
+        no_port.host_port().unwrap(),
+        ("plc.local".to_string(), 4840)
+    );
+}
+
+#[test]
+fn bad_options_are_refused_naming_the_key() {
+    let good = GOOD.to_string();
+    refused(
+        good.replace("asset = ", "colour = \"red\"\nasset = "),
+        "unknown field `colour`",
+    );
+    refused(
+        good.replace("unit = \"C\"", "unit = \"C\", scale = 2"),
+        "unknown field `scale`",
+    );
+    refused(
+        good.replace("opc.tcp://10.0.0.9:4840", "http://10.0.0.9"),
+        "does not start with opc.tcp://",
+    );
+    refused(
+        good.replace("endpoint", "sampling_interval = \"50ms\"\nendpoint"),
+        "opcua server \"press\": sampling_interval = 50ms is below the floor of 100ms",
+    );
+    refused(
+        good.replace("endpoint", "publishing_interval = \"10ms\"\nendpoint"),
+        "publishing_interval = 10ms is below the floor",
+    );
+    refused(
+        good.replace(
+            "sampling_interval = \"250ms\"",
+            "sampling_interval = \"20ms\"",
+        ),
+        "items[3] (\"count\"): sampling_interval = 20ms is below the floor",
+    );
+    refused(
+        good.replace("ns=2;i=7", "ns=two;i=7"),
+        "items[1] (\"on\"): node \"ns=two;i=7\" is not a node id",
+    );
+    refused(
+        good.replace("deadband = 0.5", "deadband = -1.0"),
+        "deadband = -1 must be a number, 0 or more",
+    );
+    refused(
+        good.replace("\"1\" = \"RUN\"", "\"one\" = \"RUN\""),
+        "states key \"one\" is not a whole number",
+    );
+    refused(
+        good.replace("endpoint", "security_policy = \"basic256sha256\"\nendpoint"),
+        "security_policy = Basic256sha256 needs certificate",
+    );
+    refused(
+        good.replace("endpoint", "security_policy = \"basic128\"\nendpoint"),
+        "unknown variant `basic128`",
+    );
+    refused(
+        good.replace("endpoint", "certificate = \"/a.der\"\nendpoint"),
+        "certificate is set but security_policy is \"none\"",
+    );
+    refused(
+        good.replace("endpoint", "username = \"u\"\nendpoint"),
+        "username and a password (password_file or password_env) go together",
+    );
+    refused(
+        good.replace("endpoint", "password = \"secret\"\nendpoint"),
+        "unknown field `password`",
+    );
+    refused(
+        good.replace("endpoint", "user_certificate = \"/u.der\"\nendpoint"),
+        "user_certificate and user_private_key go together",
+    );
+    refused(
+        good.replace("min_severity = 300", "min_severity = 0"),
+        "events[0]: min_severity = 0 must be 1 to 1000",
+    );
+    refused(format!("{good}{good}"), "two servers are named \"press\"");
+    refused(
+        "[[sources.servers]]\nname = \"p\"\nasset = \"a\"\nendpoint = \"opc.tcp://h:1\"\n"
+            .to_string(),
+        "no items and no events",
+    );
+}
+
+#[test]
+fn requests_carry_sampling_deadband_and_event_fields() {
+    let s = server(GOOD);
+    let requests = create_requests(&s);
+    assert_eq!(requests.len(), 5);
+    let handles: Vec<u32> = requests
+        .iter()
+        .map(|r| r.requested_parameters.client_handle)
+        .collect();
+    assert_eq!(handles, [1, 2, 3, 4, 5]);
+    let temp = &requests[0].requested_parameters;
+    assert_eq!(temp.sampling_interval, 1000.0);
+    let filter: Box<DataChangeFilter> = temp.filter.clone().into_inner_as().unwrap();
+    assert_eq!((filter.deadband_type, filter.deadband_value), (1, 0.5));
+    let on: Box<DataChangeFilter> = requests[1]
+        .requested_parameters
+        .filter
+        .clone()
+        .into_inner_as()
+        .unwrap();
+    assert_eq!(on.deadband_type, 0);
+    assert_eq!(requests[3].requested_parameters.sampling_interval, 250.0);
+    let events: Box<EventFilter> = requests[4]
+        .requested_parameters
+        .filter
+        .clone()
+        .into_inner_as()
+        .unwrap();
+    assert_eq!(events.select_clauses.unwrap().len(), 7);
+    assert_eq!(requests[4].item_to_monitor.attribute_id, 12);
+}
+
+fn value(v: Variant) -> DataValue {
+    DataValue {
+        value: Some(v),
+        status: Some(StatusCode::Good),
+        source_timestamp: Some(DateTime::now()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn values_become_samples_and_states() {
+    let s = server(GOOD);
+    let mut monitors = Monitor::of(&s);
+    let mut event = |i: usize, v: DataValue| match &mut monitors[i] {
+        Monitor::Value(item) => item.event("line1/press", &v, 7),
+        Monitor::Events(_) => unreachable!(),
+    };
+    let temp = event(0, value(Variant::Float(21.5))).unwrap().unwrap();
+    assert_eq!(temp.kind(), EventKind::Sample);
+    assert_eq!((temp.value, temp.attrs["unit"].as_str()), (Some(21.5), "C"));
+    assert_eq!(temp.attrs["node"], "ns=2;s=Press.Temp");
+    // The controller's clock as ts.
+    assert!(temp.ts_ns > 1_600_000_000_000_000_000, "{}", temp.ts_ns);
+    let on = event(1, value(Variant::Boolean(true))).unwrap().unwrap();
+    assert_eq!(on.kind(), EventKind::State);
+    assert_eq!((on.text.as_deref(), on.value), (Some("ON"), Some(1.0)));
+    // A state is reported when it changes only.
+    assert_eq!(event(1, value(Variant::Boolean(true))), Ok(None));
+    assert!(event(1, value(Variant::Boolean(false))).unwrap().is_some());
+    let mode = event(2, value(Variant::Int32(2))).unwrap().unwrap();
+    assert_eq!(mode.text.as_deref(), Some("STOP"));
+    let odd = event(2, value(Variant::Int32(9))).unwrap().unwrap();
+    assert_eq!(odd.text.as_deref(), Some("UNKNOWN(9)"));
+    // A text on an item without report: a state; a number with no time: now.
+    let text = event(
+        1,
+        DataValue::new_now(Variant::LocalizedText(Box::new(LocalizedText::new(
+            "en", "MAINT",
+        )))),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(text.text.as_deref(), Some("MAINT"));
+    let mut no_time = value(Variant::UInt64(5));
+    no_time.source_timestamp = None;
+    no_time.status = Some(StatusCode::UncertainLastUsableValue);
+    let count = event(3, no_time).unwrap().unwrap();
+    assert_eq!((count.ts_ns, count.value), (7, Some(5.0)));
+    assert_eq!(count.attrs["quality"], "uncertain");
+    // A text on a sample item is refused; a bad status is unavailability.
+    assert!(matches!(
+        event(3, value(Variant::String("x".into()))),
+        Err(Refused::Unsupported(_))
+    ));
+    let mut gone = value(Variant::Empty);
+    gone.status = Some(StatusCode::BadNodeIdUnknown);
+    assert_eq!(
+        event(0, gone),
+        Err(Refused::Unavailable("BadNodeIdUnknown".into()))
+    );
+}
+
+#[test]
+fn events_become_alarms_above_their_severity() {
+    let s = server(GOOD);
+    let monitors = Monitor::of(&s);
+    let Monitor::Events(source) = &monitors[4] else {
+        panic!()
+    };
+    let fields = |severity: u16, active: Variant| {
+        vec![
+            Variant::DateTime(Box::new(DateTime::now())),
+            Variant::UInt16(severity),
+            Variant::LocalizedText(Box::new(LocalizedText::new("en", "oil pressure low"))),
+            Variant::String("press".into()),
+            Variant::NodeId(Box::new(opcua::types::NodeId::new(0, 2915u32))),
+            Variant::String("OilPressure".into()),
+            active,
+        ]
+    };
+    let alarm = source
+        .event("line1/press", &fields(700, Variant::Boolean(true)), 7)
+        .unwrap();
+    assert_eq!(alarm.kind(), EventKind::Alarm);
+    assert_eq!(alarm.name, "OilPressure");
+    assert_eq!(alarm.text.as_deref(), Some("oil pressure low"));
+    assert_eq!(alarm.value, Some(700.0));
+    assert_eq!(alarm.attrs["source"], "press");
+    assert_eq!(alarm.attrs["event_type"], "i=2915");
+    // Below min_severity, or an alarm that cleared: left out.
+    assert!(source
+        .event("line1/press", &fields(200, Variant::Empty), 7)
+        .is_none());
+    assert!(source
+        .event("line1/press", &fields(700, Variant::Boolean(false)), 7)
+        .is_none());
+    // A plain event (no condition name): named by its source.
+    let mut plain = fields(300, Variant::Empty);
+    plain[5] = Variant::Empty;
+    assert_eq!(source.event("a", &plain, 7).unwrap().name, "press");
+}
+
+/// Names that would reach an OPC UA service changing the server or
+/// running code on it, in async-opcua's session or its raw requests.
+const OPCUA_WRITE_PATHS: [&str; 14] = [
+    "write",
+    ".call(",
+    "call_one",
+    "Write",
+    "Call",
+    "add_nodes",
+    "delete_nodes",
+    "add_references",
+    "delete_references",
+    "AddNodes",
+    "DeleteNodes",
+    "history_update",
+    "HistoryUpdate",
+    "services::",
+];
+
+#[test]
+fn no_service_that_changes_a_server_is_named_in_the_opcua_source() {
+    for (file, line, code) in crate::source::code_lines("src/source/opcua") {
+        for forbidden in OPCUA_WRITE_PATHS {
+            // `std::fs::write` keeps the agent's own copy of the trust list.
+            let code = code.replace("std::fs::write", "");
+            assert!(
+                !code.contains(forbidden),
+                "{file}:{line} names {forbidden:?}, a way to change a server: {code}"
+            );
+        }
+    }
+}
