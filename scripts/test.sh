@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole otwatch test suite on a fresh machine: installs what the
 # tests need (the Python readers pyarrow and DuckDB; psql and psycopg, the
-# SQL endpoint's clients; rsyslog, Mosquitto, pymodbus and pymcprotocol, the
-# peers of the alert outputs and the agent's sources), checks formatting and
-# lints, checks that the agent stays free of heavy dependencies, validates
-# the Kubernetes manifests, builds the binaries and runs every test.
+# SQL endpoint's clients; rsyslog, Mosquitto, pymodbus, pymcprotocol and
+# asyncua, the peers of the alert outputs and the agent's sources), checks
+# formatting and lints, checks that the agent stays free of heavy
+# dependencies, validates the Kubernetes manifests, builds the binaries and
+# runs every test.
 #
 # Usage: scripts/test.sh            (from anywhere inside the repository)
 set -euo pipefail
@@ -38,13 +39,15 @@ dpkg-query -W mosquitto mosquitto-clients openssl
 psql --version
 logger --version
 
-step "test peers: pymodbus (Modbus/TCP devices) and pymcprotocol (a second MELSEC SLMP client)"
-# Pinned: pymodbus changes its server API between minor versions. Pure
-# Python, no dependencies: about 2 s on a fresh machine, nothing when present.
-if ! python3 -c 'import pymodbus, pymcprotocol; assert pymodbus.__version__ == "3.16.1"' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pymodbus==3.16.1 pymcprotocol==0.3.0
+step "test peers: pymodbus (Modbus/TCP devices), pymcprotocol (a second MELSEC SLMP client) and asyncua (an OPC UA server)"
+# Pinned: pymodbus changes its server API between minor versions, and the
+# OPC UA test's server script relies on asyncua 1.1.8's behaviour on node
+# deletion. Pure Python (asyncua brings cryptography, a wheel): a few
+# seconds on a fresh machine, nothing when present.
+if ! python3 -c 'import pymodbus, pymcprotocol, asyncua; assert pymodbus.__version__ == "3.16.1"; from importlib.metadata import version; assert version("asyncua") == "1.1.8"' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore pymodbus==3.16.1 pymcprotocol==0.3.0 asyncua==1.1.8
 fi
-python3 -c 'import pymodbus, pymcprotocol; print("pymodbus", pymodbus.__version__, "pymcprotocol ok")'
+python3 -c 'import pymodbus, pymcprotocol, asyncua; from importlib.metadata import version; print("pymodbus", pymodbus.__version__, "pymcprotocol ok", "asyncua", version("asyncua"))'
 
 step "test peer: psycopg (a Postgres wire client of the SQL endpoint)"
 if ! python3 -c 'import psycopg; assert psycopg.__version__ == "3.3.9"' 2>/dev/null; then
@@ -70,7 +73,7 @@ step "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "the agent builds with no protocol source, and with each alone (gateway builds)"
-for features in "" "modbus" "slmp" "syslog" "mqtt"; do
+for features in "" "modbus" "slmp" "syslog" "mqtt" "opcua"; do
   cargo clippy -p otwatch-agent --all-targets --no-default-features --features "$features" -- -D warnings
 done
 
