@@ -42,9 +42,10 @@
 //!   only the four read functions (1 coils, 2 discrete inputs, 3 holding
 //!   registers, 4 input registers) are reachable from the agent, and the
 //!   SLMP client can encode nothing but batch reads (0401) and the CPU
-//!   model read (0101). Tests hold the clients to it: peers that record every
-//!   function or command they receive, and a scan of the source modules for
-//!   any write path.
+//!   model read (0101). The OPC UA source subscribes and never calls Write,
+//!   Call or a service that changes the server's address space. Tests hold
+//!   the clients to it: peers that record every function or command they
+//!   receive, and a scan of the source modules for any write path.
 //! - **A misconfiguration cannot load a controller.** A device is polled at
 //!   most every `poll_interval`, which may not be below
 //!   [`poll::MIN_POLL_INTERVAL`] (100 ms); its requests are spaced so that
@@ -65,6 +66,8 @@
 //!   with the agent's periodic status.
 //! - **Timestamps.** Polled protocols carry no event time of their own: an
 //!   event's `ts` is the agent's clock when the poll's answer arrived.
+//!   OPC UA values and events carry the controller's (or the server's)
+//!   time, which the `opcua` source keeps.
 
 pub mod file;
 #[cfg(feature = "modbus")]

@@ -251,20 +251,29 @@ impl ServerState {
         }
     }
 
-    /// The events of a batch of notifications, and the age of its newest
-    /// value.
+    /// The events of a batch of notifications, the age of its newest
+    /// value, and the status of a subscription the server ended.
     fn events(
         &mut self,
         link: &DeviceLink,
         notes: Vec<Note>,
-    ) -> (Vec<otwatch_proto::ControllerEvent>, Duration) {
+    ) -> (
+        Vec<otwatch_proto::ControllerEvent>,
+        Duration,
+        Option<String>,
+    ) {
         let now = now_ns();
         let mut out = Vec::with_capacity(notes.len());
         let mut newest: Option<i64> = None;
+        let mut ended = None;
         for note in notes {
             match note {
                 Note::Status(status) => {
-                    tracing::warn!(status = %status.status, "opcua subscription status changed");
+                    // The server ended the subscription (its lifetime ran
+                    // out, it was closed): the session must subscribe again.
+                    if status.status.is_bad() {
+                        ended = Some(values::status_name(status.status));
+                    }
                 }
                 Note::Data(handle, value) => {
                     if let Some(ts) = value
@@ -317,7 +326,7 @@ impl ServerState {
                 Duration::from_nanos(now.saturating_sub(ts).clamp(0, 3_600_000_000_000) as u64)
             })
             .unwrap_or_default();
-        (out, age)
+        (out, age, ended)
     }
 }
 
@@ -532,6 +541,8 @@ async fn session(
         unavailable = state.unavailable.len(),
         "opcua session up, items subscribed"
     );
+    // Whether the connection still stands when the loop ends.
+    let mut connected = true;
     let ended = loop {
         tokio::select! {
             note = rx.recv() => {
@@ -550,15 +561,24 @@ async fn session(
                     link.metrics.errors.fetch_add(lost, Ordering::Relaxed);
                     tracing::warn!(dropped = lost, "opcua notifications dropped: the queue did not take them in time");
                 }
-                let (events, age) = state.events(link, notes);
+                let (events, age, ended) = state.events(link, notes);
                 link.take(events).await.map_err(SessionError::Queue)?;
+                if let Some(status) = ended {
+                    break Ended::Lost(format!("{}: the server ended the subscription: {status}", server.endpoint));
+                }
                 link.succeeded(age);
             }
             lost = up_rx.recv() => {
                 match lost {
                     Some(Ok(())) => {}
-                    Some(Err(e)) => break Ended::Lost(format!("{}: {e}", server.endpoint)),
-                    None => break Ended::Lost(format!("{}: session closed", server.endpoint)),
+                    Some(Err(e)) => {
+                        connected = false;
+                        break Ended::Lost(format!("{}: {e}", server.endpoint));
+                    }
+                    None => {
+                        connected = false;
+                        break Ended::Lost(format!("{}: session closed", server.endpoint));
+                    }
                 }
             }
             changed = shutdown.changed() => {
@@ -568,7 +588,7 @@ async fn session(
             }
         }
     };
-    if matches!(ended, Ended::Shutdown) {
+    if connected {
         // Deletes the subscription and closes the session, so the server
         // frees them now rather than at their timeout.
         let _ = tokio::time::timeout(server.timeout, session.disconnect()).await;
