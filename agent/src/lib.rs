@@ -43,7 +43,8 @@ pub struct AgentMetrics {
     pub queue: Arc<QueueMetrics>,
     pub sender: Arc<SenderMetrics>,
     pub sources: Vec<Arc<SourceMetrics>>,
-    /// Every polled device (modbus, slmp), labelled by source and device.
+    /// Every device of a protocol source (modbus, slmp, mqtt broker, opcua
+    /// server), labelled by source and device.
     pub devices: Vec<Arc<DeviceMetrics>>,
 }
 

@@ -92,9 +92,16 @@ async fn subscriptions_survive_a_deleted_item_and_a_server_restart() {
     let (port, metrics_port) = (free_port(), free_port());
     let delete = dir.path().join("delete-doomed");
     let server_log = dir.path().join("server.log");
+    let record = dir.path().join("requests");
+    let record_arg = record.to_str().unwrap();
     let first = server(
         port,
-        &["--delete-when", delete.to_str().unwrap()],
+        &[
+            "--delete-when",
+            delete.to_str().unwrap(),
+            "--record",
+            record_arg,
+        ],
         &server_log,
     );
     wait_listening(port).await;
@@ -151,7 +158,11 @@ async fn subscriptions_survive_a_deleted_item_and_a_server_restart() {
         metric(&http_get(&metrics_addr, "/metrics").await, &up) == Some(0)
     })
     .await;
-    let _second = server(port, &["--without", "doomed"], &server_log);
+    let _second = server(
+        port,
+        &["--without", "doomed", "--record", record_arg],
+        &server_log,
+    );
     wait_until("samples resume after the restart", async || {
         let events = stored().await;
         named(&events, EventKind::Sample, "temp_c")
@@ -246,8 +257,29 @@ async fn subscriptions_survive_a_deleted_item_and_a_server_restart() {
         2,
         "{log}"
     );
+    // Only requests that read, browse or subscribe reached the server.
+    let requests: BTreeSet<String> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        requests.contains("CreateMonitoredItemsRequest"),
+        "{requests:?}"
+    );
+    for forbidden in [
+        "WriteRequest",
+        "CallRequest",
+        "AddNodesRequest",
+        "DeleteNodesRequest",
+        "AddReferencesRequest",
+        "DeleteReferencesRequest",
+        "HistoryUpdateRequest",
+    ] {
+        assert!(!requests.contains(forbidden), "{forbidden}: {requests:?}");
+    }
     eprintln!(
-        "{} events; temp samples {}, with a deadband {coarse:?}, counter samples {}, alarms {}",
+        "requests received: {requests:?}; {} events; temp samples {}, with a deadband {coarse:?}, counter samples {}, alarms {}",
         events.len(),
         temps.len(),
         counts.len(),

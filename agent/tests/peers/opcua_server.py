@@ -3,6 +3,7 @@ variables change over time and which raises an alarm event now and then.
 
 Usage: python3 opcua_server.py --port PORT [--without NAME ...]
            [--delete-when FILE] [--secure DIR] [--user USER:PASSWORD]
+           [--record FILE]
 
 The address space (namespace 2, string node ids; the agent's tests
 configure the same items):
@@ -27,7 +28,10 @@ and Aes128-Sha256-RsaOaep with SignAndEncrypt, with a certificate and key
 it makes in DIR (server-cert.der, server-key.pem; kept when present) and a
 client certificate and key for the agent (client-cert.der,
 client-key.pem); --user USER:PASSWORD asks for that user name and
-password (anonymous refused).
+password (anonymous refused); --record FILE appends the name of each kind
+of request a client sends (ReadRequest, CreateMonitoredItemsRequest, ...)
+the first time it arrives, so a test can assert that no request changing
+the server (WriteRequest, CallRequest, ...) ever came.
 """
 
 import argparse
@@ -86,6 +90,25 @@ class OneUser(UserManager):
         return None
 
 
+def record_requests(path: str) -> None:
+    """Has the server append each kind of request it receives to path."""
+    from asyncua.server.uaprocessor import UaProcessor
+
+    seen = set()
+    process = UaProcessor._process_message
+
+    async def recording(self, typeid, requesthdr, seqhdr, body):
+        name = ua.ObjectIdNames.get(typeid.Identifier, str(typeid))
+        name = name.replace("_Encoding_DefaultBinary", "")
+        if name not in seen:
+            seen.add(name)
+            with open(path, "a") as f:
+                f.write(name + "\n")
+        return await process(self, typeid, requesthdr, seqhdr, body)
+
+    UaProcessor._process_message = recording
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -93,7 +116,10 @@ async def main() -> None:
     parser.add_argument("--delete-when")
     parser.add_argument("--secure")
     parser.add_argument("--user")
+    parser.add_argument("--record")
     args = parser.parse_args()
+    if args.record:
+        record_requests(args.record)
 
     user_manager = None
     if args.user:

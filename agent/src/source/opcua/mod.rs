@@ -408,8 +408,11 @@ async fn serve(
 }
 
 /// Why a session ended badly: the server (retried), or the queue (fatal).
+#[derive(Debug, thiserror::Error)]
 enum SessionError {
+    #[error("{0}")]
     Failed(String),
+    #[error("the queue stopped: {0}")]
     Queue(String),
 }
 
