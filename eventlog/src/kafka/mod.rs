@@ -453,6 +453,8 @@ pub struct KafkaLog {
     ends: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
     marks: Arc<Marks>,
     tail: tokio::task::JoinHandle<()>,
+    /// The assignments of this process's group consumers, for readiness.
+    members: Mutex<Vec<(String, std::sync::Weak<Mutex<BTreeSet<u32>>>)>>,
 }
 
 impl Drop for KafkaLog {
@@ -517,8 +519,22 @@ impl KafkaLog {
             ends: Arc::default(),
             marks,
             tail,
+            members: Mutex::default(),
             config,
         })
+    }
+
+    /// Topics (by their names in the cluster) of this process's consumer
+    /// group members that hold no partition yet: the group is still
+    /// rebalancing, or has more members than the topic has partitions.
+    pub fn unassigned(&self) -> Vec<String> {
+        let mut members = self.members.lock().unwrap();
+        members.retain(|(_, m)| m.strong_count() > 0);
+        members
+            .iter()
+            .filter(|(_, m)| m.upgrade().is_some_and(|m| m.lock().unwrap().is_empty()))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Partitions of `topic`.
@@ -900,6 +916,10 @@ impl EventLog for KafkaLog {
         checkpoint: &Checkpoint,
     ) -> Result<Box<dyn Consumer>> {
         let consumer = KafkaConsumer::open(self, topic, group, checkpoint, true)?;
+        self.members.lock().unwrap().push((
+            format!("{} (group {group})", consumer.name),
+            Arc::downgrade(&consumer.assigned),
+        ));
         Ok(Box::new(consumer))
     }
 }
