@@ -442,6 +442,9 @@ impl Layout {
     }
 }
 
+/// The partitions a group member holds now.
+type Assignment = Mutex<BTreeSet<u32>>;
+
 /// The event log on Kafka. See the module docs.
 pub struct KafkaLog {
     config: KafkaLogConfig,
@@ -454,7 +457,7 @@ pub struct KafkaLog {
     marks: Arc<Marks>,
     tail: tokio::task::JoinHandle<()>,
     /// The assignments of this process's group consumers, for readiness.
-    members: Mutex<Vec<(String, std::sync::Weak<Mutex<BTreeSet<u32>>>)>>,
+    members: Mutex<Vec<(String, std::sync::Weak<Assignment>)>>,
 }
 
 impl Drop for KafkaLog {
@@ -936,7 +939,7 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
 struct GroupContext {
     topic: String,
     start: BTreeMap<u32, u64>,
-    assigned: Arc<Mutex<BTreeSet<u32>>>,
+    assigned: Arc<Assignment>,
 }
 
 impl ClientContext for GroupContext {}
@@ -1043,7 +1046,7 @@ pub struct KafkaConsumer {
     topic: Topic,
     name: String,
     consumer: Arc<StreamConsumer<GroupContext>>,
-    assigned: Arc<Mutex<BTreeSet<u32>>>,
+    assigned: Arc<Assignment>,
     /// Whether it is a group member (else it reads partition 0 whole).
     grouped: bool,
     /// Next offset to fetch, per partition.
