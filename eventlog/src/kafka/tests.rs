@@ -339,3 +339,44 @@ fn configuration_errors_name_the_option() {
     c.validate().unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+/// Figures on this machine: `cargo test -p otwatch-eventlog --release
+/// kafka_figures -- --ignored --nocapture`. The mock broker is in-process,
+/// so they show the client's own cost, not a network's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn kafka_figures() {
+    let cluster = cluster();
+    let mut c = config(&cluster);
+    c.max_record_bytes = 900_000;
+    let log = KafkaLog::open(c).await.unwrap();
+    // About 3 MB: the mock broker keeps only the newest 5 MB of a partition.
+    let rounds = 100u64;
+    let started = Instant::now();
+    for round in 0..rounds {
+        let first = round * 500 + 1;
+        log.append(
+            Topic::Events,
+            vec![events("plant-a/gw-1", first..=first + 499, 40)],
+        )
+        .await
+        .unwrap();
+    }
+    let append = started.elapsed() / rounds as u32;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        log.producer_seq(Topic::Events, "plant-a/gw-1")
+            .await
+            .unwrap();
+    }
+    let seq = started.elapsed() / rounds as u32;
+    let mut consumer = log.consumer(Topic::Events, "figures").await.unwrap();
+    let started = Instant::now();
+    let got = rows(consumer.as_mut(), (rounds * 500) as usize).await;
+    let consumed = started.elapsed();
+    eprintln!(
+        "append of a 500-event batch (acks=all, delivery confirmed, mark written): {append:?}; \
+         producer_seq: {seq:?}; consuming {} records of 500 rows: {consumed:?}",
+        got.len()
+    );
+}
