@@ -271,4 +271,66 @@ mod tests {
             );
         }
     }
+
+    /// `GET path` on `addr`: the status code.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.ok()?;
+        answer.split(' ').nth(1)?.parse().ok()
+    }
+
+    async fn wait_for(addr: std::net::SocketAddr, status: u16) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if get(addr, "/readyz").await == Some(status) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_collector_role_on_kafka_gets_ready_and_stops_cleanly() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let defaults = otwatch_eventlog::KafkaLogConfig::default();
+        for (topic, partitions) in [
+            (&defaults.events_topic, 3),
+            (&defaults.alerts_topic, 3),
+            (&defaults.control_topic, 1),
+            (&defaults.producers_topic, 3),
+        ] {
+            cluster.create_topic(topic, partitions, 1).unwrap();
+        }
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        drop(metrics);
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: Some(metrics_addr),
+            insecure_loopback: true,
+            log: crate::config::LogConfig {
+                kind: LogKind::Kafka,
+                brokers: Some(vec![cluster.bootstrap_servers()]),
+                partitions: Some(3),
+                timeout: Some(Duration::from_secs(3)),
+                ..crate::config::LogConfig::default()
+            },
+            ..ServerConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let role = tokio::spawn(run(config, Role::Collector, async move {
+            let _ = stopped.await;
+        }));
+        assert!(
+            wait_for(metrics_addr, 200).await,
+            "ready once the brokers answer"
+        );
+        stop.send(()).unwrap();
+        role.await.unwrap().unwrap();
+    }
 }
