@@ -78,6 +78,34 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         sql_listen: Option<SocketAddr>,
     },
+    /// Run only the collector (gRPC ingest) over a shared Kafka event log
+    /// ([log] kind = "kafka"), with the same configuration file as `serve`.
+    /// Collectors keep no state: run as many as agents need, behind one
+    /// address or listed in the agents' configuration. A local log is
+    /// refused: it can only be shared inside `otwatch serve`.
+    ///
+    /// Example: otwatch collector --config /etc/otwatch/otwatch.toml
+    Collector {
+        #[command(flatten)]
+        role: RoleArgs,
+        /// Ingest address (overrides the config file). Default: 127.0.0.1:4317
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Accept agents over plaintext gRPC on a loopback --listen address
+        /// (local trials only), as for `serve`.
+        #[arg(long)]
+        insecure_loopback: bool,
+    },
+    /// Run only the detector and the alert outputs over a shared Kafka event
+    /// log ([log] kind = "kafka"), with the same configuration file as
+    /// `serve`. A local log is refused: it can only be shared inside
+    /// `otwatch serve`.
+    ///
+    /// Example: otwatch detector --config /etc/otwatch/otwatch.toml
+    Detector {
+        #[command(flatten)]
+        role: RoleArgs,
+    },
     /// Make a deployment's certificates: CA, collector, agents, revocation list
     ///
     /// An agent certificate names its site and agent id
@@ -263,16 +291,41 @@ enum Command {
         #[command(subcommand)]
         action: SqlUserAction,
     },
-    /// Check or repair the Parquet history.
+    /// Run the history writers over a shared Kafka event log, or check or
+    /// repair the Parquet history.
+    ///
+    /// Without a subcommand: run only the history writers of every table
+    /// over the event log of [log] kind = "kafka", with the same
+    /// configuration file as `serve` (a local log is refused: it can only
+    /// be shared inside `otwatch serve`).
     ///
     /// Examples:
+    ///   otwatch history --config /etc/otwatch/otwatch.toml
     ///   otwatch history check --data-dir /var/lib/otwatch
     ///   otwatch history repair --data-dir /var/lib/otwatch --forget-missing
-    #[command(verbatim_doc_comment)]
+    #[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
     History {
         #[command(subcommand)]
-        action: HistoryAction,
+        action: Option<HistoryAction>,
+        #[command(flatten)]
+        role: RoleArgs,
     },
+}
+
+/// What every role command takes.
+#[derive(clap::Args)]
+struct RoleArgs {
+    /// Configuration file (TOML), the same as `otwatch serve` reads.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the config file): the detector's
+    /// checkpoints, the history's Parquet files, output files.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides the
+    /// config file's metrics_listen).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -864,6 +917,51 @@ async fn serve(
     }
 }
 
+/// Runs one role until a signal (exit 0) or a component failure (70).
+async fn run_role(
+    role: otwatch_runtime::roles::Role,
+    args: RoleArgs,
+    listen: Option<SocketAddr>,
+    insecure_loopback: bool,
+) -> anyhow::Result<ExitCode> {
+    init_logging("info");
+    let mut config = match &args.config {
+        Some(path) => config::ServerConfig::load(path)?,
+        None => config::ServerConfig::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
+    config.insecure_loopback = insecure_loopback;
+    let mut signal_error = None;
+    let result = otwatch_runtime::roles::run(config, role, async {
+        if let Err(e) = shutdown_signal().await {
+            signal_error = Some(e);
+        }
+    })
+    .await;
+    if let Some(e) = signal_error {
+        return Err(e);
+    }
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e)
+            if e.downcast_ref::<otwatch_runtime::supervisor::Failure>()
+                .is_some() =>
+        {
+            eprintln!("Error: {e:#}");
+            Ok(ExitCode::from(EXIT_COMPONENT_FAILED))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match cli.command {
         Command::Cert { action } => run_cert(action),
@@ -1018,7 +1116,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::History { action } => {
+        Command::Collector {
+            role,
+            listen,
+            insecure_loopback,
+        } => {
+            return run_role(
+                otwatch_runtime::roles::Role::Collector,
+                role,
+                listen,
+                insecure_loopback,
+            )
+            .await
+        }
+        Command::Detector { role } => {
+            return run_role(otwatch_runtime::roles::Role::Detector, role, None, false).await
+        }
+        Command::History { action: None, role } => {
+            return run_role(otwatch_runtime::roles::Role::History, role, None, false).await
+        }
+        Command::History {
+            action: Some(action),
+            ..
+        } => {
             init_logging("warn");
             match action {
                 HistoryAction::Check { data_dir, full } => {

@@ -449,10 +449,16 @@ impl Collector {
             locks.entry(producer.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        let held = inner
-            .log
-            .producer_seq(Topic::Events, &producer)
-            .unwrap_or(0);
+        let held = match inner.log.producer_seq(Topic::Events, &producer).await {
+            Ok(held) => held.unwrap_or(0),
+            Err(e) => {
+                m.append_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot read the agent's sequence from the event log; batch not acknowledged");
+                return Err(Status::unavailable(format!(
+                    "the collector cannot read what the event log holds ({e}); resend later"
+                )));
+            }
+        };
         self.check_sequence(held, &batch.events)?;
         // Sequence numbers strictly increase within a batch (validated), so
         // the already-held events are a prefix.
@@ -685,11 +691,20 @@ impl Ingest for Collector {
         let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent, remote = ?remote);
         let metrics = self.inner.metrics.clone();
         metrics.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let held = self
+        let held = match self
             .inner
             .log
             .producer_seq(Topic::Events, &identity.producer())
-            .unwrap_or(0);
+            .await
+        {
+            Ok(held) => held.unwrap_or(0),
+            Err(e) => {
+                span.in_scope(|| tracing::error!(error = %e, "cannot read the agent's sequence from the event log; stream refused"));
+                return Err(Status::unavailable(format!(
+                    "the collector cannot read what the event log holds ({e}); retry later"
+                )));
+            }
+        };
         span.in_scope(|| tracing::info!(durable_seq = held, "agent connected"));
         // Acks are few and small; a short buffer keeps a slow reader from
         // holding many and still lets the next batch be processed.

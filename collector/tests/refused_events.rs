@@ -5,7 +5,7 @@
 //! whole is still refused with a status.
 
 use otwatch_collector::{Backfill, Collector, CollectorConfig, CollectorMetrics};
-use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
+use otwatch_eventlog::{LocalLog, LocalLogConfig, Topic};
 use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
 use otwatch_proto::limits::Limits;
 use otwatch_proto::v1::ingest_client::IngestClient;

@@ -14,21 +14,31 @@
 //!   replicas), so the collector can ack agents the moment it returns;
 //! - a record may carry a [`ProducerMark`] (producer id and the highest
 //!   sequence number in the record), and the log recovers, per producer, the
-//!   highest sequence it holds ([`EventLog::producer_seq`]), the way Kafka's
-//!   idempotent producer state is recovered; the collector dedupes with it;
+//!   highest sequence it holds ([`EventLog::producer_seq`]); the collector
+//!   dedupes with it. The lookup is asynchronous and fallible because a
+//!   distributed log answers it over the network;
+//! - a topic has one or more partitions ([`Delivery::partition`]); offsets
+//!   are per partition. The local log has one partition, `0`, per topic;
 //! - consumers read from an offset and commit the offset they will resume
 //!   from. Consumers whose state lives elsewhere (the history writer commits
 //!   its offset with its Parquet files, the detector with its checkpoint)
-//!   open at that position with [`EventLog::consumer_at`] and commit too,
-//!   so that the log knows what it may delete;
+//!   open at that position with [`EventLog::consumer_at`] (one partition) or
+//!   [`EventLog::consumer_from`] (a [`Checkpoint`]: every partition, and
+//!   the producers' high-water marks a distributed log needs to drop records
+//!   written twice), and commit too, so that the log knows what it may
+//!   delete;
 //! - damaged records are reported and skipped, never read as wrong data and
 //!   never a reason to stop; offsets never go back.
 
+mod ipc;
+pub mod kafka;
 mod local;
 
+pub use kafka::{KafkaLog, KafkaLogConfig, KafkaSecurity};
 pub use local::{DamageCounts, LocalLog, LocalLogConfig};
 
 use arrow::array::RecordBatch;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A topic of the log.
@@ -78,6 +88,9 @@ pub struct Record {
 /// One record read back.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// Partition of the topic the record is in (always 0 in the local log).
+    pub partition: u32,
+    /// Offset of the record within its partition.
     pub offset: u64,
     pub batch: RecordBatch,
     pub producer: Option<ProducerMark>,
@@ -115,6 +128,16 @@ pub enum LogError {
     },
     #[error("the event log has shut down")]
     Closed,
+    #[error("Kafka {action} failed: {reason}")]
+    Kafka { action: String, reason: String },
+    #[error("Kafka topic {topic} does not exist and the broker refused to create it: {reason} (create it, with {partitions} partitions, or let otwatch's user create topics)")]
+    TopicCreation {
+        topic: String,
+        partitions: i32,
+        reason: String,
+    },
+    #[error("{0} is not supported by this event log")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
@@ -126,10 +149,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// are durable. Concurrent callers are committed together (group commit).
     async fn append(&self, topic: Topic, records: Vec<Record>) -> Result<Vec<u64>>;
 
-    /// Highest sequence number durably held for `producer` in `topic`.
-    fn producer_seq(&self, topic: Topic, producer: &str) -> Option<u64>;
+    /// Highest sequence number durably held for `producer` in `topic`:
+    /// every mark appended (and acknowledged) before the call, by any
+    /// writer of the log, is taken into account.
+    async fn producer_seq(&self, topic: Topic, producer: &str) -> Result<Option<u64>>;
 
-    /// The offset the next appended record of `topic` will get.
+    /// The offset the next appended record of `topic` will get; for a log
+    /// with several partitions, the sum over partitions of the ends this
+    /// process knows of (a measure of progress for lag, not an offset).
     fn end_offset(&self, topic: Topic) -> u64;
 
     /// A consumer of `topic` in consumer group `group`, positioned at the
@@ -148,6 +175,40 @@ pub trait EventLog: Send + Sync + 'static {
         group: &str,
         offset: u64,
     ) -> Result<Box<dyn Consumer>>;
+
+    /// A consumer of `topic` in group `group` resuming from `checkpoint`
+    /// (as returned by [`Consumer::checkpoint`] and kept with the
+    /// consumer's own state). Partitions the checkpoint does not name start
+    /// at the group's committed offset (or the start of the log). The local
+    /// log has one partition and never holds a record twice, so its default
+    /// is [`EventLog::consumer_at`] at partition 0's offset.
+    async fn consumer_from(
+        &self,
+        topic: Topic,
+        group: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<Box<dyn Consumer>> {
+        match checkpoint.offsets.get(&0) {
+            Some(&offset) => self.consumer_at(topic, group, offset).await,
+            None => self.consumer(topic, group).await,
+        }
+    }
+}
+
+/// Where a consumer stands, per partition, and what it already holds: the
+/// state a consumer keeps with its own output (files, model checkpoint) so
+/// that it resumes exactly where that output ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Next offset to read, per partition.
+    #[serde(default)]
+    pub offsets: BTreeMap<u32, u64>,
+    /// Per partition, per producer, the highest sequence already delivered:
+    /// a record a producer wrote twice (an agent resending through another
+    /// collector) is dropped, because a producer's records all land in one
+    /// partition, in order.
+    #[serde(default)]
+    pub producers: BTreeMap<u32, BTreeMap<String, u64>>,
 }
 
 /// Reads one topic in order.
@@ -164,6 +225,24 @@ pub trait Consumer: Send {
     /// Moves the position to `offset`.
     fn seek(&mut self, offset: u64);
 
-    /// The offset the next `poll` starts from.
+    /// The offset the next `poll` starts from; for a consumer of several
+    /// partitions, the sum of their next offsets (a measure of progress).
     fn position(&self) -> u64;
+
+    /// Where this consumer stands: every partition it reads and what it
+    /// already holds. The default is for one-partition logs.
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            offsets: BTreeMap::from([(0, self.position())]),
+            producers: BTreeMap::new(),
+        }
+    }
+
+    /// Durably records `checkpoint`'s offsets as where this group resumes.
+    async fn commit_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        match checkpoint.offsets.get(&0) {
+            Some(&offset) => self.commit(offset).await,
+            None => Ok(()),
+        }
+    }
 }

@@ -22,7 +22,7 @@ use crate::outputs::OutputConfig;
 use anyhow::Context;
 use otwatch_collector::CollectorConfig;
 use otwatch_detector::DetectorConfig;
-use otwatch_eventlog::LocalLogConfig;
+use otwatch_eventlog::{KafkaLogConfig, KafkaSecurity, LocalLogConfig};
 use otwatch_pgwire::SqlEndpointConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -39,8 +39,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Ingest: limits on what agents may send.
     pub collector: CollectorConfig,
-    /// The embedded event log.
-    pub log: LocalLogConfig,
+    /// The event log: local segments (default) or Kafka (`[log]`).
+    pub log: LogConfig,
     /// The anomaly detector.
     pub detector: DetectorConfig,
     /// The Parquet history.
@@ -76,7 +76,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("otwatch-data"),
             listen: "127.0.0.1:4317".parse().unwrap(),
             collector: CollectorConfig::default(),
-            log: LocalLogConfig::default(),
+            log: LogConfig::default(),
             detector: DetectorConfig::default(),
             history: HistoryConfig::default(),
             outputs: crate::outputs::default_outputs(),
@@ -85,6 +85,225 @@ impl Default for ServerConfig {
             sql_listen: None,
             sql: SqlEndpointConfig::default(),
             insecure_loopback: false,
+        }
+    }
+}
+
+/// Which event log the components share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogKind {
+    /// Segment files under `data_dir`: one process (`otwatch serve`).
+    #[default]
+    Local,
+    /// Topics of a Kafka cluster: the roles may run on separate machines.
+    Kafka,
+}
+
+/// The `[log]` section: the event log between ingest and everything
+/// downstream. `segment_bytes` is for the local log only, the Kafka options
+/// for `kind = "kafka"` only; `retention` is for both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"local"` (default): segment files under `data_dir`, shared by the
+    /// components of `otwatch serve` in one process. `"kafka"`: topics of a
+    /// Kafka cluster, so that `otwatch collector`, `otwatch detector` and
+    /// `otwatch history` can run (and scale) on separate machines.
+    pub kind: LogKind,
+    /// Local log: a segment is closed and a new one started once it reaches
+    /// this size, in bytes.
+    pub segment_bytes: u64,
+    /// How long records are kept. Local log: a closed segment is deleted
+    /// once all its records are older than this and every consumer has
+    /// committed past it. Kafka: `retention.ms` of the topics otwatch
+    /// creates (existing topics keep theirs); make it at least the longest
+    /// outage of a consumer you want to survive.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Kafka: bootstrap brokers, e.g. `["kafka-0.kafka:9092"]`. Required
+    /// with `kind = "kafka"`.
+    pub brokers: Option<Vec<String>>,
+    /// Kafka: topic of controller events. Default `otwatch-events`.
+    pub events_topic: Option<String>,
+    /// Kafka: topic of alerts. Default `otwatch-alerts`.
+    pub alerts_topic: Option<String>,
+    /// Kafka: topic of SOC decisions (one partition). Default
+    /// `otwatch-control`.
+    pub control_topic: Option<String>,
+    /// Kafka: compacted topic of each agent's highest stored sequence, read
+    /// by every collector. Default `otwatch-producers`.
+    pub producers_topic: Option<String>,
+    /// Kafka: partitions of the topics otwatch creates; detectors and history
+    /// writers scale up to this many instances. Default 12.
+    pub partitions: Option<i32>,
+    /// Kafka: replication factor of the topics otwatch creates. Default: the
+    /// broker's `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// Kafka: client id the brokers see. Default `otwatch`.
+    pub client_id: Option<String>,
+    /// Kafka: largest message otwatch writes (longer records are chunked);
+    /// keep it below the brokers' `message.max.bytes`. Default 900000.
+    pub max_record_bytes: Option<usize>,
+    /// Kafka: how long a produce, metadata request or commit may take.
+    /// Default "30s".
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Kafka: how long a consumer group waits for a member that stopped
+    /// answering (a killed detector) before its partitions move to the
+    /// others; at least 6s. Default "10s".
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Option<Duration>,
+    /// Kafka: TLS and SASL (`[log.security]`). Default: plaintext.
+    pub security: Option<LogSecurity>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        let local = LocalLogConfig::default();
+        LogConfig {
+            kind: LogKind::Local,
+            segment_bytes: local.segment_bytes,
+            retention: local.retention,
+            brokers: None,
+            events_topic: None,
+            alerts_topic: None,
+            control_topic: None,
+            producers_topic: None,
+            partitions: None,
+            replication_factor: None,
+            client_id: None,
+            max_record_bytes: None,
+            timeout: None,
+            session_timeout: None,
+            security: None,
+        }
+    }
+}
+
+/// `[log.security]`: how otwatch authenticates to Kafka. Secrets come from
+/// a file or an environment variable, never from this file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSecurity {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: Option<String>,
+    /// CA bundle (PEM) that signs the brokers' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that authenticate clients by TLS.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// File holding the SASL password.
+    pub sasl_password_file: Option<PathBuf>,
+    /// Environment variable holding the SASL password.
+    pub sasl_password_env: Option<String>,
+}
+
+impl LogConfig {
+    /// The local log's settings.
+    pub fn local(&self) -> LocalLogConfig {
+        LocalLogConfig {
+            segment_bytes: self.segment_bytes,
+            retention: self.retention,
+        }
+    }
+
+    /// The Kafka log's settings, with the SASL password read from its file
+    /// or variable. Errors name the option.
+    pub fn kafka(&self) -> Result<KafkaLogConfig, String> {
+        let d = KafkaLogConfig::default();
+        let security = match &self.security {
+            None => KafkaSecurity::default(),
+            Some(s) => KafkaSecurity {
+                protocol: s.protocol.clone(),
+                ca_file: s.ca_file.clone(),
+                cert_file: s.cert_file.clone(),
+                key_file: s.key_file.clone(),
+                sasl_mechanism: s.sasl_mechanism.clone(),
+                sasl_username: s.sasl_username.clone(),
+                sasl_password: crate::outputs::secret::load_option(
+                    "log.security",
+                    "sasl_password",
+                    s.sasl_password_file.as_ref(),
+                    s.sasl_password_env.as_ref(),
+                )?
+                .map(|p| p.expose().to_string()),
+            },
+        };
+        let config = KafkaLogConfig {
+            brokers: self.brokers.clone().unwrap_or_default(),
+            events_topic: self.events_topic.clone().unwrap_or(d.events_topic),
+            alerts_topic: self.alerts_topic.clone().unwrap_or(d.alerts_topic),
+            control_topic: self.control_topic.clone().unwrap_or(d.control_topic),
+            producers_topic: self.producers_topic.clone().unwrap_or(d.producers_topic),
+            partitions: self.partitions.unwrap_or(d.partitions),
+            replication_factor: self.replication_factor,
+            client_id: self.client_id.clone().unwrap_or(d.client_id),
+            max_record_bytes: self.max_record_bytes.unwrap_or(d.max_record_bytes),
+            timeout: self.timeout.unwrap_or(d.timeout),
+            session_timeout: self.session_timeout.unwrap_or(d.session_timeout),
+            retention: Some(self.retention),
+            security,
+        };
+        config.validate()?;
+        if config.security.sasl_username.is_some() && config.security.sasl_password.is_none() {
+            return Err(
+                "security: sasl_password_file or sasl_password_env is required with a SASL user"
+                    .into(),
+            );
+        }
+        Ok(config)
+    }
+
+    /// Names of the Kafka options that are set.
+    fn kafka_options_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("brokers", self.brokers.is_some()),
+            ("events_topic", self.events_topic.is_some()),
+            ("alerts_topic", self.alerts_topic.is_some()),
+            ("control_topic", self.control_topic.is_some()),
+            ("producers_topic", self.producers_topic.is_some()),
+            ("partitions", self.partitions.is_some()),
+            ("replication_factor", self.replication_factor.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("max_record_bytes", self.max_record_bytes.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("session_timeout", self.session_timeout.is_some()),
+            ("security", self.security.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, s)| *s)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Checks the section, naming the option.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            LogKind::Local => {
+                let set = self.kafka_options_set();
+                if !set.is_empty() {
+                    return Err(format!(
+                        "{} apply to kind = \"kafka\" only (kind is \"local\")",
+                        set.join(", ")
+                    ));
+                }
+                self.local().validate()
+            }
+            LogKind::Kafka => {
+                if self.segment_bytes != LocalLogConfig::default().segment_bytes {
+                    return Err("segment_bytes applies to kind = \"local\" only".into());
+                }
+                if self.retention.is_zero() {
+                    return Err("retention must be longer than 0 (e.g. \"7d\")".into());
+                }
+                self.kafka().map(|_| ())
+            }
         }
     }
 }
@@ -271,6 +490,55 @@ mod tests {
         assert!(refused("[[outputs]]\ntype = \"jsonl\"\npath = \"\"\n").contains("path"));
         assert!(refused("[sql]\nmax_rows = 0\n").contains("sql.max_rows"));
         assert!(refused("sql_listen = \"0.0.0.0:5432\"\n").contains("sql_listen"));
+    }
+
+    #[test]
+    fn the_log_section_picks_local_or_kafka_and_refuses_mixed_options() {
+        let c: ServerConfig = toml::from_str("[log]\nretention = \"3d\"\n").unwrap();
+        assert_eq!(c.log.kind, LogKind::Local);
+        assert_eq!(c.log.local().retention, Duration::from_secs(3 * 86_400));
+        c.validate_values().unwrap();
+
+        let refused = |text: &str| {
+            let c: ServerConfig = toml::from_str(text).unwrap();
+            format!("{:#}", c.validate_values().unwrap_err())
+        };
+        assert!(refused("[log]\nbrokers = [\"k:9092\"]\n")
+            .contains("brokers apply to kind = \"kafka\" only"));
+        assert!(refused("[log]\nkind = \"kafka\"\n").contains("brokers"));
+        assert!(
+            refused("[log]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\npartitions = 0\n")
+                .contains("partitions")
+        );
+        assert!(
+            refused("[log]\nkind = \"kafka\"\nbrokers = [\"k:9092\"]\nsegment_bytes = 8192\n")
+                .contains("segment_bytes")
+        );
+        let err = toml::from_str::<ServerConfig>("[log]\nkind = \"kafka\"\nbroker = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `broker`"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("kafka-password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let text = format!(
+            "[log]\nkind = \"kafka\"\nbrokers = [\"k1:9092\", \"k2:9092\"]\npartitions = 24\n\
+             events_topic = \"plant-events\"\n[log.security]\nprotocol = \"sasl_plaintext\"\n\
+             sasl_mechanism = \"PLAIN\"\nsasl_username = \"otwatch\"\nsasl_password_file = {:?}\n",
+            password.display().to_string()
+        );
+        let c: ServerConfig = toml::from_str(&text).unwrap();
+        c.validate_values().unwrap();
+        let kafka = c.log.kafka().unwrap();
+        assert_eq!(kafka.brokers, vec!["k1:9092", "k2:9092"]);
+        assert_eq!(kafka.partitions, 24);
+        assert_eq!(kafka.events_topic, "plant-events");
+        assert_eq!(kafka.alerts_topic, "otwatch-alerts");
+        assert_eq!(kafka.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(kafka.security.sasl_password.as_deref(), Some("s3cret"));
+        std::fs::remove_file(&password).unwrap();
+        assert!(refused(&text).contains("log.security.sasl_password_file"));
     }
 
     #[test]

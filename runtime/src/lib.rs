@@ -20,6 +20,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod outputs;
+pub mod roles;
 pub mod service;
 pub mod supervisor;
 

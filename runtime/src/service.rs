@@ -108,7 +108,7 @@ impl Service {
             None => None,
         };
         let log = Arc::new(
-            LocalLog::open(log_dir(&data_dir), config.log.clone())
+            LocalLog::open(log_dir(&data_dir), config.log.local())
                 .context("cannot open the event log")?,
         );
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -55,8 +55,6 @@ mod frame;
 mod tests;
 
 use crate::{Consumer, Delivery, EventLog, LogError, ProducerMark, Record, Result, Topic};
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 use frame::{Body, Frame};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -217,11 +215,7 @@ fn topic_dir(dir: &Path, topic: Topic) -> PathBuf {
 
 /// Encodes a record's body (the IPC stream and its CRC) in the caller.
 fn encode_body(record: &Record) -> Result<Body> {
-    let mut ipc = Vec::with_capacity(1024);
-    let mut writer = StreamWriter::try_new(&mut ipc, record.batch.schema_ref())?;
-    writer.write(&record.batch)?;
-    writer.finish()?;
-    drop(writer);
+    let ipc = crate::ipc::encode(&record.batch)?;
     Ok(Body {
         crc: crc32c::crc32c(&ipc),
         ipc,
@@ -232,11 +226,7 @@ fn encode_body(record: &Record) -> Result<Body> {
 
 fn decode_payload(payload: &[u8]) -> std::result::Result<arrow::array::RecordBatch, String> {
     let (_, body) = frame::decode_header(payload)?;
-    let mut reader = StreamReader::try_new(&payload[body..], None).map_err(|e| e.to_string())?;
-    reader
-        .next()
-        .ok_or("no record batch in the record")?
-        .map_err(|e| e.to_string())
+    crate::ipc::decode(&payload[body..])
 }
 
 /// Copies `file[start..end)` to `<topic dir>/quarantine/<base>-<start>.bad`
@@ -542,6 +532,17 @@ fn skip_to(
 }
 
 impl LocalLog {
+    /// Highest sequence number held for `producer` in `topic`, from memory:
+    /// the local log's answer to [`EventLog::producer_seq`], without waiting.
+    pub fn producer_seq(&self, topic: Topic, producer: &str) -> Option<u64> {
+        self.shared.topics[&topic]
+            .read()
+            .unwrap()
+            .producers
+            .get(producer)
+            .copied()
+    }
+
     /// Opens (creating) the log in `dir`, recovering from a crash as described
     /// in the module docs.
     pub fn open(dir: impl AsRef<Path>, config: LocalLogConfig) -> Result<Self> {
@@ -1080,13 +1081,8 @@ impl EventLog for LocalLog {
         rx.await.map_err(|_| LogError::Closed)?
     }
 
-    fn producer_seq(&self, topic: Topic, producer: &str) -> Option<u64> {
-        self.shared.topics[&topic]
-            .read()
-            .unwrap()
-            .producers
-            .get(producer)
-            .copied()
+    async fn producer_seq(&self, topic: Topic, producer: &str) -> Result<Option<u64>> {
+        Ok(LocalLog::producer_seq(self, topic, producer))
     }
 
     fn end_offset(&self, topic: Topic) -> u64 {
@@ -1312,6 +1308,7 @@ fn read_records(
                     };
                     let batch = decode_payload(&payload.expect("whole read")).map_err(corrupt)?;
                     out.push(Delivery {
+                        partition: 0,
                         offset,
                         batch,
                         producer: header.producer,

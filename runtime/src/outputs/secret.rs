@@ -1,5 +1,6 @@
-//! Secrets of the outputs (tokens, HMAC keys): read from a file or an
-//! environment variable, never from the configuration text, and never shown.
+//! Secrets of the configuration (output tokens, HMAC keys, the Kafka log's
+//! SASL password): read from a file or an environment variable, never from
+//! the configuration text, and never shown.
 //!
 //! An option `X` that is a secret is configured as `X_file = "/path"` or
 //! `X_env = "VARIABLE"`, exactly one of them. The configuration only holds
@@ -36,36 +37,39 @@ pub fn load(
     file: Option<&PathBuf>,
     env: Option<&String>,
 ) -> Result<Option<Secret>, String> {
+    load_option(&format!("outputs.{output}"), key, file, env)
+}
+
+/// Reads the secret `key` of the configuration table `table` (e.g.
+/// `log.security`) from `file` or `env`; as [`load`].
+pub fn load_option(
+    table: &str,
+    key: &str,
+    file: Option<&PathBuf>,
+    env: Option<&String>,
+) -> Result<Option<Secret>, String> {
     let value = match (file, env) {
         (None, None) => return Ok(None),
         (Some(_), Some(_)) => {
             return Err(format!(
-                "outputs.{output}: give one of {key}_file and {key}_env, not both"
+                "{table}: give one of {key}_file and {key}_env, not both"
             ))
         }
         (Some(path), None) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "outputs.{output}.{key}_file: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{table}.{key}_file: cannot read {}: {e}", path.display()))?;
             let value = text.trim_end_matches(['\n', '\r']).to_string();
             if value.is_empty() {
-                return Err(format!(
-                    "outputs.{output}.{key}_file: {} is empty",
-                    path.display()
-                ));
+                return Err(format!("{table}.{key}_file: {} is empty", path.display()));
             }
             value
         }
         (None, Some(var)) => {
-            let value = std::env::var(var).map_err(|e| {
-                format!("outputs.{output}.{key}_env: environment variable {var}: {e}")
-            })?;
+            let value = std::env::var(var)
+                .map_err(|e| format!("{table}.{key}_env: environment variable {var}: {e}"))?;
             if value.is_empty() {
                 return Err(format!(
-                    "outputs.{output}.{key}_env: environment variable {var} is empty"
+                    "{table}.{key}_env: environment variable {var} is empty"
                 ));
             }
             value
