@@ -52,7 +52,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    memory::limit_arenas();
+    memory::configure_allocator();
     tracing_subscriber::fmt()
         // Colour codes only for a person at a terminal, not in journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
