@@ -8,6 +8,8 @@ use otwatch_agent::Agent;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod memory;
+
 /// The otwatch edge agent.
 ///
 /// Reads events from its sources (a simulated site, or a file of JSON lines),
@@ -49,8 +51,8 @@ struct Cli {
     drain: Duration,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    memory::configure_allocator();
     tracing_subscriber::fmt()
         // Colour codes only for a person at a terminal, not in journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -69,6 +71,14 @@ async fn main() -> anyhow::Result<()> {
         println!("{}: configuration is valid", cli.config.display());
         return Ok(());
     }
+    // The parse's garbage (8.5 MiB of heap for 5,000 tags) is freed by now.
+    memory::release_free_memory();
+    memory::runtime()
+        .context("cannot start the async runtime")?
+        .block_on(run(cli, config))
+}
+
+async fn run(cli: Cli, config: AgentConfig) -> anyhow::Result<()> {
     let agent = Agent::start(config).context("agent failed to start")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
