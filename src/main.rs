@@ -17,7 +17,7 @@ use otwatch_runtime::config;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -872,23 +872,16 @@ async fn serve(
     sql_listen: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     init_logging("info");
-    let mut config = match config {
-        Some(path) => config::ServerConfig::load(&path)?,
-        None => config::ServerConfig::default(),
-    };
-    if let Some(dir) = data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(addr) = listen {
-        config.listen = addr;
-    }
-    if let Some(addr) = metrics_listen {
-        config.metrics_listen = Some(addr);
-    }
+    let mut config = server_config(
+        config.as_deref(),
+        data_dir,
+        listen,
+        metrics_listen,
+        insecure_loopback,
+    )?;
     if let Some(addr) = sql_listen {
         config.sql_listen = Some(addr);
     }
-    config.insecure_loopback = insecure_loopback;
     let service = otwatch_runtime::Service::start(config).await?;
     let mut signal_error = None;
     let result = service
@@ -901,6 +894,42 @@ async fn serve(
             Duration::from_secs(30),
         )
         .await;
+    exit_status(result, signal_error)
+}
+
+/// The configuration of `serve` and the roles: the file (or the defaults)
+/// with the command line's overrides.
+fn server_config(
+    path: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    insecure_loopback: bool,
+) -> anyhow::Result<config::ServerConfig> {
+    let mut config = match path {
+        Some(path) => config::ServerConfig::load(path)?,
+        None => config::ServerConfig::default(),
+    };
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    if let Some(addr) = metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
+    config.insecure_loopback = insecure_loopback;
+    Ok(config)
+}
+
+/// How a run of `serve` or a role ends: 0 after a clean stop, 70 when a
+/// component failed (its cause printed), 1 for anything else, including a
+/// signal handler that could not be installed.
+fn exit_status(
+    result: anyhow::Result<()>,
+    signal_error: Option<anyhow::Error>,
+) -> anyhow::Result<ExitCode> {
     if let Some(e) = signal_error {
         return Err(e);
     }
@@ -925,20 +954,13 @@ async fn run_role(
     insecure_loopback: bool,
 ) -> anyhow::Result<ExitCode> {
     init_logging("info");
-    let mut config = match &args.config {
-        Some(path) => config::ServerConfig::load(path)?,
-        None => config::ServerConfig::default(),
-    };
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(addr) = listen {
-        config.listen = addr;
-    }
-    if let Some(addr) = args.metrics_listen {
-        config.metrics_listen = Some(addr);
-    }
-    config.insecure_loopback = insecure_loopback;
+    let config = server_config(
+        args.config.as_deref(),
+        args.data_dir,
+        listen,
+        args.metrics_listen,
+        insecure_loopback,
+    )?;
     let mut signal_error = None;
     let result = otwatch_runtime::roles::run(config, role, async {
         if let Err(e) = shutdown_signal().await {
@@ -946,20 +968,7 @@ async fn run_role(
         }
     })
     .await;
-    if let Some(e) = signal_error {
-        return Err(e);
-    }
-    match result {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e)
-            if e.downcast_ref::<otwatch_runtime::supervisor::Failure>()
-                .is_some() =>
-        {
-            eprintln!("Error: {e:#}");
-            Ok(ExitCode::from(EXIT_COMPONENT_FAILED))
-        }
-        Err(e) => Err(e),
-    }
+    exit_status(result, signal_error)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

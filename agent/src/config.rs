@@ -441,7 +441,7 @@ fn without_feature(source: &str) -> String {
 }
 
 /// True for a loopback host: `localhost`, 127.0.0.0/8 or ::1.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()

@@ -19,19 +19,17 @@
 //! - `detector`: the detector and the alert outputs;
 //! - `history`: the history writers of every table.
 
-use crate::components::detector::DetectorComponent;
-use crate::components::history::HistoryComponent;
+use crate::components::history::source_topic;
 use crate::components::ingest::IngestComponent;
 use crate::config::{LogKind, ServerConfig};
 use crate::health::Health;
-use crate::service::{history_dir, Counters};
+use crate::service::{detector, history_writer, ingest_tls, Counters};
 use crate::supervisor::{Stage, Supervisor};
 use anyhow::Context;
 use otwatch_collector::Collector;
 use otwatch_eventlog::{EventLog, KafkaLog, Topic};
 use otwatch_history::Table;
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -108,13 +106,7 @@ pub async fn run(
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            let tls = match &config.collector.tls {
-                Some(tls) => Some(
-                    tls.acceptor()
-                        .context("cannot set up TLS on the ingest port")?,
-                ),
-                None => None,
-            };
+            let tls = ingest_tls(&config)?;
             let collector = Collector::new(shared.clone(), config.collector.clone())
                 .context("the [collector] configuration is invalid")?;
             tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "collector listening");
@@ -128,16 +120,8 @@ pub async fn run(
             supervisor.spawn(Stage::Ingest, reporter, |ctx| ingest.run(ctx));
         }
         Role::Detector => {
-            let (queries, queries_rx) = tokio::sync::mpsc::channel(16);
+            let (detector, queries) = detector(shared.clone(), &config, &counters);
             _queries = Some(queries);
-            let detector = DetectorComponent {
-                log: shared.clone(),
-                dir: data_dir.join("detector"),
-                history: history_dir(&data_dir),
-                config: config.detector.clone(),
-                alerts_raised: counters.alerts_raised.clone(),
-                queries: queries_rx,
-            };
             let reporter = health.register(
                 crate::components::detector::GROUP.to_string(),
                 Some(Topic::Events),
@@ -157,25 +141,11 @@ pub async fn run(
         }
         Role::History => {
             for table in Table::ALL {
-                let topic = match table {
-                    Table::Events => Topic::Events,
-                    Table::Alerts => Topic::Alerts,
-                    Table::Audit => Topic::Control,
-                };
-                let component = HistoryComponent {
-                    log: shared.clone(),
-                    root: history_dir(&data_dir),
-                    table,
-                    config: config.history.clone(),
-                    rows_written: match table {
-                        Table::Events => counters.events_written.clone(),
-                        Table::Alerts | Table::Audit => Arc::new(AtomicU64::new(0)),
-                    },
-                    records_skipped: counters.history_records_skipped.clone(),
-                    maintenance: counters.history_maintenance.clone(),
-                };
-                let reporter =
-                    health.register(crate::components::history::group(table), Some(topic));
+                let component = history_writer(table, shared.clone(), &config, &counters);
+                let reporter = health.register(
+                    crate::components::history::group(table),
+                    Some(source_topic(table)),
+                );
                 supervisor.spawn(Stage::Output, reporter, |ctx| component.run(ctx));
             }
         }

@@ -19,15 +19,15 @@
 //!   returns; what is left is read again at the next start.
 
 use crate::admin::server::AdminComponent;
-use crate::components::detector::DetectorComponent;
-use crate::components::history::HistoryComponent;
+use crate::components::detector::{DetectorComponent, Query};
+use crate::components::history::{source_topic, HistoryComponent};
 use crate::components::ingest::IngestComponent;
 use crate::components::sql::SqlComponent;
 use crate::config::ServerConfig;
 use crate::health::{Health, Reporter};
 use crate::supervisor::{Failure, Stage, Supervisor};
 use anyhow::Context;
-use otwatch_collector::{Collector, CollectorMetrics};
+use otwatch_collector::{tls, Collector, CollectorMetrics};
 use otwatch_eventlog::{Consumer, EventLog, LocalLog, Topic};
 use otwatch_history::Table;
 use otwatch_proto::Alert;
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Where the Parquet history of a data directory lives.
 pub fn history_dir(data_dir: &Path) -> PathBuf {
@@ -61,6 +61,61 @@ pub struct Counters {
     pub history_records_skipped: Arc<AtomicU64>,
     /// What compaction and retention did.
     pub history_maintenance: Arc<crate::components::history::MaintenanceCounters>,
+}
+
+/// The history writer of `table`, reading its topic of `log` into the
+/// history under the data directory.
+pub(crate) fn history_writer(
+    table: Table,
+    log: Arc<dyn EventLog>,
+    config: &ServerConfig,
+    counters: &Counters,
+) -> HistoryComponent {
+    HistoryComponent {
+        log,
+        root: history_dir(&config.data_dir),
+        table,
+        config: config.history.clone(),
+        rows_written: match table {
+            Table::Events => counters.events_written.clone(),
+            Table::Alerts | Table::Audit => Arc::new(AtomicU64::new(0)),
+        },
+        records_skipped: counters.history_records_skipped.clone(),
+        maintenance: counters.history_maintenance.clone(),
+    }
+}
+
+/// The detector over `log`, and the sender of the queries it answers
+/// (`model status`, checks of decisions); dropping the sender ends none of
+/// its work, it only stops the answers.
+pub(crate) fn detector(
+    log: Arc<dyn EventLog>,
+    config: &ServerConfig,
+    counters: &Counters,
+) -> (DetectorComponent, mpsc::Sender<Query>) {
+    let (queries, queries_rx) = mpsc::channel(16);
+    let detector = DetectorComponent {
+        log,
+        dir: config.data_dir.join("detector"),
+        history: history_dir(&config.data_dir),
+        config: config.detector.clone(),
+        alerts_raised: counters.alerts_raised.clone(),
+        queries: queries_rx,
+    };
+    (detector, queries)
+}
+
+/// The ingest port's TLS, when `[collector.tls]` is set.
+pub(crate) fn ingest_tls(config: &ServerConfig) -> anyhow::Result<Option<tls::Acceptor>> {
+    config
+        .collector
+        .tls
+        .as_ref()
+        .map(|tls| {
+            tls.acceptor()
+                .context("cannot set up TLS on the ingest port")
+        })
+        .transpose()
 }
 
 /// The running central service.
@@ -126,13 +181,7 @@ impl Service {
             )),
             None => None,
         };
-        let tls = match &config.collector.tls {
-            Some(tls) => Some(
-                tls.acceptor()
-                    .context("cannot set up TLS on the ingest port")?,
-            ),
-            None => None,
-        };
+        let tls = ingest_tls(&config)?;
         let secure = tls.is_some();
         let collector = Collector::new(log.clone(), config.collector.clone())
             .context("the [collector] configuration is invalid")?;
@@ -151,27 +200,11 @@ impl Service {
 
         // Consumers first: each opens its own state before ingest starts.
         for table in Table::ALL {
-            let topic = match table {
-                Table::Events => Topic::Events,
-                Table::Alerts => Topic::Alerts,
-                Table::Audit => Topic::Control,
-            };
-            let component = HistoryComponent {
-                log: as_dyn(),
-                root: history_dir(&data_dir),
-                table,
-                config: config.history.clone(),
-                rows_written: match table {
-                    Table::Events => counters.events_written.clone(),
-                    Table::Alerts | Table::Audit => Arc::new(AtomicU64::new(0)),
-                },
-                records_skipped: counters.history_records_skipped.clone(),
-                maintenance: counters.history_maintenance.clone(),
-            };
+            let component = history_writer(table, as_dyn(), &config, &counters);
             let reporter = register(
                 Stage::Output,
                 crate::components::history::group(table),
-                Some(topic),
+                Some(source_topic(table)),
             );
             supervisor.spawn(Stage::Output, reporter, |ctx| component.run(ctx));
         }
@@ -187,16 +220,8 @@ impl Service {
             });
         }
         // The admin socket asks the detector (`model status`, checks of
-        // decisions) over this channel.
-        let (queries, queries_rx) = tokio::sync::mpsc::channel(16);
-        let detector = DetectorComponent {
-            log: as_dyn(),
-            dir: data_dir.join("detector"),
-            history: history_dir(&data_dir),
-            config: config.detector.clone(),
-            alerts_raised: counters.alerts_raised.clone(),
-            queries: queries_rx,
-        };
+        // decisions) through `queries`.
+        let (detector, queries) = detector(as_dyn(), &config, &counters);
         let reporter = register(
             Stage::Detect,
             crate::components::detector::GROUP.to_string(),

@@ -78,6 +78,27 @@ pub mod mqtt;
 pub mod opcua;
 pub mod poll;
 pub mod sim;
+
+/// A password a source logs in with, from the first line of `file` or
+/// from the environment variable `env` (never from the configuration
+/// text); `None` when neither is set.
+#[cfg(any(feature = "mqtt", feature = "opcua"))]
+pub(crate) fn read_password(
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("password_file {}: {e}", path.display()))?;
+        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("password_env {var} is not set"));
+    }
+    Ok(None)
+}
 #[cfg(feature = "slmp")]
 pub mod slmp;
 #[cfg(feature = "syslog")]

@@ -24,9 +24,11 @@ use otwatch_proto::limits::Limits;
 use otwatch_proto::{ControllerEvent, EventKind};
 use rand::Rng;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Shortest `poll_interval` a device may have: a controller's
 /// communication processor serves its HMIs and engineering tools too.
@@ -127,22 +129,30 @@ impl PollSettings {
                 fmt(self.timeout)
             ));
         }
-        if self.reconnect_min < MIN_POLL_INTERVAL {
-            return Err(format!(
-                "{what}: reconnect_min = {} is below {}: a dead device would be retried in a tight loop",
-                fmt(self.reconnect_min),
-                fmt(MIN_POLL_INTERVAL)
-            ));
-        }
-        if self.reconnect_min > self.reconnect_max {
-            return Err(format!(
-                "{what}: reconnect_min ({}) is above reconnect_max ({})",
-                fmt(self.reconnect_min),
-                fmt(self.reconnect_max)
-            ));
-        }
-        Ok(())
+        check_reconnect(what, self.reconnect_min, self.reconnect_max)
     }
+}
+
+/// Refuses a reconnect backoff that would retry a dead device in a tight
+/// loop (`reconnect_min` below [`MIN_POLL_INTERVAL`]) or that cannot grow
+/// (`reconnect_min` above `reconnect_max`); `what` names the device.
+pub fn check_reconnect(what: &str, min: Duration, max: Duration) -> Result<(), String> {
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    if min < MIN_POLL_INTERVAL {
+        return Err(format!(
+            "{what}: reconnect_min = {} is below {}: a dead device would be retried in a tight loop",
+            fmt(min),
+            fmt(MIN_POLL_INTERVAL)
+        ));
+    }
+    if min > max {
+        return Err(format!(
+            "{what}: reconnect_min ({}) is above reconnect_max ({})",
+            fmt(min),
+            fmt(max)
+        ));
+    }
+    Ok(())
 }
 
 /// Spaces one device's requests at least `1 / max_requests_per_second`
@@ -274,6 +284,68 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// A configured device of a source that runs one task per device (a
+/// Modbus device, a MELSEC CPU, an OPC UA server).
+pub trait Device: Send + 'static {
+    /// Its name in metrics (`device` label) and logs.
+    fn name(&self) -> &str;
+    /// The `asset` of its events.
+    fn asset(&self) -> &str;
+}
+
+/// The metrics of each device, in configuration order.
+pub fn device_metrics<D: Device>(source: &'static str, devices: &[D]) -> Vec<Arc<DeviceMetrics>> {
+    devices
+        .iter()
+        .map(|d| Arc::new(DeviceMetrics::new(source, d.name())))
+        .collect()
+}
+
+/// Runs `serve` for every device in a task of its own, inside a `device`
+/// span (source, device, asset) and with its own [`DeviceLink`], so that a
+/// dead or slow device costs only its own task. Returns when every task has
+/// ended; the first task that fails (a queue that stopped for good) ends
+/// the source.
+pub async fn run_devices<D, F, Fut>(
+    source: &'static str,
+    devices: Vec<D>,
+    device_metrics: Vec<Arc<DeviceMetrics>>,
+    source_metrics: Arc<SourceMetrics>,
+    limits: Limits,
+    queue: QueueHandle,
+    mut serve: F,
+) -> Result<(), String>
+where
+    D: Device,
+    F: FnMut(D, DeviceLink) -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for (device, metrics) in devices.into_iter().zip(device_metrics) {
+        let span = tracing::info_span!(
+            "device",
+            source,
+            device = %device.name(),
+            asset = %device.asset()
+        );
+        let link = DeviceLink::new(
+            metrics,
+            source_metrics.clone(),
+            limits.clone(),
+            queue.clone(),
+        );
+        tasks.spawn(serve(device, link).instrument(span));
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("a {source} device task failed: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// One device's way to the queue: checks its events, appends them, counts

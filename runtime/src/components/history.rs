@@ -114,13 +114,18 @@ fn transient_log(e: &LogError) -> bool {
     matches!(e, LogError::Io { .. } | LogError::Fs(_))
 }
 
+/// The topic of the log a history table is written from.
+pub fn source_topic(table: Table) -> Topic {
+    match table {
+        Table::Events => Topic::Events,
+        Table::Alerts => Topic::Alerts,
+        Table::Audit => Topic::Control,
+    }
+}
+
 impl HistoryComponent {
     pub async fn run(self, mut ctx: Context) -> anyhow::Result<()> {
-        let topic = match self.table {
-            Table::Events => Topic::Events,
-            Table::Alerts => Topic::Alerts,
-            Table::Audit => Topic::Control,
-        };
+        let topic = source_topic(self.table);
         let mut backoff = Backoff::default();
         loop {
             match self.round(topic, &mut ctx, &mut backoff).await? {

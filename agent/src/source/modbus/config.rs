@@ -499,3 +499,12 @@ impl ModbusDeviceConfig {
         self.poll_settings().check(&what, plan.reads.len())
     }
 }
+
+impl crate::source::poll::Device for ModbusDeviceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn asset(&self) -> &str {
+        &self.asset
+    }
+}

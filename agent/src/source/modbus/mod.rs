@@ -48,7 +48,7 @@ mod tests;
 pub use config::ModbusSourceConfig;
 
 use super::poll::{
-    device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
+    self, device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
     TagReporter, TagValue,
 };
 use super::SourceMetrics;
@@ -62,18 +62,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// Most CYCLE events one poll reports for a counter that jumped.
 pub const MAX_CYCLES_PER_POLL: u64 = 100;
 
 /// The metrics of each configured device, in configuration order.
 pub fn device_metrics(config: &ModbusSourceConfig) -> Vec<Arc<DeviceMetrics>> {
-    config
-        .devices
-        .iter()
-        .map(|d| Arc::new(DeviceMetrics::new("modbus", &d.name)))
-        .collect()
+    poll::device_metrics("modbus", &config.devices)
 }
 
 /// Runs the source until `shutdown` turns true: one task per device. Fails
@@ -86,30 +81,16 @@ pub async fn run(
     devices: Vec<Arc<DeviceMetrics>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (device, device_metrics) in config.devices.into_iter().zip(devices) {
-        let span = tracing::info_span!(
-            "device",
-            source = "modbus",
-            device = %device.name,
-            asset = %device.asset
-        );
-        let link = DeviceLink::new(
-            device_metrics,
-            metrics.clone(),
-            limits.clone(),
-            queue.clone(),
-        );
-        tasks.spawn(poll_device(device, link, shutdown.clone()).instrument(span));
-    }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(format!("a modbus device task failed: {e}")),
-        }
-    }
-    Ok(())
+    poll::run_devices(
+        "modbus",
+        config.devices,
+        devices,
+        metrics,
+        limits,
+        queue,
+        |device, link| poll_device(device, link, shutdown.clone()),
+    )
+    .await
 }
 
 /// Resolves and connects within the device's timeout.

@@ -193,21 +193,6 @@ fn client_tls(tls: &config::MqttTlsConfig) -> Result<rustls::ClientConfig, Strin
     }
 }
 
-/// The password, from its file or environment variable.
-fn password(config: &MqttSourceConfig) -> Result<Option<String>, String> {
-    if let Some(path) = &config.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("mqtt source: password_file {}: {e}", path.display()))?;
-        return Ok(Some(text.lines().next().unwrap_or("").to_string()));
-    }
-    if let Some(var) = &config.password_env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| format!("mqtt source: password_env {var} is not set"));
-    }
-    Ok(None)
-}
-
 /// Runs the source until `shutdown` turns true. Fails when its TLS files
 /// or password cannot be read, or the queue stops for good.
 pub async fn run(
@@ -226,7 +211,15 @@ pub async fn run(
         .set_manual_acks(true)
         .set_max_packet_size(256 * 1024, 256 * 1024);
     if let Some(user) = &config.username {
-        options.set_credentials(user, password(&config)?.unwrap_or_default());
+        options.set_credentials(
+            user,
+            super::read_password(
+                config.password_file.as_deref(),
+                config.password_env.as_deref(),
+            )
+            .map_err(|e| format!("mqtt source: {e}"))?
+            .unwrap_or_default(),
+        );
     }
     if let Some(tls) = &config.tls {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(

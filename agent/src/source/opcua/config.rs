@@ -349,20 +349,7 @@ impl OpcuaServerConfig {
                 fmt(self.keep_alive)
             ));
         }
-        if self.reconnect_min < MIN_POLL_INTERVAL {
-            return Err(format!(
-                "{what}: reconnect_min = {} is below {}: a dead server would be retried in a tight loop",
-                fmt(self.reconnect_min),
-                fmt(MIN_POLL_INTERVAL)
-            ));
-        }
-        if self.reconnect_min > self.reconnect_max {
-            return Err(format!(
-                "{what}: reconnect_min ({}) is above reconnect_max ({})",
-                fmt(self.reconnect_min),
-                fmt(self.reconnect_max)
-            ));
-        }
+        poll::check_reconnect(&what, self.reconnect_min, self.reconnect_max)?;
         if self.items.is_empty() && self.events.is_empty() {
             return Err(format!(
                 "{what}: no items and no events: give at least one item to monitor"
@@ -462,5 +449,14 @@ impl OpcuaServerConfig {
     /// The sampling interval of `item`.
     pub fn sampling_interval_of(&self, item: &ItemConfig) -> Duration {
         item.sampling_interval.unwrap_or(self.sampling_interval)
+    }
+}
+
+impl crate::source::poll::Device for OpcuaServerConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn asset(&self) -> &str {
+        &self.asset
     }
 }

@@ -61,7 +61,7 @@ pub mod values;
 
 pub use config::OpcuaSourceConfig;
 
-use super::poll::{fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics};
+use super::poll::{self, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics};
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
 use config::{OpcuaServerConfig, SecurityPolicy};
@@ -97,11 +97,7 @@ const LIFETIME_COUNT: u32 = 60;
 
 /// The metrics of each configured server, in configuration order.
 pub fn device_metrics(config: &OpcuaSourceConfig) -> Vec<Arc<DeviceMetrics>> {
-    config
-        .servers
-        .iter()
-        .map(|s| Arc::new(DeviceMetrics::new("opcua", &s.name)))
-        .collect()
+    poll::device_metrics("opcua", &config.servers)
 }
 
 /// Runs the source until `shutdown` turns true: one task per server, each
@@ -116,31 +112,19 @@ pub async fn run(
     devices: Vec<Arc<DeviceMetrics>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for (server, device_metrics) in config.servers.into_iter().zip(devices) {
-        let span = tracing::info_span!(
-            "device",
-            source = "opcua",
-            device = %server.name,
-            asset = %server.asset
-        );
-        let link = DeviceLink::new(
-            device_metrics,
-            metrics.clone(),
-            limits.clone(),
-            queue.clone(),
-        );
-        let pki = state_dir.join(format!("opcua-{}", file_safe(&server.name)));
-        tasks.spawn(serve(server, pki, link, metrics.clone(), shutdown.clone()).instrument(span));
-    }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(format!("an opcua server task failed: {e}")),
-        }
-    }
-    Ok(())
+    poll::run_devices(
+        "opcua",
+        config.servers,
+        devices,
+        metrics.clone(),
+        limits,
+        queue,
+        |server, link| {
+            let pki = state_dir.join(format!("opcua-{}", file_safe(&server.name)));
+            serve(server, pki, link, metrics.clone(), shutdown.clone())
+        },
+    )
+    .await
 }
 
 /// A server name as a directory name.
@@ -357,7 +341,7 @@ async fn serve(
     );
     if server.security_policy == SecurityPolicy::None {
         if let Ok((host, _)) = server.host_port() {
-            if !is_loopback(&host) {
+            if !crate::config::is_loopback(&host) {
                 tracing::warn!(endpoint = %server.endpoint, "security_policy = \"none\": the session to this server is neither signed nor encrypted");
             }
         }
@@ -721,22 +705,10 @@ fn identity(server: &OpcuaServerConfig) -> Result<IdentityToken, String> {
     let Some(user) = &server.username else {
         return Ok(IdentityToken::Anonymous);
     };
-    let password = if let Some(path) = &server.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("password_file {}: {e}", path.display()))?;
-        text.lines().next().unwrap_or("").to_string()
-    } else if let Some(var) = &server.password_env {
-        std::env::var(var).map_err(|_| format!("password_env {var} is not set"))?
-    } else {
-        String::new()
-    };
+    let password = super::read_password(
+        server.password_file.as_deref(),
+        server.password_env.as_deref(),
+    )?
+    .unwrap_or_default();
     Ok(IdentityToken::new_user_name(user.clone(), password))
-}
-
-/// True for a loopback host: `localhost`, 127.0.0.0/8 or ::1.
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }

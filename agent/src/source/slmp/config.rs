@@ -315,3 +315,12 @@ impl SlmpDeviceConfig {
         self.poll_settings().check(&what, per_poll)
     }
 }
+
+impl crate::source::poll::Device for SlmpDeviceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn asset(&self) -> &str {
+        &self.asset
+    }
+}

@@ -46,7 +46,7 @@ mod tests;
 pub use config::SlmpSourceConfig;
 
 use super::poll::{
-    device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
+    self, device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
     TagReporter, TagValue,
 };
 use super::SourceMetrics;
@@ -60,7 +60,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// Operating status (bits 0-3: 0 RUN, 1 STOP, 2 PAUSE).
 const STATUS_DEVICE: &str = "SD203";
@@ -69,11 +68,7 @@ const SCAN_TIME_DEVICE: &str = "SD520";
 
 /// The metrics of each configured CPU, in configuration order.
 pub fn device_metrics(config: &SlmpSourceConfig) -> Vec<Arc<DeviceMetrics>> {
-    config
-        .devices
-        .iter()
-        .map(|d| Arc::new(DeviceMetrics::new("slmp", &d.name)))
-        .collect()
+    poll::device_metrics("slmp", &config.devices)
 }
 
 /// Runs the source until `shutdown` turns true: one task per CPU. Fails
@@ -88,34 +83,22 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     otwatch_fs::create_dir_all_durable(&state_dir).map_err(|e| e.to_string())?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (device, device_metrics) in config.devices.into_iter().zip(devices) {
-        let span = tracing::info_span!(
-            "device",
-            source = "slmp",
-            device = %device.name,
-            asset = %device.asset
-        );
-        let link = DeviceLink::new(
-            device_metrics,
-            metrics.clone(),
-            limits.clone(),
-            queue.clone(),
-        );
-        let state_file = state_dir.join(format!(
-            "slmp-{:08x}.json",
-            crc32c::crc32c(device.name.as_bytes())
-        ));
-        tasks.spawn(poll_device(device, state_file, link, shutdown.clone()).instrument(span));
-    }
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(format!("an slmp device task failed: {e}")),
-        }
-    }
-    Ok(())
+    poll::run_devices(
+        "slmp",
+        config.devices,
+        devices,
+        metrics,
+        limits,
+        queue,
+        |device, link| {
+            let state_file = state_dir.join(format!(
+                "slmp-{:08x}.json",
+                crc32c::crc32c(device.name.as_bytes())
+            ));
+            poll_device(device, state_file, link, shutdown.clone())
+        },
+    )
+    .await
 }
 
 /// One batch read of a poll.
