@@ -22,12 +22,14 @@
 //!
 //! ```sh
 //! cargo bench -p otwatch-history --bench history_vs_duckdb -- \
-//!     [--events 20000000] [--flush-secs 20] [--runs 3] [--dir DIR]
+//!     [--events 20000000] [--flush-secs 20] [--runs 3] [--dir DIR] [--no-compact]
 //! ```
 //!
 //! With `--dir`, the history is written there and kept (an existing one
 //! is used as it is, so the same files can be measured again); otherwise
-//! it goes to a temporary directory.
+//! it goes to a temporary directory. `--no-compact` measures the
+//! uncompacted layout only and leaves it so, for measuring the same files
+//! again (after a change, or under `perf`).
 
 mod workload;
 
@@ -42,6 +44,7 @@ struct Args {
     workload: Workload,
     runs: usize,
     dir: Option<PathBuf>,
+    compact: bool,
 }
 
 fn args() -> Args {
@@ -52,6 +55,7 @@ fn args() -> Args {
         },
         runs: 3,
         dir: None,
+        compact: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +65,7 @@ fn args() -> Args {
             "--flush-secs" => out.workload.flush_secs = value().parse().expect("--flush-secs S"),
             "--runs" => out.runs = value().parse().expect("--runs N"),
             "--dir" => out.dir = Some(value().into()),
+            "--no-compact" => out.compact = false,
             // What cargo bench passes to every bench target.
             "--bench" => {}
             other => panic!("unknown argument {other}; see the module documentation"),
@@ -213,6 +218,12 @@ fn main() {
         let timed = runtime.block_on(measure(&root, &queries, args.runs));
         differ |= timed.iter().any(|t| !t.same);
         print_table("not compacted", files, &queries, &timed);
+        if !args.compact {
+            if differ {
+                std::process::exit(1);
+            }
+            return;
+        }
         let (files, seconds) = runtime.block_on(workload::compact_all(&root));
         println!("\ncompacted every hour into {files} files in {seconds:.1} s");
     }

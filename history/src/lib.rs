@@ -2,7 +2,7 @@
 //! disk, the writer that fills them from the event log, SQL over them, and
 //! the tools that check them.
 //!
-//! - [`writer`]: [`TableWriter`] turns record batches into zstd Parquet files
+//! - [`writer`]: [`TableWriter`] turns record batches into Parquet files
 //!   partitioned by UTC date, hour and site, lists them in per-partition
 //!   manifests, and commits the event-log offset it reached together with
 //!   the files, so that after any crash the committed files hold exactly

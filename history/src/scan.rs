@@ -19,7 +19,13 @@
 //! 3. **Row groups and pages**, by DataFusion's Parquet reader from the
 //!    files' statistics, with the filters pushed into the decoder.
 //!    Compacted files are sorted by site, asset and `ts` (see
-//!    [`crate::compact`]), so their statistics are narrow.
+//!    [`crate::compact`]), so their statistics are narrow. Only files of at
+//!    least [`PAGE_INDEX_MIN_BYTES`] have their page index read: a smaller
+//!    file holds about one page per column, so its page index cannot skip
+//!    what its row-group statistics do not, and reading it is one more read
+//!    and decode per file. Flush files are that small, and a history not yet
+//!    compacted is thousands of them (the scan is then a union of two file
+//!    scans, one per setting).
 //!
 //! Steps 1 and 2 only ever drop what the filters exclude for certain: a
 //! filter this module does not understand keeps everything, and DataFusion
@@ -38,6 +44,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
@@ -51,6 +58,7 @@ use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::path::Path as StorePath;
 use std::collections::BTreeSet;
@@ -59,6 +67,11 @@ use std::sync::Arc;
 const NS_PER_HOUR: i64 = 3_600_000_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 
+/// Files at least this large have their page index read; see the module
+/// documentation. Parquet's default page is 1 MiB, and a history file has
+/// a dozen columns.
+pub(crate) const PAGE_INDEX_MIN_BYTES: u64 = 4 << 20;
+
 /// One table of the history for DataFusion; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct HistoryTable {
@@ -66,11 +79,30 @@ pub(crate) struct HistoryTable {
     /// The file columns, then `date` and `hour`.
     schema: SchemaRef,
     store: CommittedStore,
+    /// How files of at least `page_index_min_bytes` are read.
     format: Arc<ParquetFormat>,
+    /// How smaller files are read: the same without the page index.
+    small_format: Arc<ParquetFormat>,
+    /// [`PAGE_INDEX_MIN_BYTES`]; other values in tests only.
+    page_index_min_bytes: u64,
+}
+
+/// The Parquet reading options of a scan. The format carries its own
+/// options; session-level settings do not reach a table's scan.
+fn parquet_format(page_index: bool) -> ParquetFormat {
+    let mut parquet = TableParquetOptions::default();
+    // Filters are evaluated while decoding (late materialization), and
+    // row groups (and pages, with the page index) are skipped by their
+    // statistics.
+    parquet.global.pushdown_filters = true;
+    parquet.global.reorder_filters = true;
+    parquet.global.pruning = true;
+    parquet.global.enable_page_index = page_index;
+    ParquetFormat::default().with_options(parquet)
 }
 
 impl HistoryTable {
-    pub fn new(table: Table, store: CommittedStore, format: ParquetFormat) -> Self {
+    pub fn new(table: Table, store: CommittedStore) -> Self {
         let mut fields: Vec<Field> = table
             .schema()
             .fields()
@@ -82,7 +114,9 @@ impl HistoryTable {
             table,
             schema: Arc::new(Schema::new(fields)),
             store,
-            format: Arc::new(format),
+            format: Arc::new(parquet_format(true)),
+            small_format: Arc::new(parquet_format(false)),
+            page_index_min_bytes: PAGE_INDEX_MIN_BYTES,
         }
     }
 }
@@ -167,23 +201,34 @@ impl TableProvider for HistoryTable {
         if objects.is_empty() {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let files = objects
+        let (large, small): (Vec<CommittedObject>, Vec<CommittedObject>) = objects
             .into_iter()
-            .map(partitioned_file)
-            .collect::<Result<Vec<_>>>()?;
-        let target = state.config().target_partitions().max(1);
-        let groups = FileGroup::new(files).split_files(target);
-        let table_schema = TableSchemaBuilder::from(&file_schema)
-            .with_table_partition_cols(partition_fields())
-            .build();
-        let source = self.format.file_source(table_schema);
-        let url = ObjectStoreUrl::parse(CommittedStore::url(self.table))?;
-        let config = FileScanConfigBuilder::new(url, source)
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        self.format.create_physical_plan(state, config).await
+            .partition(|o| o.meta.size >= self.page_index_min_bytes);
+        let mut plans = Vec::new();
+        for (objects, format) in [(large, &self.format), (small, &self.small_format)] {
+            if objects.is_empty() {
+                continue;
+            }
+            let files = objects
+                .into_iter()
+                .map(partitioned_file)
+                .collect::<Result<Vec<_>>>()?;
+            let target = state.config().target_partitions().max(1);
+            let groups = FileGroup::new(files).split_files(target);
+            let table_schema = TableSchemaBuilder::from(&file_schema)
+                .with_table_partition_cols(partition_fields())
+                .build();
+            let source = format.file_source(table_schema);
+            let url = ObjectStoreUrl::parse(CommittedStore::url(self.table))?;
+            let config = FileScanConfigBuilder::new(url, source)
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            plans.push(format.create_physical_plan(state, config).await?);
+        }
+        // One input is returned as it is.
+        UnionExec::try_new(plans)
     }
 }
 
@@ -467,7 +512,111 @@ fn string_value(expr: &Expr) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::prelude::{col, lit};
+    use datafusion::prelude::{col, lit, SessionContext};
+
+    /// The answers of `queries` over the history at `root`, its `events`
+    /// table read with its files split at `page_index_min_bytes`, and
+    /// whether the plans hold a union of two file scans.
+    async fn answers(
+        root: &std::path::Path,
+        page_index_min_bytes: u64,
+        queries: &[&str],
+    ) -> (Vec<String>, bool) {
+        let ctx = SessionContext::new();
+        let store = CommittedStore::new(root, Table::Events);
+        let url = ObjectStoreUrl::parse(CommittedStore::url(Table::Events)).unwrap();
+        ctx.register_object_store(url.as_ref(), Arc::new(store.clone()));
+        let mut table = HistoryTable::new(Table::Events, store);
+        table.page_index_min_bytes = page_index_min_bytes;
+        ctx.register_table("events", Arc::new(table)).unwrap();
+        let mut out = Vec::new();
+        let mut union = false;
+        for sql in queries {
+            let frame = ctx.sql(sql).await.unwrap();
+            let plan = frame.clone().create_physical_plan().await.unwrap();
+            union |= datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(false)
+                .to_string()
+                .contains("UnionExec");
+            let batches = frame.collect().await.unwrap();
+            out.push(
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        (out, union)
+    }
+
+    #[tokio::test]
+    async fn files_read_with_and_without_the_page_index_answer_alike() {
+        use otwatch_proto::arrow::events_to_batch;
+        use otwatch_proto::{ControllerEvent, EventKind};
+        let dir = tempfile::tempdir().unwrap();
+        // 2024-05-01T10:00:00Z.
+        let t10: i64 = 1_714_557_600_000_000_000;
+        let batch = |site: &str, first: u64, n: u64| {
+            let events: Vec<ControllerEvent> = (0..n)
+                .map(|i| ControllerEvent {
+                    seq: first + i,
+                    ts_ns: t10 + (first + i) as i64 * 1_000_000_000,
+                    asset: format!("line1/press-0{}", i % 3),
+                    kind: if i % 4 == 0 {
+                        EventKind::Cycle
+                    } else {
+                        EventKind::Sample
+                    } as i32,
+                    name: "cycle".into(),
+                    value: Some((first + i) as f64),
+                    ..Default::default()
+                })
+                .collect();
+            events_to_batch(site, "gw-1", &events, t10).unwrap()
+        };
+        let mut writer = crate::TableWriter::open(dir.path(), Table::Events).unwrap();
+        // One large flush of plant-a, then small ones of every site.
+        writer.write(&[batch("plant-a", 0, 5000)], 1).unwrap();
+        for (i, site) in ["plant-a", "plant-b", "plant-c"].iter().enumerate() {
+            let first = 5000 + 100 * i as u64;
+            writer
+                .write(&[batch(site, first, 40)], 2 + i as u64)
+                .unwrap();
+        }
+        drop(writer);
+        let sizes: Vec<u64> = walk_parquet(dir.path());
+        let (smallest, largest) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+        assert!(smallest < largest, "file sizes {sizes:?}");
+        let queries = [
+            "SELECT site, kind, count(*) AS n FROM events GROUP BY site, kind ORDER BY site, kind",
+            "SELECT site, asset, count(*), avg(value) FROM events WHERE kind = 'CYCLE' GROUP BY site, asset ORDER BY site, asset",
+            "SELECT seq, value FROM events WHERE site = 'plant-a' AND seq BETWEEN 4990 AND 5010 ORDER BY seq",
+            "SELECT count(*) FROM events WHERE ts >= TIMESTAMP '2024-05-01T10:30:00Z'",
+        ];
+        let (split, union) = answers(dir.path(), largest, &queries).await;
+        assert!(union, "the large file and the small ones are two scans");
+        let (together, union) = answers(dir.path(), 0, &queries).await;
+        assert!(!union, "every file read with the page index is one scan");
+        assert_eq!(split, together);
+        assert!(
+            split[0].contains("| plant-a | CYCLE  | 1260 |"),
+            "{}",
+            split[0]
+        );
+    }
+
+    fn walk_parquet(dir: &std::path::Path) -> Vec<u64> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk_parquet(&path));
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(entry.metadata().unwrap().len());
+            }
+        }
+        out
+    }
 
     fn ts(v: i64) -> Expr {
         lit(ScalarValue::TimestampNanosecond(

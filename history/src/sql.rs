@@ -54,8 +54,6 @@ use crate::store::{CommittedStore, ListedFile};
 use crate::{HistoryError, Table};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::config::TableParquetOptions;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -208,7 +206,7 @@ impl Session {
             let url = ObjectStoreUrl::parse(CommittedStore::url(table))
                 .map_err(session_err("naming the table store"))?;
             ctx.register_object_store(url.as_ref(), Arc::new(store.clone()));
-            let provider = history_table(table, store.clone());
+            let provider = HistoryTable::new(table, store.clone());
             ctx.register_table(table.name(), Arc::new(provider))
                 .map_err(session_err(&format!("registering table {table}")))?;
             stores.push(store);
@@ -418,20 +416,6 @@ pub fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
-}
-
-/// The table provider of `table` over `store` (see [`crate::scan`]).
-fn history_table(table: Table, store: CommittedStore) -> HistoryTable {
-    // The format carries its own Parquet options; session-level settings do
-    // not reach a table's scan.
-    let mut parquet = TableParquetOptions::default();
-    // Filters are evaluated while decoding (late materialization), and
-    // row groups and pages are skipped by their statistics.
-    parquet.global.pushdown_filters = true;
-    parquet.global.reorder_filters = true;
-    parquet.global.pruning = true;
-    parquet.global.enable_page_index = true;
-    HistoryTable::new(table, store, ParquetFormat::default().with_options(parquet))
 }
 
 /// Every error in the chain of `e`, outermost first.

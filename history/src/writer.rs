@@ -24,7 +24,8 @@
 //!   readable and distinct; the `site` column inside the file is the truth.
 //! - `<offset>` is the committed offset the flush started from, as 20 decimal
 //!   digits; `<n>` numbers the files of one flush.
-//! - Files are zstd Parquet with the table's Arrow schema embedded, rows of
+//! - Files are LZ4 (raw) Parquet with the table's Arrow schema embedded (see
+//!   `FLUSH_COMPRESSION`; compaction rewrites them as zstd), rows of
 //!   one file share date, hour and site; within a file of a batch that spanned
 //!   several partitions rows are ordered by `ts`. Row groups and pages carry
 //!   min/max statistics, so `ts` ranges prune inside files as `date`/`hour`
@@ -102,7 +103,7 @@ use arrow::compute::{cast, lexsort_to_indices, partition, take, take_record_batc
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimestampNanosecondType};
 use chrono::{DateTime, Timelike};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -126,9 +127,13 @@ const PARQUET_SUFFIX: &str = ".parquet";
 const OFFSET_DIGITS: usize = 20;
 const MAX_SITE_CHARS: usize = 64;
 const NS_PER_HOUR: i64 = 3_600_000_000_000;
-/// zstd level 3: the library default, a good ratio at a cost well below
-/// the rate at which the log produces data.
-const ZSTD_LEVEL: i32 = 3;
+/// Flush files are LZ4 (raw block format, which every current Parquet
+/// reader knows). They are read by every query until compaction merges
+/// them into zstd files, and a history not yet compacted is thousands of
+/// small files: the Parquet reader creates a new zstd context for every
+/// column chunk it opens, which cost a sixth of the CPU of a query over
+/// such files, where LZ4 needs no context at all.
+const FLUSH_COMPRESSION: Compression = Compression::LZ4_RAW;
 
 /// What one [`TableWriter::write`] put on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -239,9 +244,7 @@ impl TableWriter {
             otwatch_fs::LockError::Io(e) => e.into(),
         })?;
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(ZSTD_LEVEL).expect("zstd level 3 is valid"),
-            ))
+            .set_compression(FLUSH_COMPRESSION)
             .build();
         let mut writer = TableWriter {
             table,
@@ -300,7 +303,7 @@ impl TableWriter {
     }
 
     /// Writes the batches (all with the table's schema) durably as Parquet
-    /// (zstd), partitioned by date and hour of `ts` and by site, lists the
+    /// (LZ4), partitioned by date and hour of `ts` and by site, lists the
     /// files in the partition manifests, then commits `next_offset`
     /// atomically (tmp+fsync+rename, fsync dir). Exactly-once: after any
     /// crash, the committed files hold exactly the rows of the committed
