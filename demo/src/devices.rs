@@ -91,13 +91,13 @@ impl Protocol {
     /// How the start line names it.
     pub fn describe(self) -> &'static str {
         match self {
-            Protocol::Modbus => "Modbus/TCP devices polled by the agent's modbus source",
-            Protocol::Slmp => "MELSEC CPUs (SLMP 3E binary) polled by the agent's slmp source",
+            Protocol::Modbus => "Modbus/TCP devices (the agent's modbus source)",
+            Protocol::Slmp => "MELSEC CPUs over SLMP 3E binary (the agent's slmp source)",
         }
     }
 
     /// Whether device memory carries a program change (else syslog does).
-    fn carries_program(self) -> bool {
+    pub fn carries_program(self) -> bool {
         self == Protocol::Slmp
     }
 }

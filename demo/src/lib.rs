@@ -318,10 +318,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
                 "{site}: {} {} on loopback, polled every 100 ms; logins{} as syslog (RFC 5424 over TCP) to the agent's syslog source on {}",
                 served.devices.len(),
                 served.protocol.describe(),
-                if served.protocol == devices::Protocol::Modbus {
-                    " and program changes"
-                } else {
+                if served.protocol.carries_program() {
                     ""
+                } else {
+                    " and program changes"
                 },
                 served.syslog
             );
