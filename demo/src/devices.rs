@@ -753,6 +753,35 @@ mod tests {
         assert_eq!(syslog_line(&cycle), None);
     }
 
+    #[test]
+    fn the_agents_sources_pass_the_agents_own_checks() {
+        for protocol in [Protocol::Modbus, Protocol::Slmp] {
+            let site = SiteDevices {
+                protocol,
+                devices: vec![
+                    ("line1/press-01".into(), "127.0.0.1:5020".parse().unwrap()),
+                    ("line1/press-02".into(), "127.0.0.1:5021".parse().unwrap()),
+                ],
+                syslog: "127.0.0.1:5140".parse().unwrap(),
+                tasks: Vec::new(),
+            };
+            let sources = site_sources(&site);
+            assert_eq!(sources.len(), 2);
+            let checked = match (&sources[0], protocol) {
+                (SourceConfig::Modbus(modbus), Protocol::Modbus) => modbus.check(),
+                (SourceConfig::Slmp(slmp), Protocol::Slmp) => slmp.check(),
+                _ => panic!("{protocol:?} gave another source"),
+            };
+            assert_eq!(checked, Ok(()), "{protocol:?}");
+            let SourceConfig::Syslog(syslog) = &sources[1] else {
+                panic!("no syslog source");
+            };
+            assert_eq!(syslog.check(), Ok(()));
+            assert_eq!(syslog.tcp_addr(), Ok(Some(site.syslog)));
+            assert_eq!(syslog.timestamps, Timestamps::Message);
+        }
+    }
+
     #[tokio::test]
     async fn the_devices_registers_follow_simulated_time() {
         let site = serve_site(
