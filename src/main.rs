@@ -160,10 +160,12 @@ enum Command {
         /// Play normal operation only (no scenarios): shows the false-alarm rate.
         #[arg(long)]
         calm: bool,
-        /// Serve each site's machines as Modbus/TCP devices on loopback and
-        /// have the agents poll them (the protocol end to end) instead of
-        /// running the simulator inside the agents. Scenarios registers
-        /// cannot carry (program_download, polling_burst) are left out.
+        /// Serve each site's machines on loopback as Modbus/TCP devices
+        /// (first site, third, ...) or MELSEC CPUs over SLMP (second,
+        /// fourth, ...) and have the agents poll them, with the
+        /// controllers' logins and program changes sent as syslog to each
+        /// agent's syslog source (the protocols end to end), instead of
+        /// running the simulator inside the agents.
         #[arg(long)]
         sources: bool,
     },

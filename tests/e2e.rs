@@ -168,19 +168,19 @@ fn a_calm_factory_raises_no_alert_after_learning() {
     assert_eq!(report["events_sent"], report["events_stored"], "{report}");
 }
 
-/// `otwatch demo --sources`: the sites' machines are Modbus/TCP devices and
-/// the agents poll them; everything stored arrived through the protocol.
+/// `otwatch demo --sources`: the first and third sites' machines are
+/// Modbus/TCP devices, the second's MELSEC CPUs over SLMP, and every
+/// controller sends syslog; everything stored arrived through those
+/// protocols, and every scenario is detected.
 #[test]
-fn demo_over_modbus_stores_what_the_devices_hold_and_detects_what_registers_carry() {
+fn demo_over_modbus_slmp_and_syslog_stores_what_the_devices_send_and_detects_every_scenario() {
     let dir = tempfile::tempdir().unwrap();
     let report = demo(
         dir.path(),
-        &["--sources", "--duration", "90s", "--sites", "2"],
+        &["--sources", "--duration", "90s", "--sites", "3"],
     );
     let sent = report["events_sent"].as_u64().unwrap();
     assert_eq!(report["events_stored"].as_u64().unwrap(), sent, "{report}");
-    // program_download and polling_burst are left out: registers carry
-    // neither a CHANGE nor an ACCESS.
     let scenarios = report["scenarios"].as_array().unwrap();
     let names: Vec<&str> = scenarios
         .iter()
@@ -192,7 +192,9 @@ fn demo_over_modbus_stores_what_the_devices_hold_and_detects_what_registers_carr
             "cycle_drift",
             "extreme_cycle",
             "unplanned_stop",
+            "program_download",
             "controller_silence",
+            "polling_burst",
             "tag_relationship"
         ],
         "{report}"
@@ -201,10 +203,15 @@ fn demo_over_modbus_stores_what_the_devices_hold_and_detects_what_registers_carr
         assert_eq!(s["detected"], true, "scenario not detected: {s}\n{report}");
     }
     assert_eq!(report["false_alerts"], 0, "{report}");
+    let place = |name: &str| {
+        let s = scenarios.iter().find(|s| s["name"] == name).unwrap();
+        (
+            s["site"].as_str().unwrap().to_string(),
+            s["asset"].as_str().unwrap().to_string(),
+        )
+    };
 
-    // By SQL: exactly once; only what the register map holds (the
-    // simulator inside an agent would also send the HMI's ACCESS events),
-    // from every device of both sites.
+    // By SQL: exactly once.
     let data = dir.path().join("data");
     let rows = sql(
         &data,
@@ -212,41 +219,128 @@ fn demo_over_modbus_stores_what_the_devices_hold_and_detects_what_registers_carr
     );
     assert_eq!(rows[0]["n"].as_u64().unwrap(), sent);
     assert_eq!(rows[0]["d"].as_u64().unwrap(), sent);
+    // What each site's protocols carry, and from how many of its four
+    // machines: the register map (Modbus) or device memory (SLMP, whose
+    // source alone reads the CPU model and program fingerprint) from every
+    // machine, syslog (APP-NAME in `app`) for logins, the burst's failed
+    // logins and the Modbus machine's program download. Nothing else: the
+    // simulator inside an agent would send ACCESS `connect` and CHANGE
+    // `program` of its own.
     let kinds = sql(
         &data,
-        "SELECT kind, name, count(DISTINCT concat(site, '/', asset)) AS devices FROM events GROUP BY kind, name ORDER BY kind, name",
+        "SELECT site, kind, name, coalesce(attrs['app'], '') AS app, count(DISTINCT asset) AS assets FROM events GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     );
     let kinds: Vec<(String, String, u64)> = kinds
         .iter()
         .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap().to_string();
+            let assets = r["assets"].as_u64().unwrap();
             (
-                r["kind"].as_str().unwrap().to_string(),
-                r["name"].as_str().unwrap().to_string(),
-                r["devices"].as_u64().unwrap(),
+                format!(
+                    "{} {} {} {}",
+                    text("site"),
+                    text("kind"),
+                    text("name"),
+                    text("app")
+                ),
+                text("kind"),
+                assets,
             )
         })
         .collect();
-    let expected: Vec<(String, String, u64)> = [
-        ("CYCLE", "cycle"),
-        ("SAMPLE", "motor_current_a"),
-        ("SAMPLE", "supply_voltage_v"),
-        ("SAMPLE", "temperature_c"),
-        ("STATE", "mode"),
-    ]
-    .iter()
-    .map(|(k, n)| (k.to_string(), n.to_string(), 8))
-    .collect();
-    assert_eq!(kinds, expected);
-    // Stamped by the devices' clocks (simulated time, which began 90
-    // simulated minutes before the run's end), not by the agents' clock.
+    let (download_site, download_asset) = place("program_download");
+    let (burst_site, burst_asset) = place("polling_burst");
+    let mut expected: Vec<String> = Vec::new();
+    for site in ["plant-brno", "plant-lyon", "plant-porto"] {
+        expected.push(format!("{site} ACCESS login sshd"));
+        if site == burst_site {
+            expected.push(format!("{site} ACCESS login_failed sshd"));
+        }
+        if site == download_site {
+            expected.push(format!("{site} CHANGE config ios"));
+        }
+        if site == "plant-porto" {
+            expected.push(format!("{site} CHANGE cpu_model "));
+            expected.push(format!("{site} CHANGE program "));
+        }
+        for polled in [
+            "CYCLE cycle",
+            "SAMPLE motor_current_a",
+            "SAMPLE supply_voltage_v",
+            "SAMPLE temperature_c",
+            "STATE mode",
+        ] {
+            expected.push(format!("{site} {polled} "));
+        }
+    }
+    let got: Vec<&str> = kinds.iter().map(|(k, ..)| k.as_str()).collect();
+    assert_eq!(got, expected);
+    for (what, kind, assets) in &kinds {
+        // Every machine is read; logins go to any of them, the scenarios'
+        // lines come from their one machine.
+        let all = !(kind == "ACCESS" || what.ends_with("CHANGE config ios"));
+        assert!(!all || *assets == 4, "{what} from {assets} machine(s)");
+    }
+    // The program download reached the scenario's machine over syslog,
+    // and the burst's failed logins came from one address outside the
+    // site's HMI.
+    let download = sql(
+        &data,
+        "SELECT site, asset, attrs['command'] AS command FROM events WHERE kind = 'CHANGE' AND name = 'config'",
+    );
+    assert_eq!(download.len(), 1);
+    assert_eq!(download[0]["site"], download_site.as_str());
+    assert_eq!(download[0]["asset"], download_asset.as_str());
+    assert!(
+        download[0]["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("program download "),
+        "{download:?}"
+    );
+    let burst = sql(
+        &data,
+        "SELECT site, asset, attrs['peer'] AS peer FROM events WHERE name = 'login_failed' GROUP BY 1, 2, 3",
+    );
+    assert_eq!(burst.len(), 1, "{burst:?}");
+    assert_eq!(burst[0]["site"], burst_site.as_str());
+    assert_eq!(burst[0]["asset"], burst_asset.as_str());
+    assert!(
+        burst[0]["peer"].as_str().unwrap().contains(".66."),
+        "{burst:?}"
+    );
+    // Every CPU of the SLMP site answered the model read.
+    let models = sql(
+        &data,
+        "SELECT DISTINCT text FROM events WHERE site = 'plant-porto' AND name = 'cpu_model'",
+    );
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0]["text"], "R04CPU (4800)");
+    // Stamped by the devices' clocks and the lines' timestamps (simulated
+    // time, which began 90 simulated minutes before the run's end), not by
+    // the agents' clock: logins of the learning window (its first 30
+    // simulated minutes, played in the run's first 30 seconds) are early.
     let span = sql(
         &data,
         "SELECT CAST(date_part('epoch', max(ts)) - date_part('epoch', min(ts)) AS BIGINT) AS s FROM events",
     );
     let span = span[0]["s"].as_i64().unwrap();
     assert!(span > 60 * 60, "events span only {span} s");
-    // A cycle's samples share its end's timestamp, as the register values
-    // were read with the cycle counter.
+    for site in ["plant-brno", "plant-lyon", "plant-porto"] {
+        let early = sql(
+            &data,
+            &format!(
+                "SELECT count(*) AS n FROM events WHERE site = '{site}' AND kind = 'ACCESS' \
+                 AND ts < (SELECT min(ts) FROM events) + INTERVAL '30 minutes'"
+            ),
+        );
+        assert!(
+            early[0]["n"].as_u64().unwrap() > 0,
+            "{site}: no early login"
+        );
+    }
+    // A cycle's samples share its end's timestamp, as the values were read
+    // with the cycle counter, over both protocols.
     let unmatched = sql(
         &data,
         "SELECT count(*) AS n FROM events s WHERE s.kind = 'SAMPLE' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.kind = 'CYCLE' AND c.site = s.site AND c.asset = s.asset AND c.ts = s.ts)",

@@ -1,27 +1,45 @@
 //! Simulated controllers for `otwatch demo --sources`: every asset of a
-//! simulated site ([`SimSite`]) is a Modbus/TCP device on its own loopback
-//! port, and the site's agent polls them with its `modbus` source instead
-//! of running the simulator itself. A newcomer sees a real protocol end to
-//! end: registers on the wire, decoded by the agent's tag map.
+//! simulated site ([`SimSite`]) is a device on its own loopback port that
+//! the site's agent reads with one of its protocol sources, and the
+//! controllers send syslog to the agent's `syslog` source, instead of the
+//! agent running the simulator itself. A newcomer sees real protocols end
+//! to end: registers and device memory on the wire, decoded by the agent's
+//! tag maps, and log lines recognised by its syslog parsers.
 //!
-//! Each device serves holding registers (read with function 3; anything
-//! else is refused with an exception), updated as simulated time passes:
+//! Which protocol a site's machines speak is fixed by the site's position
+//! ([`Protocol::of_site`]): the first site Modbus/TCP, the second MELSEC
+//! SLMP (MC protocol 3E binary), then again in that order. Whatever the
+//! protocol, a machine shows the same things ([`Machine`]), updated as
+//! simulated time passes:
 //!
-//! | address | type | what |
+//! | what | Modbus holding registers (function 3) | SLMP devices (batch read) |
 //! |---|---|---|
-//! | 0-3 | u64 | the controller's clock, Unix time in ms (simulated time) |
-//! | 4 | u16 | cycle counter, +1 at each cycle's end |
-//! | 5-6 | u32 | duration of the last cycle, ms |
-//! | 7 | u16 | mode: 1 RUN, 2 STOP, 3 MAINT |
-//! | 8-9 | f32 | motor_current_a |
-//! | 10-11 | f32 | temperature_c |
-//! | 12-13 | f32 | supply_voltage_v |
+//! | the controller's clock, Unix time in ms (simulated time) | 0-3, u64 | D0-D3, f64 |
+//! | cycle counter, +1 at each cycle's end | 4, u16 | D4, u16 |
+//! | duration of the last cycle, ms | 5-6, u32 | D5-D6, u32 |
+//! | mode | 7: 1 RUN, 2 STOP, 3 MAINT | SD203: 0 RUN, 1 STOP, 2 PAUSE (for MAINT) |
+//! | motor_current_a, temperature_c, supply_voltage_v | 8-13, f32 | D8-D13, f32 |
+//! | program version (what the program keeps of itself) | - | D20-D21, u32 |
 //!
-//! What registers cannot carry: ACCESS events (logins, the connections of
-//! `polling_burst`) and CHANGE events (the checksum of `program_download`)
-//! are not register values; those two scenarios are left out of a
-//! `--sources` run. A `controller_silence` device stops answering for the
-//! scenario's length, as a controller that fails does.
+//! Modbus words are big-endian, highest word first; SLMP words lowest
+//! first, as MELSEC CPUs store them. The agent reads the SLMP model (R04CPU)
+//! too; any other Modbus function or SLMP command is refused. A
+//! `controller_silence` device stops answering for the scenario's length,
+//! as a controller that fails does.
+//!
+//! What device memory cannot carry goes as syslog (RFC 5424 over TCP,
+//! octet-counted, stamped with simulated time; the agent's source takes the
+//! message's timestamp) from each controller, its hostname the asset:
+//!
+//! | simulated event | syslog line (APP-NAME: MSG) | agent's event |
+//! |---|---|---|
+//! | ACCESS `login` (the operator from the HMI) | `sshd: Accepted password for operator from PEER port N ssh2` | ACCESS `login` |
+//! | ACCESS `connect` (`polling_burst`) | `sshd: Failed password for invalid user admin from PEER port N ssh2` | ACCESS `login_failed` |
+//! | CHANGE `program` (`program_download`) on a Modbus machine | `ios: %PARSER-5-CFGLOG_LOGGEDCMD: User:engineer  logged command:program download VERSION` | CHANGE `config` |
+//!
+//! On an SLMP machine a program download changes D20-D21 instead, which
+//! the agent's `program_devices` fingerprint reports as CHANGE `program`.
+//! So every scenario is carried ([`NOT_CARRIED`] is empty).
 
 use otwatch_agent::config::SourceConfig;
 use otwatch_agent::sim::{ScenarioTruth, SimConfig, SimSite};
@@ -30,57 +48,271 @@ use otwatch_agent::source::modbus::config::{
 };
 use otwatch_agent::source::modbus::ModbusSourceConfig;
 use otwatch_agent::source::poll::SampleReport;
-use otwatch_proto::EventKind;
+use otwatch_agent::source::slmp::config::{DeviceRange, SlmpDeviceConfig, SlmpTagConfig, SlmpType};
+use otwatch_agent::source::slmp::frame::Series;
+use otwatch_agent::source::slmp::server::SlmpServer;
+use otwatch_agent::source::slmp::SlmpSourceConfig;
+use otwatch_agent::source::syslog::config::Timestamps;
+use otwatch_agent::source::syslog::SyslogSourceConfig;
+use otwatch_proto::{ControllerEvent, EventKind};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
-/// Scenarios whose events registers cannot carry.
-pub const NOT_CARRIED: [(&str, &str); 2] = [
-    (
-        "program_download",
-        "a program checksum is a CHANGE event, not a register value",
-    ),
-    (
-        "polling_burst",
-        "connections are ACCESS events, not register values",
-    ),
-];
+/// Scenarios whose events no protocol of a `--sources` run carries, with
+/// why: none since the controllers send syslog.
+pub const NOT_CARRIED: [(&str, &str); 0] = [];
 
-/// How often the devices' registers follow simulated time (wall clock).
+/// How often the devices follow simulated time (wall clock).
 const TICK: Duration = Duration::from_millis(20);
-/// Registers a device serves.
+/// Registers a Modbus device serves.
 const REGISTERS: usize = 14;
+/// The program version an SLMP machine starts with, before any download.
+const INITIAL_PROGRAM: u32 = 0x2026_0101;
+/// The SLMP devices holding the program version.
+const PROGRAM_DEVICE: &str = "D20";
 
-/// One device's registers and whether it answers.
-#[derive(Debug, Default)]
-struct Image {
-    registers: [u16; REGISTERS],
-    silent: bool,
+/// The protocol a site's machines speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Modbus,
+    Slmp,
 }
 
-impl Image {
-    fn set_f32(&mut self, at: usize, v: f32) {
-        let b = v.to_be_bytes();
-        self.registers[at] = u16::from_be_bytes([b[0], b[1]]);
-        self.registers[at + 1] = u16::from_be_bytes([b[2], b[3]]);
+impl Protocol {
+    /// The protocol of the site at `index`: Modbus, SLMP, Modbus, ...
+    pub fn of_site(index: usize) -> Protocol {
+        [Protocol::Modbus, Protocol::Slmp][index % 2]
+    }
+
+    /// How the start line names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Protocol::Modbus => "Modbus/TCP devices (the agent's modbus source)",
+            Protocol::Slmp => "MELSEC CPUs over SLMP 3E binary (the agent's slmp source)",
+        }
+    }
+
+    /// Whether device memory carries a program change (else syslog does).
+    pub fn carries_program(self) -> bool {
+        self == Protocol::Slmp
     }
 }
 
-struct Device {
-    image: Arc<Mutex<Image>>,
+/// What one simulated controller shows, whatever protocol serves it.
+#[derive(Debug, Clone, PartialEq)]
+struct Machine {
+    clock_ms: u64,
+    cycles: u16,
+    cycle_ms: u32,
+    mode: Mode,
+    motor_current_a: f32,
+    temperature_c: f32,
+    supply_voltage_v: f32,
+    program: u32,
+    /// Answers nobody (`controller_silence`).
+    silent: bool,
 }
 
-impl tokio_modbus::server::Service for Device {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Stop,
+    Maint,
+}
+
+impl Machine {
+    fn new(clock_ns: i64) -> Machine {
+        Machine {
+            clock_ms: (clock_ns / 1_000_000) as u64,
+            cycles: 0,
+            cycle_ms: 0,
+            mode: Mode::Run,
+            motor_current_a: 0.0,
+            temperature_c: 0.0,
+            supply_voltage_v: 0.0,
+            program: INITIAL_PROGRAM,
+            silent: false,
+        }
+    }
+
+    /// Takes a simulated event into the controller's memory; returns
+    /// whether it did (the others are for syslog).
+    fn apply(&mut self, e: &ControllerEvent, protocol: Protocol) -> bool {
+        match e.kind() {
+            EventKind::Cycle => {
+                self.cycles = self.cycles.wrapping_add(1);
+                self.cycle_ms = e.value.unwrap_or(0.0).round() as u32;
+            }
+            EventKind::State => {
+                self.mode = match e.text.as_deref() {
+                    Some("RUN") => Mode::Run,
+                    Some("STOP") => Mode::Stop,
+                    _ => Mode::Maint,
+                };
+            }
+            EventKind::Sample => {
+                let v = e.value.unwrap_or(0.0) as f32;
+                match e.name.as_str() {
+                    "motor_current_a" => self.motor_current_a = v,
+                    "temperature_c" => self.temperature_c = v,
+                    _ => self.supply_voltage_v = v,
+                }
+            }
+            EventKind::Change if protocol.carries_program() => {
+                // The simulator names the new program by a hex number.
+                self.program = e
+                    .text
+                    .as_deref()
+                    .and_then(|t| u32::from_str_radix(t, 16).ok())
+                    .unwrap_or(!self.program);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The Modbus holding registers 0-13, big-endian, highest word first.
+    fn modbus_registers(&self) -> [u16; REGISTERS] {
+        let mut r = [0u16; REGISTERS];
+        for (w, chunk) in self.clock_ms.to_be_bytes().chunks(2).enumerate() {
+            r[w] = u16::from_be_bytes([chunk[0], chunk[1]]);
+        }
+        r[4] = self.cycles;
+        r[5] = (self.cycle_ms >> 16) as u16;
+        r[6] = self.cycle_ms as u16;
+        r[7] = match self.mode {
+            Mode::Run => 1,
+            Mode::Stop => 2,
+            Mode::Maint => 3,
+        };
+        for (at, v) in [
+            (8, self.motor_current_a),
+            (10, self.temperature_c),
+            (12, self.supply_voltage_v),
+        ] {
+            let b = v.to_be_bytes();
+            r[at] = u16::from_be_bytes([b[0], b[1]]);
+            r[at + 1] = u16::from_be_bytes([b[2], b[3]]);
+        }
+        r
+    }
+
+    /// The SLMP device memory: (head device, words), lowest word first.
+    fn slmp_words(&self) -> [(&'static str, Vec<u16>); 3] {
+        let words = |bytes: &[u8]| -> Vec<u16> {
+            bytes
+                .chunks(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        let mut d = words(&(self.clock_ms as f64).to_le_bytes());
+        d.push(self.cycles);
+        d.extend(words(&self.cycle_ms.to_le_bytes()));
+        d.push(0);
+        for v in [
+            self.motor_current_a,
+            self.temperature_c,
+            self.supply_voltage_v,
+        ] {
+            d.extend(words(&v.to_le_bytes()));
+        }
+        let status = match self.mode {
+            Mode::Run => 0,
+            Mode::Stop => 1,
+            Mode::Maint => 2,
+        };
+        [
+            ("D0", d),
+            (PROGRAM_DEVICE, words(&self.program.to_le_bytes())),
+            ("SD203", vec![status]),
+        ]
+    }
+}
+
+/// The RFC 5424 line a controller sends for a simulated event its device
+/// memory does not carry (see the module's table), or `None`.
+fn syslog_line(e: &ControllerEvent) -> Option<String> {
+    // RFC 5424 timestamps stop at microseconds: rounded up, so the line
+    // never says an event happened before the simulator played it.
+    let micros = e.ts_ns.div_euclid(1000) + i64::from(e.ts_ns.rem_euclid(1000) != 0);
+    let ts = chrono::DateTime::from_timestamp_nanos(micros * 1000)
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    let peer = e.attrs.get("peer").map_or("-", String::as_str);
+    // The peer's source port: any ephemeral port, the same for the same event.
+    let port = 49152 + (e.ts_ns / 1_000_000).rem_euclid(16384);
+    // PRI: facility auth (4) or local7 (23), severity info (6) or notice (5).
+    let (pri, app, msg) = match (e.kind(), e.name.as_str()) {
+        (EventKind::Access, "login") => (
+            4 * 8 + 6,
+            "sshd",
+            format!(
+                "Accepted password for {} from {peer} port {port} ssh2",
+                e.attrs.get("user").map_or("operator", String::as_str)
+            ),
+        ),
+        (EventKind::Access, _) => (
+            4 * 8 + 5,
+            "sshd",
+            format!("Failed password for invalid user admin from {peer} port {port} ssh2"),
+        ),
+        (EventKind::Change, _) => (
+            23 * 8 + 5,
+            "ios",
+            format!(
+                "%PARSER-5-CFGLOG_LOGGEDCMD: User:engineer  logged command:{} download {}",
+                e.name,
+                e.text.as_deref().unwrap_or("-")
+            ),
+        ),
+        _ => return None,
+    };
+    Some(format!("<{pri}>1 {ts} {} {app} - - - {msg}", e.asset))
+}
+
+/// Sends `lines` to the syslog receiver at `addr` over TCP, octet-counted,
+/// reconnecting until it listens; a line is sent again after a failed write.
+async fn send_syslog(addr: SocketAddr, mut lines: mpsc::UnboundedReceiver<String>) {
+    let mut pending: Option<String> = None;
+    loop {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        loop {
+            let line = match pending.take() {
+                Some(line) => line,
+                None => match lines.recv().await {
+                    Some(line) => line,
+                    None => return,
+                },
+            };
+            let frame = format!("{} {line}", line.len());
+            if stream.write_all(frame.as_bytes()).await.is_err() {
+                pending = Some(line);
+                break;
+            }
+        }
+    }
+}
+
+struct ModbusDevice {
+    machine: Arc<Mutex<Machine>>,
+}
+
+impl tokio_modbus::server::Service for ModbusDevice {
     type Request = tokio_modbus::Request<'static>;
     type Response = Option<tokio_modbus::Response>;
     type Exception = tokio_modbus::ExceptionCode;
     type Future = std::future::Ready<Result<Self::Response, Self::Exception>>;
 
     fn call(&self, request: Self::Request) -> Self::Future {
-        let image = self.image.lock().unwrap();
-        if image.silent {
+        let machine = self.machine.lock().unwrap();
+        if machine.silent {
             // A controller that fails does not answer at all.
             return std::future::ready(Ok(None));
         }
@@ -89,7 +321,7 @@ impl tokio_modbus::server::Service for Device {
                 let (start, end) = (usize::from(addr), usize::from(addr) + usize::from(count));
                 if end <= REGISTERS {
                     Ok(Some(tokio_modbus::Response::ReadHoldingRegisters(
-                        image.registers[start..end].to_vec(),
+                        machine.modbus_registers()[start..end].to_vec(),
                     )))
                 } else {
                     Err(tokio_modbus::ExceptionCode::IllegalDataAddress)
@@ -102,8 +334,11 @@ impl tokio_modbus::server::Service for Device {
 
 /// The devices of one simulated site, served until dropped.
 pub struct SiteDevices {
+    pub protocol: Protocol,
     /// (asset, address) of each device.
     pub devices: Vec<(String, SocketAddr)>,
+    /// Where the controllers send syslog: the agent's `syslog` source.
+    pub syslog: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -115,10 +350,19 @@ impl Drop for SiteDevices {
     }
 }
 
-/// Serves the assets of `site` as Modbus/TCP devices on loopback ports;
-/// simulated time starts at `start_ns` and runs `speed` times the wall clock.
+/// A free TCP port on loopback for the agent's syslog receiver: bound, then
+/// released for the agent to bind.
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Serves the assets of `site` as devices of `protocol` on loopback ports
+/// and sends their syslog to a port kept for the agent's `syslog` source;
+/// simulated time starts at `start_ns` and runs `speed` times the wall
+/// clock.
 pub async fn serve_site(
     site: &str,
+    protocol: Protocol,
     config: &SimConfig,
     start_ns: i64,
     speed: f64,
@@ -131,25 +375,48 @@ pub async fn serve_site(
         .filter(|s| s.name == "controller_silence")
         .cloned()
         .collect();
-    let images: Vec<Arc<Mutex<Image>>> = assets.iter().map(|_| Arc::default()).collect();
+    // The clock is set before the first poll, so no event is stamped
+    // with the agent's own clock.
+    let machines: Vec<Arc<Mutex<Machine>>> = assets
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Machine::new(start_ns))))
+        .collect();
     let mut devices = Vec::new();
     let mut tasks = Vec::new();
-    for (asset, image) in assets.iter().zip(&images) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        devices.push((asset.clone(), listener.local_addr()?));
-        let image = image.clone();
-        tasks.push(tokio::spawn(async move {
-            let server = tokio_modbus::server::tcp::Server::new(listener);
-            let on_connected = |stream, _addr| {
-                let service = Device {
-                    image: image.clone(),
-                };
-                async move { Ok(Some((service, stream))) }
-            };
-            let _ = server.serve(&on_connected, |_| {}).await;
-        }));
+    let mut slmp = Vec::new();
+    for (asset, machine) in assets.iter().zip(&machines) {
+        match protocol {
+            Protocol::Modbus => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                devices.push((asset.clone(), listener.local_addr()?));
+                let machine = machine.clone();
+                tasks.push(tokio::spawn(async move {
+                    let server = tokio_modbus::server::tcp::Server::new(listener);
+                    let on_connected = |stream, _addr| {
+                        let service = ModbusDevice {
+                            machine: machine.clone(),
+                        };
+                        async move { Ok(Some((service, stream))) }
+                    };
+                    let _ = server.serve(&on_connected, |_| {}).await;
+                }));
+            }
+            Protocol::Slmp => {
+                let server = SlmpServer::start("127.0.0.1:0".parse().unwrap()).await?;
+                for (head, words) in machine.lock().unwrap().slmp_words() {
+                    server.set_words(head, &words);
+                }
+                devices.push((asset.clone(), server.addr));
+                slmp.push(server);
+            }
+        }
     }
-    // Simulated time drives the registers.
+    let syslog = free_loopback_port()?;
+    let (lines, to_send) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(send_syslog(syslog, to_send)));
+    // Simulated time drives the controllers. The SLMP CPUs live in this
+    // task: they close with it.
+    let servers = slmp;
     tasks.push(tokio::spawn(async move {
         let wall = Instant::now();
         let mut buf = Vec::new();
@@ -162,53 +429,56 @@ pub async fn serve_site(
                 let Some(i) = assets.iter().position(|a| *a == e.asset) else {
                     continue;
                 };
-                let mut image = images[i].lock().unwrap();
-                let r = &mut image.registers;
-                match e.kind() {
-                    EventKind::Cycle => {
-                        r[4] = r[4].wrapping_add(1);
-                        let ms = e.value.unwrap_or(0.0).round() as u32;
-                        r[5] = (ms >> 16) as u16;
-                        r[6] = ms as u16;
+                if !machines[i].lock().unwrap().apply(&e, protocol) {
+                    if let Some(line) = syslog_line(&e) {
+                        let _ = lines.send(line);
                     }
-                    EventKind::State => {
-                        r[7] = match e.text.as_deref() {
-                            Some("RUN") => 1,
-                            Some("STOP") => 2,
-                            _ => 3,
-                        };
-                    }
-                    EventKind::Sample => {
-                        let at = match e.name.as_str() {
-                            "motor_current_a" => 8,
-                            "temperature_c" => 10,
-                            _ => 12,
-                        };
-                        image.set_f32(at, e.value.unwrap_or(0.0) as f32);
-                    }
-                    _ => {}
                 }
             }
-            let clock_ms = (now / 1_000_000) as u64;
-            for (i, image) in images.iter().enumerate() {
-                let mut image = image.lock().unwrap();
-                for (w, chunk) in clock_ms.to_be_bytes().chunks(2).enumerate() {
-                    image.registers[w] = u16::from_be_bytes([chunk[0], chunk[1]]);
-                }
-                image.silent = silences
+            for (i, machine) in machines.iter().enumerate() {
+                let mut machine = machine.lock().unwrap();
+                machine.clock_ms = (now / 1_000_000) as u64;
+                machine.silent = silences
                     .iter()
                     .any(|s| s.asset == assets[i] && (s.start_ns..s.end_ns).contains(&now));
+                if let Some(server) = servers.get(i) {
+                    for (head, words) in machine.slmp_words() {
+                        server.set_words(head, &words);
+                    }
+                    server.set_answering(!machine.silent);
+                }
             }
         }
     }));
-    Ok(SiteDevices { devices, tasks })
+    Ok(SiteDevices {
+        protocol,
+        devices,
+        syslog,
+        tasks,
+    })
+}
+
+/// The agent's sources for a site's devices: the protocol source below
+/// and a `syslog` source receiving the controllers' lines.
+pub fn site_sources(site: &SiteDevices) -> Vec<SourceConfig> {
+    let protocol = match site.protocol {
+        Protocol::Modbus => modbus_source(site),
+        Protocol::Slmp => slmp_source(site),
+    };
+    let mut syslog = SyslogSourceConfig::new(None, Some(site.syslog));
+    // The controllers stamp their lines with simulated time.
+    syslog.timestamps = Timestamps::Message;
+    // All controllers send from 127.0.0.1, and a `polling_burst` plays 30
+    // simulated seconds of connections in half a second.
+    syslog.max_messages_per_second = 10_000;
+    vec![protocol, SourceConfig::Syslog(syslog)]
 }
 
 /// The agent's `modbus` source for a site's devices: the register map
 /// above, polled at the floor (100 ms: 6 simulated seconds at the demo's
 /// speed of 60), events stamped with the device's clock, samples reported
 /// with each cycle's end as the simulator reports them.
-pub fn modbus_source(devices: &SiteDevices) -> SourceConfig {
+fn modbus_source(site: &SiteDevices) -> SourceConfig {
     let register = |name: &str, address: u16, data_type: DataType| TagConfig {
         name: name.into(),
         kind: RegisterKind::Holding,
@@ -220,7 +490,7 @@ pub fn modbus_source(devices: &SiteDevices) -> SourceConfig {
         unit: None,
         deadband: 0.0,
     };
-    let devices = devices
+    let devices = site
         .devices
         .iter()
         .map(|(asset, addr)| ModbusDeviceConfig {
@@ -246,12 +516,7 @@ pub fn modbus_source(devices: &SiteDevices) -> SourceConfig {
                 register("temperature_c", 10, DataType::F32),
                 register("supply_voltage_v", 12, DataType::F32),
             ],
-            cycle: Some(CycleConfig {
-                counter: Some("cycles".into()),
-                done: None,
-                duration: Some("cycle_ms".into()),
-                name: "cycle".into(),
-            }),
+            cycle: Some(cycle()),
             mode: Some(ModeConfig {
                 tag: "mode".into(),
                 modes: BTreeMap::from([
@@ -267,17 +532,267 @@ pub fn modbus_source(devices: &SiteDevices) -> SourceConfig {
     SourceConfig::Modbus(ModbusSourceConfig { devices })
 }
 
+fn cycle() -> CycleConfig {
+    CycleConfig {
+        counter: Some("cycles".into()),
+        done: None,
+        duration: Some("cycle_ms".into()),
+        name: "cycle".into(),
+    }
+}
+
+/// The agent's `slmp` source for a site's CPUs: the device map above, the
+/// CPU's status as `mode`, D20-D21 as the program fingerprint, polled
+/// every 100 ms like the Modbus devices (two batch reads and, each minute,
+/// the model read: 40 requests a second allowed), events stamped with the
+/// CPU's clock, samples with each cycle's end. The scan time is not read:
+/// the simulated machines have cycles, not scans.
+fn slmp_source(site: &SiteDevices) -> SourceConfig {
+    let tag = |name: &str, device: &str, data_type: SlmpType| SlmpTagConfig {
+        name: name.into(),
+        device: device.into(),
+        data_type: Some(data_type),
+        scale: 1.0,
+        offset: 0.0,
+        unit: None,
+        deadband: 0.0,
+    };
+    let devices = site
+        .devices
+        .iter()
+        .map(|(asset, addr)| SlmpDeviceConfig {
+            name: asset.replace('/', "-"),
+            asset: asset.clone(),
+            address: addr.to_string(),
+            series: Series::Q,
+            poll_interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(2),
+            max_requests_per_second: 40,
+            max_gap: 32,
+            status: true,
+            scan_time: false,
+            identity_interval: Duration::from_secs(60),
+            program_devices: vec![DeviceRange {
+                device: PROGRAM_DEVICE.into(),
+                count: 2,
+            }],
+            samples: SampleReport::OnCycle,
+            tags: vec![
+                tag("clock_ms", "D0", SlmpType::F64),
+                tag("cycles", "D4", SlmpType::U16),
+                tag("cycle_ms", "D5", SlmpType::U32),
+                tag("motor_current_a", "D8", SlmpType::F32),
+                tag("temperature_c", "D10", SlmpType::F32),
+                tag("supply_voltage_v", "D12", SlmpType::F32),
+            ],
+            cycle: Some(cycle()),
+            clock: Some("clock_ms".into()),
+        })
+        .collect();
+    SourceConfig::Slmp(SlmpSourceConfig { devices })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use otwatch_agent::source::syslog::config::Parser;
+    use otwatch_agent::source::syslog::{message, recognize};
     use tokio_modbus::client::Reader;
+
+    const START: i64 = 1_750_000_000_000_000_000;
+
+    fn event(
+        kind: EventKind,
+        name: &str,
+        value: Option<f64>,
+        text: Option<&str>,
+    ) -> ControllerEvent {
+        ControllerEvent {
+            ts_ns: START + 1_500_000,
+            asset: "line1/press-01".into(),
+            kind: kind as i32,
+            name: name.into(),
+            value,
+            text: text.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn protocols_alternate_over_the_sites() {
+        let protocols: Vec<Protocol> = (0..4).map(Protocol::of_site).collect();
+        assert_eq!(
+            protocols,
+            [
+                Protocol::Modbus,
+                Protocol::Slmp,
+                Protocol::Modbus,
+                Protocol::Slmp
+            ]
+        );
+    }
+
+    #[test]
+    fn a_machine_shows_its_events_in_both_memory_maps() {
+        let mut m = Machine::new(START);
+        for (kind, name, value, text) in [
+            (EventKind::Cycle, "cycle", Some(12_345.4), None),
+            (EventKind::Sample, "motor_current_a", Some(4.5), None),
+            (EventKind::Sample, "temperature_c", Some(41.25), None),
+            (EventKind::Sample, "supply_voltage_v", Some(230.5), None),
+            (EventKind::State, "mode", None, Some("MAINT")),
+        ] {
+            assert!(m.apply(&event(kind, name, value, text), Protocol::Modbus));
+        }
+        let r = m.modbus_registers();
+        let clock = r[..4].iter().fold(0u64, |c, w| (c << 16) | u64::from(*w));
+        assert_eq!(clock, (START / 1_000_000) as u64);
+        assert_eq!(r[4], 1);
+        assert_eq!((u32::from(r[5]) << 16) | u32::from(r[6]), 12_345);
+        assert_eq!(r[7], 3);
+        let f32_at = |at: usize| {
+            let [a, b] = r[at].to_be_bytes();
+            let [c, d] = r[at + 1].to_be_bytes();
+            f32::from_be_bytes([a, b, c, d])
+        };
+        assert_eq!((f32_at(8), f32_at(10), f32_at(12)), (4.5, 41.25, 230.5));
+
+        let [(d0, d), (program, p), (sd203, status)] = m.slmp_words();
+        assert_eq!((d0, program, sd203), ("D0", "D20", "SD203"));
+        let bytes: Vec<u8> = d.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let f64_at = |at: usize| f64::from_le_bytes(bytes[2 * at..2 * at + 8].try_into().unwrap());
+        let f32_at = |at: usize| f32::from_le_bytes(bytes[2 * at..2 * at + 4].try_into().unwrap());
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[2 * at..2 * at + 4].try_into().unwrap());
+        assert_eq!(f64_at(0), (START / 1_000_000) as f64);
+        assert_eq!((d[4], u32_at(5)), (1, 12_345));
+        assert_eq!((f32_at(8), f32_at(10), f32_at(12)), (4.5, 41.25, 230.5));
+        assert_eq!(status, [2], "MAINT is PAUSE");
+        assert_eq!((u32::from(p[1]) << 16) | u32::from(p[0]), INITIAL_PROGRAM);
+
+        // A program download changes the SLMP program words; a Modbus
+        // machine leaves it to syslog.
+        let download = event(EventKind::Change, "program", None, Some("0badc0de"));
+        assert!(!m.apply(&download, Protocol::Modbus));
+        assert!(m.apply(&download, Protocol::Slmp));
+        let [_, (_, p), _] = m.slmp_words();
+        assert_eq!((u32::from(p[1]) << 16) | u32::from(p[0]), 0x0bad_c0de);
+        let login = event(EventKind::Access, "login", None, None);
+        assert!(!m.apply(&login, Protocol::Slmp));
+    }
+
+    /// What the agent's syslog source makes of a line.
+    struct Received {
+        /// Kind and name, when a parser recognised it.
+        what: Option<(EventKind, &'static str)>,
+        /// `user=` and `peer=` attributes found.
+        attrs: Vec<String>,
+        ts: Option<i64>,
+        host: String,
+    }
+
+    fn received(line: &str) -> Received {
+        let m = message::parse(line.as_bytes());
+        let parsers = [Parser::CiscoIos, Parser::Openssh, Parser::Fortigate];
+        let r = recognize::recognize(&parsers, m.app.as_deref(), &m.msg);
+        let attrs = r
+            .as_ref()
+            .map(|r| {
+                r.attrs
+                    .iter()
+                    .filter(|(k, _)| *k == "user" || *k == "peer")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Received {
+            what: r.map(|r| (r.kind, r.name)),
+            attrs,
+            ts: m.ts_ns,
+            host: m.host.unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn syslog_lines_are_recognised_by_the_agents_parsers() {
+        let mut login = event(EventKind::Access, "login", None, None);
+        login.attrs.insert("peer".into(), "10.1.1.20".into());
+        login.attrs.insert("user".into(), "operator".into());
+        let Received {
+            what,
+            attrs,
+            ts,
+            host,
+        } = received(&syslog_line(&login).unwrap());
+        assert_eq!(what, Some((EventKind::Access, "login")));
+        assert_eq!(attrs, ["user=operator", "peer=10.1.1.20"]);
+        assert_eq!(ts, Some(login.ts_ns));
+        // A time between microseconds is rounded up, never down.
+        login.ts_ns += 1;
+        let ts = received(&syslog_line(&login).unwrap()).ts;
+        assert_eq!(ts, Some(login.ts_ns - 1 + 1000));
+        assert_eq!(host, "line1/press-01");
+
+        let mut connect = event(EventKind::Access, "connect", None, None);
+        connect.attrs.insert("peer".into(), "10.1.66.7".into());
+        let failed = received(&syslog_line(&connect).unwrap());
+        assert_eq!(failed.what, Some((EventKind::Access, "login_failed")));
+        assert_eq!(failed.attrs, ["user=admin", "peer=10.1.66.7"]);
+
+        let download = event(EventKind::Change, "program", None, Some("0badc0de"));
+        let line = syslog_line(&download).unwrap();
+        let change = received(&line);
+        assert_eq!(change.what, Some((EventKind::Change, "config")));
+        assert_eq!(change.attrs, ["user=engineer"]);
+        assert_eq!(change.ts, Some(download.ts_ns));
+        assert!(line.ends_with("program download 0badc0de"), "{line}");
+
+        // Device memory carries the rest.
+        let cycle = event(EventKind::Cycle, "cycle", Some(1.0), None);
+        assert_eq!(syslog_line(&cycle), None);
+    }
+
+    #[test]
+    fn the_agents_sources_pass_the_agents_own_checks() {
+        for protocol in [Protocol::Modbus, Protocol::Slmp] {
+            let site = SiteDevices {
+                protocol,
+                devices: vec![
+                    ("line1/press-01".into(), "127.0.0.1:5020".parse().unwrap()),
+                    ("line1/press-02".into(), "127.0.0.1:5021".parse().unwrap()),
+                ],
+                syslog: "127.0.0.1:5140".parse().unwrap(),
+                tasks: Vec::new(),
+            };
+            let sources = site_sources(&site);
+            assert_eq!(sources.len(), 2);
+            let checked = match (&sources[0], protocol) {
+                (SourceConfig::Modbus(modbus), Protocol::Modbus) => modbus.check(),
+                (SourceConfig::Slmp(slmp), Protocol::Slmp) => slmp.check(),
+                _ => panic!("{protocol:?} gave another source"),
+            };
+            assert_eq!(checked, Ok(()), "{protocol:?}");
+            let SourceConfig::Syslog(syslog) = &sources[1] else {
+                panic!("no syslog source");
+            };
+            assert_eq!(syslog.check(), Ok(()));
+            assert_eq!(syslog.tcp_addr(), Ok(Some(site.syslog)));
+            assert_eq!(syslog.timestamps, Timestamps::Message);
+        }
+    }
 
     #[tokio::test]
     async fn the_devices_registers_follow_simulated_time() {
-        let start = 1_750_000_000_000_000_000;
-        let site = serve_site("plant-lyon", &SimConfig::default(), start, 600.0)
-            .await
-            .unwrap();
+        let site = serve_site(
+            "plant-lyon",
+            Protocol::Modbus,
+            &SimConfig::default(),
+            START,
+            600.0,
+        )
+        .await
+        .unwrap();
         assert_eq!(site.devices.len(), 4);
         let (asset, addr) = site.devices[0].clone();
         assert_eq!(asset, "line1/press-01");
@@ -286,15 +801,8 @@ mod tests {
             client.read_holding_registers(0, 14).await.unwrap().unwrap()
         };
         let clock = |r: &[u16]| r[..4].iter().fold(0u64, |c, w| (c << 16) | u64::from(*w));
-        // The registers are set at the simulator's first tick.
-        let mut first = read(&mut client).await;
-        for _ in 0..1000 {
-            if clock(&first) != 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            first = read(&mut client).await;
-        }
+        let first = read(&mut client).await;
+        assert!(clock(&first) >= (START / 1_000_000) as u64);
         // Until a few cycles have ended (8-20 s simulated each, 600x).
         let mut last = first.clone();
         for _ in 0..500 {
@@ -305,7 +813,7 @@ mod tests {
             last = read(&mut client).await;
         }
         assert!(last[4] >= first[4] + 2, "no cycle ended: {last:?}");
-        assert!(clock(&last) > clock(&first) && clock(&first) >= (start / 1_000_000) as u64);
+        assert!(clock(&last) > clock(&first));
         assert_eq!(last[7], 1, "the press runs");
         let cycle_ms = (u32::from(last[5]) << 16) | u32::from(last[6]);
         assert!((1000..60_000).contains(&cycle_ms), "{cycle_ms}");
@@ -317,5 +825,39 @@ mod tests {
         assert!(current > 0.0, "{current}");
         // Only holding registers are served.
         assert!(client.read_coils(0, 1).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn the_controllers_send_their_logins_as_syslog() {
+        let site = serve_site(
+            "plant-porto",
+            Protocol::Slmp,
+            &SimConfig::default(),
+            START,
+            600.0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(site.devices.len(), 4);
+        // The agent's receiver is not there yet: the lines wait for it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let listener = tokio::net::TcpListener::bind(site.syslog).await.unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut framer = message::Framer::new(8192);
+        let mut buf = vec![0u8; 4096];
+        // The HMI logs in within its first 2 simulated minutes (0.2 s here).
+        let line = loop {
+            use tokio::io::AsyncReadExt;
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the controllers closed the connection");
+            framer.push(&buf[..n]);
+            if let Some(frame) = framer.next_frame().unwrap() {
+                break String::from_utf8(frame.bytes).unwrap();
+            }
+        };
+        let login = received(&line);
+        assert_eq!(login.what, Some((EventKind::Access, "login")), "{line}");
+        assert!(login.ts.unwrap() >= START);
+        assert!(login.host.starts_with("line"), "{line}");
     }
 }

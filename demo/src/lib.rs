@@ -7,9 +7,11 @@
 //! event timestamps follow it; the detector only ever sees event time, so the
 //! outcome of a seed does not depend on how fast the machine is.
 //!
-//! With `--sources` ([`devices`]), each site's machines are Modbus/TCP
-//! devices on loopback that the site's agent polls with its `modbus`
-//! source, instead of agents running the simulator themselves.
+//! With `--sources` ([`devices`]), each site's machines are devices on
+//! loopback that the site's agent reads over a real protocol (Modbus/TCP or
+//! MELSEC SLMP, by site), and their logins and program changes come as
+//! syslog to the agent's `syslog` source, instead of agents running the
+//! simulator themselves.
 
 pub mod devices;
 
@@ -64,7 +66,8 @@ pub struct DemoOptions {
     pub seed: u64,
     pub scenarios: bool,
     pub learn: Duration,
-    /// Agents poll the sites' machines as Modbus/TCP devices.
+    /// Agents read the sites' machines over Modbus/TCP or SLMP, and
+    /// receive their syslog.
     pub sources: bool,
 }
 
@@ -258,20 +261,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             otwatch_pki::LEAF_VALIDITY,
         )?;
         let (cert, key) = otwatch_pki::agent_files(&site, "gw-1");
-        let source = if opts.sources {
-            let served = devices::serve_site(&site, &sim, start_ns, opts.speed)
+        let sources = if opts.sources {
+            let protocol = devices::Protocol::of_site(i);
+            let served = devices::serve_site(&site, protocol, &sim, start_ns, opts.speed)
                 .await
-                .context("cannot serve the simulated Modbus devices")?;
-            let source = devices::modbus_source(&served);
-            site_devices.push(served);
-            source
+                .with_context(|| format!("cannot serve the simulated devices of {site}"))?;
+            let sources = devices::site_sources(&served);
+            site_devices.push((site.clone(), served));
+            sources
         } else {
-            SourceConfig::Sim(SimSourceConfig {
+            vec![SourceConfig::Sim(SimSourceConfig {
                 speed: opts.speed,
                 start: Some(start_text.clone()),
                 truth_file: None,
                 sim,
-            })
+            })]
         };
         let agent = AgentConfig {
             site: site.clone(),
@@ -291,7 +295,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             limits: central_limits(),
             metrics_listen: None,
             dead_letter_max_bytes: 64 * 1024 * 1024,
-            sources: vec![source],
+            sources,
         };
         agents
             .push(Agent::start(agent).with_context(|| format!("agent of {site} failed to start"))?);
@@ -309,10 +313,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         opts.sites, central.addr, opts.speed
     );
     if opts.sources {
-        let count: usize = site_devices.iter().map(|d| d.devices.len()).sum();
-        println!(
-            "each site's machines are Modbus/TCP devices on loopback ({count} in all), polled by the site's agent every 100 ms"
-        );
+        for (site, served) in &site_devices {
+            println!(
+                "{site}: {} {} on loopback, polled every 100 ms; logins{} as syslog (RFC 5424 over TCP) to the agent's syslog source on {}",
+                served.devices.len(),
+                served.protocol.describe(),
+                if served.protocol.carries_program() {
+                    ""
+                } else {
+                    " and program changes"
+                },
+                served.syslog
+            );
+        }
         for (name, why) in devices::NOT_CARRIED {
             println!("  scenario {name} is left out: {why}");
         }

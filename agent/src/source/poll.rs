@@ -286,6 +286,124 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// `ts` of a poll's events from a controller clock reading (Unix time in
+/// ms): whole milliseconds first, as ms × 1e6 in a float would round to a
+/// multiple of 128 ns (f64 holds 53 bits). `None` for a clock that reads
+/// nothing sensible (0 before it is set, a NaN, beyond the range of `ts`):
+/// the caller then uses the agent's clock.
+pub fn controller_time_ns(ms: f64) -> Option<i64> {
+    (ms.is_finite() && ms > 0.0 && ms < (i64::MAX / 1_000_000) as f64)
+        .then(|| (ms.round() as i64) * 1_000_000)
+}
+
+/// Most CYCLE events one poll reports for a counter that jumped.
+pub const MAX_CYCLES_PER_POLL: u64 = 100;
+
+/// Machine cycles of a polled device (`cycle = { ... }`). Exactly one of
+/// `counter` and `done`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CycleConfig {
+    /// An integer tag the controller increments once per cycle: each
+    /// increase by k ends k cycles. A decrease is a reset (no cycle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<String>,
+    /// A bit tag the controller sets when a cycle is done: each rising
+    /// edge ends a cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    /// A number tag holding the last cycle's duration in milliseconds
+    /// (after scale), measured by the controller. Without it, the duration
+    /// is the time between the polls that saw two cycles end, accurate to a
+    /// `poll_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The CYCLE events' `name`. Default `cycle`.
+    #[serde(default = "default_cycle_name")]
+    pub name: String,
+}
+
+fn default_cycle_name() -> String {
+    "cycle".into()
+}
+
+/// Turns the readings of a cycle's marker (counter, or done bit as 0/1)
+/// into CYCLE events, the same way for every polled source.
+#[derive(Debug, Clone)]
+pub struct CycleTracker {
+    is_counter: bool,
+    name: String,
+    /// The marker's last reading.
+    last: Option<f64>,
+    /// When the last cycle was seen to end (ns), if known.
+    last_end: Option<i64>,
+}
+
+impl CycleTracker {
+    pub fn new(config: &CycleConfig) -> CycleTracker {
+        CycleTracker {
+            is_counter: config.counter.is_some(),
+            name: config.name.clone(),
+            last: None,
+            last_end: None,
+        }
+    }
+
+    /// After a (re)connection: what happened while the device was not read
+    /// is unknown, so the next cycle's start is too.
+    pub fn connected(&mut self) {
+        self.last = None;
+        self.last_end = None;
+    }
+
+    /// The CYCLE events of a poll that read `marker` (and the controller's
+    /// `controller_ms` of the last cycle, when configured) at `now`;
+    /// returns whether a cycle ended (even one whose duration is unknown).
+    pub fn update(
+        &mut self,
+        asset: &str,
+        marker: f64,
+        controller_ms: Option<f64>,
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> bool {
+        let ended = match self.last {
+            None => 0,
+            Some(last) if self.is_counter && marker >= last => (marker - last) as u64,
+            // A counter that went back was reset: no cycle, and the next
+            // one's start is unknown.
+            Some(_) if self.is_counter => u64::MAX,
+            Some(last) => u64::from(last == 0.0 && marker != 0.0),
+        };
+        self.last = Some(marker);
+        if ended == u64::MAX {
+            self.last_end = None;
+            return false;
+        }
+        if ended == 0 {
+            return false;
+        }
+        let measured = self
+            .last_end
+            .map(|start| (now - start) as f64 / 1e6 / ended as f64);
+        self.last_end = Some(now);
+        let (duration, count) = match controller_ms {
+            // The controller knows the last cycle only.
+            Some(ms) => (ms, 1),
+            None => match measured {
+                Some(ms) => (ms, ended.min(MAX_CYCLES_PER_POLL)),
+                None => return true,
+            },
+        };
+        for _ in 0..count {
+            let mut e = device_event(asset, now, EventKind::Cycle, &self.name);
+            e.value = Some(duration);
+            out.push(e);
+        }
+        true
+    }
+}
+
 /// A configured device of a source that runs one task per device (a
 /// Modbus device, a MELSEC CPU, an OPC UA server).
 pub trait Device: Send + 'static {

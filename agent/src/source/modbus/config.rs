@@ -22,6 +22,7 @@
 //! mode = { tag = "mode", modes = { "1" = "RUN", "2" = "STOP", "3" = "MAINT" } }
 //! ```
 
+pub use super::super::poll::CycleConfig;
 use super::super::poll::{self, PollSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -240,33 +241,6 @@ impl TagConfig {
             DataType::U16
         })
     }
-}
-
-/// Machine cycles. Exactly one of `counter` and `done`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CycleConfig {
-    /// An integer register tag the controller increments once per cycle:
-    /// each increase by k ends k cycles. A decrease is a reset (no cycle).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counter: Option<String>,
-    /// A coil or discrete input the controller sets when a cycle is done:
-    /// each rising edge ends a cycle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub done: Option<String>,
-    /// A register tag holding the last cycle's duration in milliseconds
-    /// (after scale), measured by the controller. Without it, the duration
-    /// is the time between the polls that saw two cycles end, accurate to a
-    /// `poll_interval`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
-    /// The CYCLE events' `name`. Default `cycle`.
-    #[serde(default = "default_cycle_name")]
-    pub name: String,
-}
-
-fn default_cycle_name() -> String {
-    "cycle".into()
 }
 
 /// The operating mode.

@@ -48,8 +48,8 @@ mod tests;
 pub use config::ModbusSourceConfig;
 
 use super::poll::{
-    self, device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
-    TagReporter, TagValue,
+    self, device_event, fail_and_back_off, now_ns, Backoff, CycleTracker, DeviceLink,
+    DeviceMetrics, Pacer, TagReporter, TagValue,
 };
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
@@ -63,8 +63,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Most CYCLE events one poll reports for a counter that jumped.
-pub const MAX_CYCLES_PER_POLL: u64 = 100;
+pub use super::poll::MAX_CYCLES_PER_POLL;
 
 /// The metrics of each configured device, in configuration order.
 pub fn device_metrics(config: &ModbusSourceConfig) -> Vec<Arc<DeviceMetrics>> {
@@ -249,14 +248,10 @@ impl Tag {
 
 #[derive(Debug)]
 struct CycleState {
+    /// The tag whose readings mark cycles (counter, or done bit).
     marker: usize,
-    is_counter: bool,
     duration: Option<usize>,
-    name: String,
-    /// The marker's last reading (counter value, or bit as 0/1).
-    last: Option<f64>,
-    /// When the last cycle was seen to end (ns), if known.
-    last_end: Option<i64>,
+    tracker: CycleTracker,
 }
 
 #[derive(Debug)]
@@ -285,18 +280,15 @@ impl DeviceState {
     fn new(device: &ModbusDeviceConfig, plan: &Plan) -> DeviceState {
         let index = |name: &str| device.tags.iter().position(|t| t.name == name);
         let cycle = device.cycle.as_ref().and_then(|c| {
-            let (marker, is_counter) = match (&c.counter, &c.done) {
-                (Some(counter), _) => (index(counter)?, true),
-                (None, Some(done)) => (index(done)?, false),
+            let marker = match (&c.counter, &c.done) {
+                (Some(counter), _) => index(counter)?,
+                (None, Some(done)) => index(done)?,
                 (None, None) => return None,
             };
             Some(CycleState {
                 marker,
-                is_counter,
                 duration: c.duration.as_deref().and_then(index),
-                name: c.name.clone(),
-                last: None,
-                last_end: None,
+                tracker: CycleTracker::new(c),
             })
         });
         let mode = device.mode.as_ref().and_then(|m| {
@@ -356,8 +348,7 @@ impl DeviceState {
     /// is unknown, so the next cycle's start is too.
     fn connected(&mut self) {
         if let Some(c) = &mut self.cycle {
-            c.last = None;
-            c.last_end = None;
+            c.tracker.connected();
         }
     }
 
@@ -368,15 +359,11 @@ impl DeviceState {
     /// The events of one poll's answers (one per read of the plan); `now`
     /// is the agent's clock, used unless the device has a clock tag.
     fn events(&mut self, values: &[Values], now: i64) -> Vec<ControllerEvent> {
-        let now = match self.clock.map(|tag| self.tags[tag].value(values)) {
-            // Whole milliseconds first: ms × 1e6 as a float would round to
-            // a multiple of 128 ns (f64 holds 53 bits).
-            Some(ms) if ms.is_finite() && ms > 0.0 && ms < (i64::MAX / 1_000_000) as f64 => {
-                (ms.round() as i64) * 1_000_000
-            }
+        let now = self
+            .clock
+            .and_then(|tag| poll::controller_time_ns(self.tags[tag].value(values)))
             // A clock that reads nothing sensible: the agent's.
-            _ => now,
-        };
+            .unwrap_or(now);
         let mut out = Vec::new();
         let cycle_ended = self.cycle_events(values, now, &mut out);
         for (i, tag) in self.tags.iter().enumerate() {
@@ -422,46 +409,13 @@ impl DeviceState {
         now: i64,
         out: &mut Vec<ControllerEvent>,
     ) -> bool {
-        let Some(cycle) = &self.cycle else {
+        let Some(cycle) = &mut self.cycle else {
             return false;
         };
         let marker = self.tags[cycle.marker].value(values);
-        let ended = match cycle.last {
-            None => 0,
-            Some(last) if cycle.is_counter && marker >= last => (marker - last) as u64,
-            // A counter that went back was reset: no cycle, and the next
-            // one's start is unknown.
-            Some(_) if cycle.is_counter => u64::MAX,
-            Some(last) => u64::from(last == 0.0 && marker != 0.0),
-        };
         let controller_ms = cycle.duration.map(|d| self.tags[d].value(values));
-        let cycle = self.cycle.as_mut().expect("cycle is configured");
-        cycle.last = Some(marker);
-        if ended == u64::MAX {
-            cycle.last_end = None;
-            return false;
-        }
-        if ended == 0 {
-            return false;
-        }
-        let measured = cycle
-            .last_end
-            .map(|start| (now - start) as f64 / 1e6 / ended as f64);
-        cycle.last_end = Some(now);
-        let (duration, count) = match controller_ms {
-            // The controller knows the last cycle only.
-            Some(ms) => (ms, 1),
-            None => match measured {
-                Some(ms) => (ms, ended.min(MAX_CYCLES_PER_POLL)),
-                None => return true,
-            },
-        };
-        let name = cycle.name.clone();
-        for _ in 0..count {
-            let mut e = self.event(now, EventKind::Cycle, &name);
-            e.value = Some(duration);
-            out.push(e);
-        }
-        true
+        cycle
+            .tracker
+            .update(&self.asset, marker, controller_ms, now, out)
     }
 }

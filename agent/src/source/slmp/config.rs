@@ -12,9 +12,12 @@
 //! series = "iq-r"                   # "q" for Q, L, iQ-F (FX5)
 //! poll_interval = "1s"
 //! program_devices = [{ device = "D9000", count = 4 }]
+//! cycle = { counter = "strokes", duration = "stroke_ms" }
+//! samples = "on_cycle"
 //! tags = [
 //!   { name = "oil_temp_c", device = "D100", type = "f32" },
 //!   { name = "strokes", device = "D200", type = "u32" },
+//!   { name = "stroke_ms", device = "D202", type = "u32" },
 //!   { name = "guard_closed", device = "X10" },
 //! ]
 //! ```
@@ -93,10 +96,23 @@ pub struct SlmpDeviceConfig {
     /// reported too. Default: none.
     #[serde(default)]
     pub program_devices: Vec<DeviceRange>,
-    /// When word tags become SAMPLE events: `every_poll` (default) or
-    /// `on_change` (moved by more than the tag's `deadband`).
+    /// When word tags become SAMPLE events: `every_poll` (default),
+    /// `on_change` (moved by more than the tag's `deadband`) or `on_cycle`
+    /// (when a cycle ends; needs `cycle`).
     #[serde(default)]
     pub samples: poll::SampleReport,
+    /// Which tags mark machine cycles (CYCLE events): `counter` (an integer
+    /// word tag the program increments once per cycle) or `done` (a bit
+    /// tag set at each cycle's end), and optionally `duration` (a word tag
+    /// with the last cycle's duration in ms, after scale). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<poll::CycleConfig>,
+    /// A word tag holding the CPU's clock as Unix time in milliseconds
+    /// (after scale: a clock in seconds takes `scale = 1000`). When set, a
+    /// poll's events carry it as `ts` (when the CPU says they happened)
+    /// instead of the agent's clock. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<String>,
     /// The tags to read.
     #[serde(default)]
     pub tags: Vec<SlmpTagConfig>,
@@ -292,6 +308,58 @@ impl SlmpDeviceConfig {
                     range.count,
                     super::frame::MAX_READ_WORDS
                 ));
+            }
+        }
+        let tag = |role: &str, name: &str| {
+            self.tags
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| format!("{what}: {role} {name:?} is not one of its tags"))
+        };
+        if let Some(cycle) = &self.cycle {
+            let marker = match (&cycle.counter, &cycle.done) {
+                (Some(counter), None) => {
+                    let ty = tag("cycle.counter", counter)?.data_type();
+                    if !matches!(ty, SlmpType::U16 | SlmpType::I16 | SlmpType::U32 | SlmpType::I32) {
+                        return Err(format!(
+                            "{what}: cycle.counter {counter:?} must be an integer word tag (u16, i16, u32, i32)"
+                        ));
+                    }
+                    counter
+                }
+                (None, Some(done)) => {
+                    if tag("cycle.done", done)?.data_type() != SlmpType::Bool {
+                        return Err(format!("{what}: cycle.done {done:?} must be a bit tag"));
+                    }
+                    done
+                }
+                _ => {
+                    return Err(format!(
+                        "{what}: cycle needs exactly one of counter (a word counting cycles) and done (a bit set at each cycle's end)"
+                    ))
+                }
+            };
+            if let Some(duration) = &cycle.duration {
+                if tag("cycle.duration", duration)?.data_type() == SlmpType::Bool
+                    || duration == marker
+                {
+                    return Err(format!(
+                        "{what}: cycle.duration {duration:?} must be a word tag other than the cycle's marker"
+                    ));
+                }
+            }
+            if cycle.name.trim().is_empty() {
+                return Err(format!("{what}: cycle.name is empty"));
+            }
+        }
+        if self.samples == poll::SampleReport::OnCycle && self.cycle.is_none() {
+            return Err(format!(
+                "{what}: samples = \"on_cycle\" needs a cycle (counter or done tag)"
+            ));
+        }
+        if let Some(clock) = &self.clock {
+            if tag("clock", clock)?.data_type() == SlmpType::Bool {
+                return Err(format!("{what}: clock {clock:?} must be a word tag"));
             }
         }
         if self.tags.is_empty()

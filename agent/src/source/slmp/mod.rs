@@ -8,8 +8,9 @@
 //!
 //! # Events
 //!
-//! `ts` is the agent's clock when the poll's answers arrived; `asset` the
-//! device's.
+//! `ts` is the CPU's clock when a `clock` tag is configured (Unix time in
+//! ms), otherwise the agent's clock when the poll's answers arrived;
+//! `asset` the device's.
 //!
 //! - **STATE** `mode`, `text` = `RUN`, `STOP` or `PAUSE` (SD203 bits 0-3;
 //!   `UNKNOWN(n)` otherwise), `value` = that number: when it changes, and at
@@ -29,8 +30,13 @@
 //!   atomically once the CHANGE is in the queue), so a program downloaded
 //!   while the agent was stopped is still reported, and a restart reports
 //!   nothing new.
-//! - **SAMPLE** per word tag (every poll or on change), **STATE** `ON`/`OFF`
-//!   per bit tag (on change), as for Modbus.
+//! - **CYCLE** `cycle.name` (`cycle`), `value` = duration in ms: each
+//!   machine cycle the `cycle` counter or done bit shows, as for Modbus
+//!   (the duration from the `cycle.duration` tag when configured).
+//! - **SAMPLE** per word tag (every poll, on change, or when a cycle ends),
+//!   **STATE** `ON`/`OFF` per bit tag (on change), as for Modbus. Tags
+//!   used as cycle counter, done bit, cycle duration or clock are reported
+//!   through those events only.
 //!
 //! A CPU that goes to STOP for a program download and back to RUN shows as
 //! `mode` RUN → STOP → RUN, then `program` CHANGE; a download while running
@@ -46,8 +52,8 @@ mod tests;
 pub use config::SlmpSourceConfig;
 
 use super::poll::{
-    self, device_event, fail_and_back_off, now_ns, Backoff, DeviceLink, DeviceMetrics, Pacer,
-    TagReporter, TagValue,
+    self, device_event, fail_and_back_off, now_ns, Backoff, CycleTracker, DeviceLink,
+    DeviceMetrics, Pacer, SampleReport, TagReporter, TagValue,
 };
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
@@ -282,6 +288,7 @@ async fn poll_device(
                 continue;
             }
         };
+        state.connected();
         let mut identity_due = Some(Instant::now()).filter(|_| !device.identity_interval.is_zero());
         let mut ticker = tokio::time::interval(device.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -313,7 +320,7 @@ async fn poll_device(
                 Ok(values) => {
                     link.succeeded(started.elapsed());
                     backoff.reset();
-                    let now = now_ns();
+                    let now = state.time(&values, now_ns());
                     let mut events = Vec::new();
                     if let Some((name, code)) = model {
                         state.model_events(&name, code, now, &mut events);
@@ -367,6 +374,30 @@ struct Tag {
     offset: f64,
     unit: Option<String>,
     deadband: f64,
+    /// Reported as SAMPLE or STATE events (not the cycle's or clock's).
+    reported: bool,
+}
+
+impl Tag {
+    /// The tag's value in a poll's answers, after scale and offset.
+    fn value(&self, values: &[Values]) -> f64 {
+        let (read, offset) = self.at;
+        match &values[read] {
+            Values::Bits(bits) => f64::from(u8::from(bits[offset])),
+            Values::Words(words) => {
+                let words = &words[offset..offset + usize::from(self.ty.words())];
+                decode(words, self.ty) * self.scale + self.offset
+            }
+        }
+    }
+}
+
+/// A device's machine cycles: which tags mark them, and what was seen.
+#[derive(Debug)]
+struct CycleState {
+    marker: usize,
+    duration: Option<usize>,
+    tracker: CycleTracker,
 }
 
 /// The number in `words` (lowest word first) as `ty`.
@@ -389,7 +420,11 @@ fn decode(words: &[u16], ty: SlmpType) -> f64 {
 struct DeviceState {
     asset: String,
     tags: Vec<Tag>,
+    samples: SampleReport,
     reporter: TagReporter,
+    cycle: Option<CycleState>,
+    /// The tag holding the CPU's clock (ms since the epoch).
+    clock: Option<usize>,
     status: Option<(usize, usize)>,
     last_mode: Option<String>,
     scan: Option<(usize, usize)>,
@@ -402,10 +437,25 @@ struct DeviceState {
 impl DeviceState {
     fn new(device: &SlmpDeviceConfig, plan: &Plan, saved: Saved) -> DeviceState {
         let fixed = |name: &str| plan.locate(Device::parse(name).expect("a device"));
+        let index = |name: &str| device.tags.iter().position(|t| t.name == name);
+        let cycle = device.cycle.as_ref().and_then(|c| {
+            Some(CycleState {
+                marker: index(c.counter.as_deref().or(c.done.as_deref())?)?,
+                duration: c.duration.as_deref().and_then(index),
+                tracker: CycleTracker::new(c),
+            })
+        });
+        let clock = device.clock.as_deref().and_then(index);
+        let mut used: Vec<usize> = clock.into_iter().collect();
+        if let Some(c) = &cycle {
+            used.push(c.marker);
+            used.extend(c.duration);
+        }
         let tags: Vec<Tag> = device
             .tags
             .iter()
-            .map(|t| Tag {
+            .enumerate()
+            .map(|(i, t)| Tag {
                 name: t.name.clone(),
                 at: plan.locate(t.head()),
                 ty: t.data_type(),
@@ -413,12 +463,16 @@ impl DeviceState {
                 offset: t.offset,
                 unit: t.unit.clone(),
                 deadband: t.deadband,
+                reported: !used.contains(&i),
             })
             .collect();
         DeviceState {
             asset: device.asset.clone(),
             reporter: TagReporter::new(device.samples, tags.len()),
             tags,
+            samples: device.samples,
+            cycle,
+            clock,
             status: device.status.then(|| fixed(STATUS_DEVICE)),
             last_mode: None,
             scan: device.scan_time.then(|| fixed(SCAN_TIME_DEVICE)),
@@ -454,21 +508,44 @@ impl DeviceState {
         self.dirty = true;
     }
 
-    /// The events of one poll's answers (one per read of the plan).
+    /// The `ts` of a poll's events: the CPU's clock when a `clock` tag is
+    /// configured and reads something sensible, else `now` (the agent's).
+    fn time(&self, values: &[Values], now: i64) -> i64 {
+        self.clock
+            .and_then(|tag| poll::controller_time_ns(self.tags[tag].value(values)))
+            .unwrap_or(now)
+    }
+
+    /// After a (re)connection: the cycle under way when the CPU was last
+    /// read is unknown.
+    fn connected(&mut self) {
+        if let Some(c) = &mut self.cycle {
+            c.tracker.connected();
+        }
+    }
+
+    /// The events of one poll's answers (one per read of the plan), at
+    /// `now` (see [`DeviceState::time`]). A cycle's CYCLE comes before the
+    /// SAMPLEs it explains.
     fn events(&mut self, values: &[Values], now: i64, out: &mut Vec<ControllerEvent>) {
+        let cycle_ended = match &mut self.cycle {
+            Some(c) => {
+                let marker = self.tags[c.marker].value(values);
+                let controller_ms = c.duration.map(|d| self.tags[d].value(values));
+                c.tracker
+                    .update(&self.asset, marker, controller_ms, now, out)
+            }
+            None => false,
+        };
         for (i, tag) in self.tags.iter().enumerate() {
-            let (read, offset) = tag.at;
-            let value = match &values[read] {
-                Values::Bits(bits) => f64::from(u8::from(bits[offset])),
-                Values::Words(words) => {
-                    let words = &words[offset..offset + usize::from(tag.ty.words())];
-                    decode(words, tag.ty) * tag.scale + tag.offset
-                }
-            };
+            let bit = tag.ty == SlmpType::Bool;
+            if !tag.reported || (self.samples == SampleReport::OnCycle && !bit && !cycle_ended) {
+                continue;
+            }
             let value = TagValue {
                 name: &tag.name,
-                value,
-                bit: tag.ty == SlmpType::Bool,
+                value: tag.value(values),
+                bit,
                 unit: tag.unit.as_deref(),
                 deadband: tag.deadband,
             };

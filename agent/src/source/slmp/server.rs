@@ -5,6 +5,8 @@
 //! other command with end code C059, recording each command it receives, so
 //! a test can check that nothing but reads arrived. It has no write command:
 //! memory changes only through [`SlmpServer::set_words`] and friends.
+//! [`SlmpServer::set_answering`] makes it a CPU that has stopped answering:
+//! requests are taken and recorded, and no response comes back.
 //!
 //! pymcprotocol, a second implementation of the client side, reads from it
 //! in `tests.rs`, so the server is checked against it and the agent's client
@@ -31,6 +33,8 @@ struct Memory {
     /// Bit devices, by (code, number).
     bits: HashMap<(u8, u32), bool>,
     model: (String, u16),
+    /// Whether requests get a response.
+    answering: bool,
     /// (command, subcommand) of every request, in order of first arrival.
     commands: Vec<(u16, u16)>,
 }
@@ -57,6 +61,7 @@ impl SlmpServer {
             words: HashMap::new(),
             bits: HashMap::new(),
             model: ("R04CPU".into(), 0x4800),
+            answering: true,
             commands: Vec::new(),
         }));
         let shared = memory.clone();
@@ -110,6 +115,12 @@ impl SlmpServer {
         self.memory.lock().unwrap().model = (name.to_string(), code);
     }
 
+    /// Whether requests get a response (`false`: a CPU that hangs, whose
+    /// clients time out).
+    pub fn set_answering(&self, answering: bool) {
+        self.memory.lock().unwrap().answering = answering;
+    }
+
     /// (command, subcommand) of every request received so far, each once, in
     /// order of first arrival.
     pub fn commands(&self) -> Vec<(u16, u16)> {
@@ -139,6 +150,9 @@ async fn serve(mut stream: TcpStream, memory: Arc<Mutex<Memory>>) {
             let mut m = memory.lock().unwrap();
             if !m.commands.contains(&(command, subcommand)) {
                 m.commands.push((command, subcommand));
+            }
+            if !m.answering {
+                continue;
             }
             answer(&m, command, subcommand, &body[6..])
         };

@@ -288,6 +288,101 @@ fn answers_become_mode_scan_program_and_model_events_kept_across_a_restart() {
     assert_eq!(out.last().unwrap().attrs["previous"], "R04CPU (4800)");
 }
 
+#[test]
+fn a_cycle_counter_and_clock_give_cycles_with_their_samples_at_the_cpus_time() {
+    let d = device(
+        r#"status = false
+           scan_time = false
+           identity_interval = "0s"
+           samples = "on_cycle"
+           cycle = { counter = "cycles", duration = "cycle_ms" }
+           clock = "clock_ms"
+           tags = [{ name = "clock_ms", device = "D0", type = "f64" },
+                   { name = "cycles", device = "D4", type = "u16" },
+                   { name = "cycle_ms", device = "D5", type = "u32" },
+                   { name = "current", device = "D8", type = "f32" }]"#,
+    );
+    let plan = Plan::new(&d);
+    assert_eq!(plan.reads.len(), 1, "{plan:?}");
+    // D0-D9, lowest word first.
+    let answers = |clock_ms: f64, cycles: u16, cycle_ms: u32, current: f32| {
+        let mut words: Vec<u16> = clock_ms
+            .to_le_bytes()
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        words.push(cycles);
+        words.extend([cycle_ms as u16, (cycle_ms >> 16) as u16, 0]);
+        let c = current.to_le_bytes();
+        words.extend([
+            u16::from_le_bytes([c[0], c[1]]),
+            u16::from_le_bytes([c[2], c[3]]),
+        ]);
+        vec![Values::Words(words)]
+    };
+    let mut state = DeviceState::new(&d, &plan, Saved::default());
+    let agent_now = 99;
+    let poll = |state: &mut DeviceState, values: Vec<Values>| {
+        let mut out = Vec::new();
+        let now = state.time(&values, agent_now);
+        state.events(&values, now, &mut out);
+        out
+    };
+    // The first reading knows no cycle yet: nothing but the clock.
+    assert_eq!(
+        poll(&mut state, answers(1_750_000_000_000.0, 7, 11_000, 4.5)),
+        []
+    );
+    // No cycle ended: no sample either.
+    assert_eq!(
+        poll(&mut state, answers(1_750_000_006_000.0, 7, 11_000, 4.6)),
+        []
+    );
+    // A cycle ended: its CYCLE (the CPU's duration), then the sample, both
+    // at the CPU's time; counter, duration and clock are not samples.
+    let out = poll(&mut state, answers(1_750_000_012_000.0, 8, 12_500, 4.7));
+    assert_eq!(
+        summary(&out),
+        [
+            (EventKind::Cycle, "cycle", Some(12_500.0), None),
+            (EventKind::Sample, "current", Some(f64::from(4.7f32)), None),
+        ]
+    );
+    assert!(out.iter().all(|e| e.ts_ns == 1_750_000_012_000_000_000));
+    // A clock that reads 0 (not set yet): the agent's clock.
+    let out = poll(&mut state, answers(0.0, 9, 12_600, 4.7));
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|e| e.ts_ns == agent_now));
+    // After a reconnection the counter's last reading is unknown: the
+    // next poll ends no cycle.
+    state.connected();
+    assert_eq!(
+        poll(&mut state, answers(1_750_000_030_000.0, 11, 12_700, 4.8)),
+        []
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_leaves_the_client_waiting() {
+    let server = SlmpServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    server.set_words("D0", &[42]);
+    let mut client = SlmpClient::connect(server.addr, Series::Q, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let d0 = Device::parse("D0").unwrap();
+    assert_eq!(client.read_words(d0, 1).await.unwrap(), [42]);
+    server.set_answering(false);
+    let hung = tokio::time::timeout(Duration::from_millis(200), client.read_words(d0, 1)).await;
+    assert!(hung.is_err(), "answered while silent: {hung:?}");
+    server.set_answering(true);
+    let mut client = SlmpClient::connect(server.addr, Series::Q, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(client.read_words(d0, 1).await.unwrap(), [42]);
+}
+
 fn agent_config(devices: &str) -> Result<AgentConfig, String> {
     let text = format!(
         "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = \"/tmp/x\"\n[[sources]]\ntype = \"slmp\"\n{devices}"
@@ -323,6 +418,22 @@ fn the_configuration_is_checked_naming_the_device_and_key() {
         "program_devices \"M0\" is a bit device",
     );
     refused("status = false\nscan_time = false\n", "nothing to read");
+    refused(
+        "samples = \"on_cycle\"\n",
+        "samples = \"on_cycle\" needs a cycle",
+    );
+    refused(
+        "cycle = { counter = \"n\" }\ntags = [{ name = \"n\", device = \"D0\", type = \"f32\" }]\n",
+        "cycle.counter \"n\" must be an integer word tag",
+    );
+    refused(
+        "cycle = { done = \"n\" }\n",
+        "cycle.done \"n\" is not one of its tags",
+    );
+    refused(
+        "clock = \"c\"\ntags = [{ name = \"c\", device = \"M0\" }]\n",
+        "clock \"c\" must be a word tag",
+    );
     let scattered: Vec<String> = (0..25)
         .map(|i| format!("{{ name = \"t{i}\", device = \"D{}\" }}", i * 1000))
         .collect();
