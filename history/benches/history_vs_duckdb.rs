@@ -22,14 +22,15 @@
 //!
 //! ```sh
 //! cargo bench -p otwatch-history --bench history_vs_duckdb -- \
-//!     [--events 20000000] [--flush-secs 20] [--runs 3] [--dir DIR] [--no-compact]
+//!     [--events 20000000] [--flush-secs 20] [--runs 3] [--dir DIR] [--no-compact] [--only NAME]
 //! ```
 //!
 //! With `--dir`, the history is written there and kept (an existing one
 //! is used as it is, so the same files can be measured again); otherwise
 //! it goes to a temporary directory. `--no-compact` measures the
 //! uncompacted layout only and leaves it so, for measuring the same files
-//! again (after a change, or under `perf`).
+//! again (after a change, or under `perf`). `--only NAME` runs the queries
+//! whose name contains NAME.
 
 mod workload;
 
@@ -45,6 +46,8 @@ struct Args {
     runs: usize,
     dir: Option<PathBuf>,
     compact: bool,
+    /// Only the queries whose name contains this.
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -56,6 +59,7 @@ fn args() -> Args {
         runs: 3,
         dir: None,
         compact: true,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +70,7 @@ fn args() -> Args {
             "--runs" => out.runs = value().parse().expect("--runs N"),
             "--dir" => out.dir = Some(value().into()),
             "--no-compact" => out.compact = false,
+            "--only" => out.only = Some(value()),
             // What cargo bench passes to every bench target.
             "--bench" => {}
             other => panic!("unknown argument {other}; see the module documentation"),
@@ -209,7 +214,11 @@ fn main() {
     } else {
         println!("using the history already in {}", root.display());
     }
-    let queries = workload::queries(&w);
+    let mut queries = workload::queries(&w);
+    if let Some(only) = &args.only {
+        queries.retain(|q| q.name.contains(only.as_str()));
+        assert!(!queries.is_empty(), "no query's name contains {only:?}");
+    }
     let mut differ = false;
     let files = workload::committed_files(&root);
     if workload::compacted(&root) {
