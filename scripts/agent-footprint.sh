@@ -16,6 +16,7 @@
 #
 # Usage: scripts/agent-footprint.sh [WINDOW_SECONDS]   (default 60)
 #   SAMPLES=on_change scripts/agent-footprint.sh       (values sent on change only)
+#   AGENT_FEATURES=modbus scripts/agent-footprint.sh   (a gateway build with only these sources)
 # Needs python3 with pymodbus (scripts/test.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,11 @@ trap cleanup EXIT
 # with other checkouts may get another build of it at the same path.
 cargo build --quiet -p otwatch --bin otwatch
 cp "$CARGO_TARGET_DIR/debug/otwatch" "$WORK/otwatch"
-cargo build --quiet --profile dist -p otwatch-agent
+if [ -n "${AGENT_FEATURES:-}" ]; then
+  cargo build --quiet --profile dist -p otwatch-agent --no-default-features --features "$AGENT_FEATURES"
+else
+  cargo build --quiet --profile dist -p otwatch-agent
+fi
 cp "$CARGO_TARGET_DIR/dist/otwatch-agent" "$WORK/otwatch-agent"
 AGENT="$WORK/otwatch-agent"
 OTWATCH="$WORK/otwatch"
@@ -120,6 +125,8 @@ errors="$(metric_sum otwatch_agent_device_errors_total)"
 events="$(metric_sum otwatch_agent_device_events_total)"
 rss="$(status_kib VmRSS)"
 hwm="$(status_kib VmHWM)"
+anon="$(status_kib RssAnon)"
+file="$(status_kib RssFile)"
 hz="$(getconf CLK_TCK)"
 kill -0 "$AGENT_PID"
 
@@ -128,10 +135,10 @@ size = $(stat -c %s "$AGENT")
 seconds = $end - $start
 cpu = ($ticks_after - $ticks_before) / $hz
 polls = $polls_after - $polls_before
-print(f"agent binary (dist profile, stripped): {size / 2**20:.2f} MiB ({size} bytes)")
+print(f"agent binary (dist profile, stripped, features: ${AGENT_FEATURES:-default}): {size / 2**20:.2f} MiB ({size} bytes)")
 print(f"load: $DEVICES devices x $TAGS tags every 1 s, samples = $SAMPLES")
 print(f"window: {seconds:.1f} s after {$WARMUP} s of warm-up")
 print(f"polls: {polls} ({polls / seconds:.1f}/s); device errors since start: $errors; events taken since start: $events")
-print(f"RSS: {$rss / 1024:.1f} MiB now, {$hwm / 1024:.1f} MiB at peak")
+print(f"RSS: {$rss / 1024:.1f} MiB now ({$anon / 1024:.1f} MiB heap and stacks, {$file / 1024:.1f} MiB of the binary and libraries), {$hwm / 1024:.1f} MiB at peak")
 print(f"CPU: {100 * cpu / seconds:.2f} % of one core ({cpu:.2f} s over {seconds:.1f} s)")
 EOF
