@@ -1,9 +1,11 @@
-//! `otwatch alerts`: list alerts with their latest state (from the history,
-//! with SQL), and ack, resolve or suppress them (through the admin socket
-//! of the running service, like `otwatch model`).
+//! `otwatch alerts`: list alerts with their latest state and the
+//! suppressions (from the history, with SQL), and ack, resolve, suppress
+//! them or lift a suppression (through the admin socket of the running
+//! service, like `otwatch model`).
 
 use clap::Subcommand;
-use otwatch_runtime::admin::{alerts::MAX_SUPPRESSION_SECS, Request};
+use otwatch_runtime::admin::alerts::{SuppressionRecord, MAX_SUPPRESSION_SECS};
+use otwatch_runtime::admin::Request;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,6 +77,34 @@ pub enum AlertsAction {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
+    /// The suppressions in force (with `--all`, also those over or
+    /// lifted): id, site, asset, detector, window, who set it and why.
+    Suppressions {
+        /// Data directory of `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Also the suppressions that are over or were lifted.
+        #[arg(long)]
+        all: bool,
+        /// Output format: table, csv or json (one object per line).
+        #[arg(long, default_value = "table")]
+        format: otwatch_history::OutputFormat,
+    },
+    /// End a suppression now, before its time: alerts of events from now
+    /// on are sent again (those already suppressed stay so).
+    Unsuppress {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// The suppression's id (`otwatch alerts suppressions`).
+        id: String,
+        /// Why it ends early; goes into the audit.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
 }
 
 /// `--since`: a time, or a span back from now.
@@ -143,6 +173,80 @@ async fn list(
     Ok(())
 }
 
+/// The suppressions as a table: one row each, oldest first.
+pub fn suppressions_batch(
+    records: &[SuppressionRecord],
+    now_ns: i64,
+) -> anyhow::Result<arrow::array::RecordBatch> {
+    use arrow::array::{ArrayRef, StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let text = |f: &dyn Fn(&SuppressionRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(records.iter().map(f).collect::<StringArray>())
+    };
+    let time = |f: &dyn Fn(&SuppressionRecord) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            records
+                .iter()
+                .map(f)
+                .collect::<TimestampNanosecondArray>()
+                .with_timezone("UTC"),
+        )
+    };
+    let ts = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("asset", DataType::Utf8, false),
+        Field::new("detector", DataType::Utf8, false),
+        Field::new("from", ts(), false),
+        Field::new("until", ts(), false),
+        Field::new("set_by", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("lifted_by", DataType::Utf8, true),
+        Field::new("lift_reason", DataType::Utf8, true),
+    ]);
+    let columns = vec![
+        text(&|r| Some(r.suppression.id.clone())),
+        text(&|r| Some(r.status(now_ns).to_string())),
+        text(&|r| Some(r.suppression.site.clone())),
+        text(&|r| Some(r.suppression.asset.clone().unwrap_or_else(|| "*".into()))),
+        text(&|r| Some(r.suppression.detector.clone().unwrap_or_else(|| "*".into()))),
+        time(&|r| Some(r.suppression.from_ns)),
+        time(&|r| Some(r.suppression.until_ns)),
+        text(&|r| Some(r.suppression.by.clone())),
+        text(&|r| Some(r.suppression.reason.clone())),
+        text(&|r| r.lifted.as_ref().map(|(_, by, _)| by.clone())),
+        text(&|r| r.lifted.as_ref().map(|(_, _, why)| why.clone())),
+    ];
+    Ok(arrow::array::RecordBatch::try_new(
+        Arc::new(schema),
+        columns,
+    )?)
+}
+
+async fn list_suppressions(
+    data_dir: &Path,
+    site: Option<String>,
+    all: bool,
+    format: otwatch_history::OutputFormat,
+) -> anyhow::Result<()> {
+    let history = crate::existing_history(data_dir)?;
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let mut records = otwatch_runtime::admin::alerts::suppressions(&history)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    records.retain(|r| {
+        site.as_ref().is_none_or(|s| *s == r.suppression.site)
+            && (all || r.status(now) == "in force")
+    });
+    let mut out = otwatch_history::BatchWriter::new(std::io::stdout().lock(), format);
+    out.write(&suppressions_batch(&records, now)?)?;
+    drop(out.finish()?);
+    Ok(())
+}
+
 pub async fn run(action: AlertsAction) -> anyhow::Result<()> {
     let (data_dir, request) = match action {
         AlertsAction::List {
@@ -152,6 +256,17 @@ pub async fn run(action: AlertsAction) -> anyhow::Result<()> {
             since,
             format,
         } => return list(&data_dir, open, site, since, format).await,
+        AlertsAction::Suppressions {
+            data_dir,
+            site,
+            all,
+            format,
+        } => return list_suppressions(&data_dir, site, all, format).await,
+        AlertsAction::Unsuppress {
+            data_dir,
+            id,
+            reason,
+        } => (data_dir, Request::AlertUnsuppress { id, reason }),
         AlertsAction::Ack {
             data_dir,
             id,

@@ -85,6 +85,21 @@ fn list(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn suppressions(data: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["alerts", "suppressions", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = run_otwatch(&all, data);
+    assert!(
+        out.status.success(),
+        "alerts suppressions: {}",
+        stderr(&out)
+    );
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Polls `f` until it gives `Some`, for at most 60 s.
 async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -286,11 +301,61 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     assert!(open.iter().all(|r| r["id"] != suppressed["id"]), "{open:?}");
     assert!(open.iter().any(|r| r["id"] == id.as_str()), "{open:?}");
 
-    // Both decisions are in the audit, and its chain holds.
+    // The suppression is listed while in force, and can be ended early.
+    let in_force = suppressions(&data, &[]);
+    assert_eq!(in_force.len(), 1, "{in_force:?}");
+    let suppression = &in_force[0];
+    assert_eq!(
+        (
+            &suppression["status"],
+            &suppression["site"],
+            &suppression["asset"],
+            &suppression["reason"]
+        ),
+        (
+            &"in force".into(),
+            &"plant-b".into(),
+            &"*".into(),
+            &"die change".into()
+        ),
+        "{suppression}"
+    );
+    let suppression_id = suppression["id"].as_str().unwrap().to_string();
+    let out = run_otwatch(
+        &[
+            "alerts",
+            "unsuppress",
+            &suppression_id,
+            "--reason",
+            "die change done",
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "alerts unsuppress: {}", stderr(&out));
+    let lifted = eventually("the lift in the audit", || {
+        suppressions(&data, &["--all"])
+            .into_iter()
+            .find(|r| r["status"] == "lifted")
+    })
+    .await;
+    assert_eq!(lifted["lifted_by"], me, "{lifted}");
+    assert_eq!(lifted["lift_reason"], "die change done", "{lifted}");
+    assert!(suppressions(&data, &[]).is_empty(), "no longer in force");
+    let out = run_otwatch(
+        &["alerts", "unsuppress", &suppression_id, "--reason", "again"],
+        &data,
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("already lifted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The three decisions are in the audit, and its chain holds.
     stop_serve(serve);
     let out = run_otwatch(&["audit", "verify"], &data);
     assert!(
-        out.status.success() && stdout(&out).contains("2 record(s), the hash chain holds"),
+        out.status.success() && stdout(&out).contains("3 record(s), the hash chain holds"),
         "audit verify: {}{}",
         stdout(&out),
         stderr(&out)
@@ -306,7 +371,7 @@ async fn ack_and_suppress_act_through_serve_reach_sql_and_the_outputs_and_are_au
     );
     assert_eq!(
         stdout(&out),
-        format!("user,command,site,alert_id\n{me},alert.ack,plant-a,{id}\n{me},alert.suppress,plant-b,\n"),
+        format!("user,command,site,alert_id\n{me},alert.ack,plant-a,{id}\n{me},alert.suppress,plant-b,\n{me},alert.unsuppress,plant-b,\n"),
         "{}",
         stderr(&out)
     );

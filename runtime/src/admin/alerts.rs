@@ -1,6 +1,6 @@
 //! The alert lifecycle on the control plane: what `alert.ack`,
-//! `alert.resolve` and `alert.suppress` are checked against before they are
-//! recorded, and the control records they become. The detector component
+//! `alert.resolve`, `alert.suppress` and `alert.unsuppress` are checked
+//! against before they are recorded, and the control records they become. The detector component
 //! is the one consumer that acts on them, in log order
 //! ([`crate::components::detector`]): it appends an update of the alert to
 //! the `alerts` topic for an ack or a resolve, and keeps the suppressions
@@ -17,13 +17,22 @@
 //!   site, asset             the site; the asset, or "" for every asset of it
 //!   alert_id                null
 //!   args                    {"detector": "cycle" | null, "for_secs": 7200, "reason": "text"}
+//! alert.unsuppress
+//!   site, asset             the suppression's
+//!   alert_id                null
+//!   args                    {"suppression": "<the alert.suppress record's id>", "reason": "text"}
 //! ```
 //!
 //! A suppression holds for alerts whose event time is in `[ts, ts +
 //! for_secs)`, `ts` being the control record's: the window is part of the
 //! hashed record, and an alert is judged by when its events happened, not
 //! by when they arrived (a site's backlog after a WAN outage is judged the
-//! same as live data, and a replay gives the same answer).
+//! same as live data, and a replay gives the same answer). An
+//! `alert.unsuppress` ends it early, at its own `ts` ([`Suppression::lift`]):
+//! alerts of events from then on are sent again.
+//!
+//! Which suppressions exist, and which are still in force, is read from the
+//! `audit` table ([`suppressions`]), the same records the detector applied.
 //!
 //! Carrying the alert's fields in the record makes the update exact (the
 //! detector need not remember every alert it ever raised) and puts them
@@ -31,7 +40,7 @@
 
 use super::Request;
 use crate::outputs::{alert_from_json, alert_json};
-use otwatch_proto::arrow::{batch_to_alerts, state, ControlRecord};
+use otwatch_proto::arrow::{batch_to_alerts, batch_to_control, state, ControlRecord};
 use otwatch_proto::Alert;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -103,12 +112,99 @@ impl Suppression {
             && (self.from_ns..self.until_ns).contains(&alert.ts_ns)
     }
 
+    /// Ends it at `at_ns` (an `alert.unsuppress` record's time), if it would
+    /// have lasted longer; never before it began.
+    pub fn lift(&mut self, at_ns: i64) {
+        self.until_ns = self.until_ns.min(at_ns.max(self.from_ns));
+    }
+
     /// Marks `alert` suppressed by this suppression.
     pub fn mark(&self, alert: &mut Alert) {
         alert.state = state::SUPPRESSED.into();
         alert.state_by = self.by.clone();
         alert.comment = self.reason.clone();
     }
+}
+
+/// What an `alert.unsuppress` record says: the id of the suppression it
+/// lifts, and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unsuppress {
+    pub suppression: String,
+    pub reason: String,
+}
+
+impl Unsuppress {
+    /// Reads the arguments of an `alert.unsuppress` record.
+    pub fn from_record(r: &ControlRecord) -> Result<Unsuppress, String> {
+        serde_json::from_str(&r.args)
+            .map_err(|e| format!("the arguments of {} are not understood: {e}", r.id))
+    }
+}
+
+/// A suppression as the `audit` table tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionRecord {
+    /// As in force: `until_ns` cut at the lift, if it was lifted.
+    pub suppression: Suppression,
+    /// The end it was set with.
+    pub set_until_ns: i64,
+    /// The `alert.unsuppress` that ended it early: its time, who, and why.
+    pub lifted: Option<(i64, String, String)>,
+}
+
+impl SuppressionRecord {
+    /// `in force`, `lifted` or `over` at `now_ns`.
+    pub fn status(&self, now_ns: i64) -> &'static str {
+        if self.lifted.is_some() {
+            "lifted"
+        } else if now_ns < self.suppression.until_ns {
+            "in force"
+        } else {
+            "over"
+        }
+    }
+}
+
+/// Every suppression the `audit` table of the history at `history` holds,
+/// oldest first, with its lift if any.
+pub async fn suppressions(history: &Path) -> Result<Vec<SuppressionRecord>, String> {
+    if !history.exists() {
+        return Ok(Vec::new());
+    }
+    let sql =
+        "SELECT * FROM audit WHERE command IN ('alert.suppress', 'alert.unsuppress') ORDER BY ts";
+    let mut stream =
+        otwatch_history::query_stream(history, sql, &otwatch_history::SqlConfig::default())
+            .await
+            .map_err(|e| format!("cannot read the audit history: {e}"))?;
+    let mut out: Vec<SuppressionRecord> = Vec::new();
+    while let Some(batch) = stream.next_batch().await {
+        let batch = batch.map_err(|e| format!("cannot read the audit history: {e}"))?;
+        let records = batch_to_control(&batch)
+            .map_err(|e| format!("the audit history is unreadable: {e}"))?;
+        for r in records {
+            if r.command == "alert.suppress" {
+                if let Ok(s) = Suppression::from_record(&r) {
+                    out.push(SuppressionRecord {
+                        set_until_ns: s.until_ns,
+                        suppression: s,
+                        lifted: None,
+                    });
+                }
+            } else if let Ok(lift) = Unsuppress::from_record(&r) {
+                if let Some(found) = out
+                    .iter_mut()
+                    .find(|s| s.suppression.id == lift.suppression && s.lifted.is_none())
+                {
+                    found.suppression.lift(r.ts_ns);
+                    found.lifted = Some((r.ts_ns, r.user.clone(), lift.reason));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The update an `alert.ack` or `alert.resolve` record makes: the alert it
@@ -311,6 +407,40 @@ pub async fn decision(request: &Request, history: &Path) -> Result<Decision, Str
                 asset: asset.clone().unwrap_or_default(),
                 alert_id: None,
                 args,
+            })
+        }
+        Request::AlertUnsuppress { id, reason } => {
+            if reason.trim().is_empty() {
+                return Err(
+                    "give the reason for ending the suppression early (--reason); it goes into the audit"
+                        .into(),
+                );
+            }
+            check_text("reason", reason)?;
+            let all = suppressions(history).await?;
+            let Some(found) = all.iter().find(|s| s.suppression.id == *id) else {
+                return Err(format!(
+                    "no suppression has the id {id:?}: unknown, or set in the last seconds and not yet written (try again shortly; `otwatch alerts suppressions` lists them)"
+                ));
+            };
+            if let Some((at, by, _)) = &found.lifted {
+                return Err(format!(
+                    "suppression {id} was already lifted by {by} at {}",
+                    crate::outputs::format_ts(*at)
+                ));
+            }
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            if found.suppression.until_ns <= now {
+                return Err(format!(
+                    "suppression {id} is over: it ended at {}",
+                    crate::outputs::format_ts(found.suppression.until_ns)
+                ));
+            }
+            Ok(Decision {
+                site: found.suppression.site.clone(),
+                asset: found.suppression.asset.clone().unwrap_or_default(),
+                alert_id: None,
+                args: serde_json::json!({"suppression": id, "reason": reason.trim()}),
             })
         }
         other => Err(format!(

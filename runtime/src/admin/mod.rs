@@ -28,10 +28,12 @@
 //! → {"command":"alert.ack","alert_id":"4f0c...","comment":"on it"}
 //! ← {"ok":true,"id":"ctl-1764000000000000001","detail":"alert.ack recorded; ..."}
 //! → {"command":"alert.suppress","site":"plant-a","asset":null,"detector":null,"for_secs":7200,"reason":"maintenance"}
+//! → {"command":"alert.unsuppress","id":"ctl-1764000000000000002","reason":"maintenance done early"}
 //! ```
 //!
-//! The alert lifecycle (`alert.ack`, `alert.resolve`, `alert.suppress`) is
-//! checked against the history's `alerts` table, not the detector
+//! The alert lifecycle (`alert.ack`, `alert.resolve`, `alert.suppress`,
+//! `alert.unsuppress`) is checked against the history's `alerts` and
+//! `audit` tables, not the detector
 //! ([`alerts`]).
 //!
 //! New commands (a dashboard's calls, ...) are new variants of
@@ -122,6 +124,11 @@ pub enum Request {
         for_secs: u64,
         reason: String,
     },
+    /// End a suppression before its time (`id`: the `alert.suppress`
+    /// record's, as `otwatch alerts suppressions` lists them): alerts of
+    /// events from now on are sent again.
+    #[serde(rename = "alert.unsuppress")]
+    AlertUnsuppress { id: String, reason: String },
 }
 
 /// The longest backfill allowance: long enough to load a large recorded
@@ -140,6 +147,7 @@ impl Request {
             Request::AlertAck { .. } => Some("alert.ack"),
             Request::AlertResolve { .. } => Some("alert.resolve"),
             Request::AlertSuppress { .. } => Some("alert.suppress"),
+            Request::AlertUnsuppress { .. } => Some("alert.unsuppress"),
         }
     }
 }

@@ -54,7 +54,9 @@ mod lifecycle {
     use super::super::alerts::*;
     use super::super::Request;
     use otwatch_history::{Table, TableWriter};
-    use otwatch_proto::arrow::{alerts_to_batch, state, ControlRecord, GENESIS_HASH};
+    use otwatch_proto::arrow::{
+        alerts_to_batch, control_to_batch, state, ControlRecord, GENESIS_HASH,
+    };
     use otwatch_proto::{Alert, Severity};
 
     fn alert(id: &str) -> Alert {
@@ -271,5 +273,104 @@ mod lifecycle {
             .await
             .unwrap_err()
             .contains("control characters"));
+    }
+
+    #[tokio::test]
+    async fn suppressions_are_read_from_the_audit_and_lifted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("history");
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+        let hour = 3_600_000_000_000i64;
+        let control = |id: &str, ts_ns: i64, command: &str, args: &str| ControlRecord {
+            id: id.into(),
+            ts_ns,
+            user: "alice".into(),
+            host: "soc-1".into(),
+            command: command.into(),
+            site: "plant-a".into(),
+            asset: String::new(),
+            alert_id: None,
+            args: args.into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let unsuppress = |id: &str| Request::AlertUnsuppress {
+            id: id.into(),
+            reason: "work done".into(),
+        };
+        // No history: nothing to lift.
+        assert!(suppressions(&history).await.unwrap().is_empty());
+        let e = decision(&unsuppress("ctl-1"), &history).await.unwrap_err();
+        assert!(e.contains("no suppression has the id"), "{e}");
+        // Three suppressions: one in force, one over, one lifted.
+        let records = [
+            control(
+                "ctl-1",
+                now - hour,
+                "alert.suppress",
+                r#"{"detector":null,"for_secs":7200,"reason":"die change"}"#,
+            ),
+            control(
+                "ctl-2",
+                now - 3 * hour,
+                "alert.suppress",
+                r#"{"detector":"cycle","for_secs":3600,"reason":"trial"}"#,
+            ),
+            control(
+                "ctl-3",
+                now - 2 * hour,
+                "alert.suppress",
+                r#"{"detector":null,"for_secs":36000,"reason":"commissioning"}"#,
+            ),
+            control(
+                "ctl-4",
+                now - hour / 2,
+                "alert.unsuppress",
+                r#"{"suppression":"ctl-3","reason":"done"}"#,
+            ),
+        ];
+        TableWriter::open(&history, Table::Audit)
+            .unwrap()
+            .write(&[control_to_batch(&records).unwrap()], 1)
+            .unwrap();
+        let all = suppressions(&history).await.unwrap();
+        let status: Vec<(&str, &str)> = all
+            .iter()
+            .map(|s| (s.suppression.id.as_str(), s.status(now)))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                ("ctl-2", "over"),
+                ("ctl-3", "lifted"),
+                ("ctl-1", "in force")
+            ]
+        );
+        let lifted = &all[1];
+        assert_eq!(lifted.suppression.until_ns, now - hour / 2);
+        assert_eq!(lifted.set_until_ns, now - 2 * hour + 36_000_000_000_000);
+        assert_eq!(
+            lifted.lifted,
+            Some((now - hour / 2, "alice".to_string(), "done".to_string()))
+        );
+
+        let Decision { site, args, .. } = decision(&unsuppress("ctl-1"), &history).await.unwrap();
+        assert_eq!(site, "plant-a");
+        assert_eq!(
+            args,
+            serde_json::json!({"suppression": "ctl-1", "reason": "work done"})
+        );
+        let e = decision(&unsuppress("ctl-3"), &history).await.unwrap_err();
+        assert!(e.contains("already lifted by alice"), "{e}");
+        let e = decision(&unsuppress("ctl-2"), &history).await.unwrap_err();
+        assert!(e.contains("is over"), "{e}");
+        let e = decision(&unsuppress("ctl-9"), &history).await.unwrap_err();
+        assert!(e.contains("no suppression has the id"), "{e}");
+        let blank = Request::AlertUnsuppress {
+            id: "ctl-1".into(),
+            reason: " ".into(),
+        };
+        let e = decision(&blank, &history).await.unwrap_err();
+        assert!(e.contains("give the reason"), "{e}");
     }
 }

@@ -20,7 +20,8 @@
 //! the `alerts` topic (so the outputs send the update and the `alerts`
 //! table holds each state); an `alert.suppress` adds a suppression that
 //! marks the alerts raised after it in the log, and within its window,
-//! `suppressed` (stored, not sent).
+//! `suppressed` (stored, not sent); an `alert.unsuppress` ends such a
+//! window at its own time.
 //!
 //! # Checkpoint
 //!
@@ -44,7 +45,7 @@
 //! cannot be written is tried again later; the component shows `retrying`
 //! meanwhile.
 
-use crate::admin::alerts::{update_from_record, Suppression, SUPPRESSION_GRACE_NS};
+use crate::admin::alerts::{update_from_record, Suppression, Unsuppress, SUPPRESSION_GRACE_NS};
 use crate::admin::Request;
 use crate::health::Backoff;
 use crate::retry_transient;
@@ -567,6 +568,23 @@ fn apply_alert_decision(suppressions: &mut Vec<Suppression>, r: &ControlRecord) 
                 }
                 Err(e) => {
                     tracing::warn!(id = %r.id, error = %e, "alert.suppress could not be applied; skipped")
+                }
+            }
+            None
+        }
+        "alert.unsuppress" => {
+            match Unsuppress::from_record(r).map(|u| u.suppression) {
+                Ok(id) => match suppressions.iter_mut().find(|s| s.id == id) {
+                    Some(s) => {
+                        s.lift(r.ts_ns);
+                        tracing::info!(id = %r.id, user = %r.user, site = %s.site, suppression = %id, until_ns = s.until_ns, "suppression lifted");
+                    }
+                    None => {
+                        tracing::warn!(id = %r.id, suppression = %id, "alert.unsuppress names no suppression the detector holds; skipped")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(id = %r.id, error = %e, "alert.unsuppress could not be applied; skipped")
                 }
             }
             None

@@ -311,3 +311,63 @@ async fn acks_update_the_same_alert_and_suppressions_mark_matching_alerts_across
     assert_eq!(b3.state, state::OPEN, "after the window: {b3:?}");
     assert_eq!(all.iter().filter(|x| x.id == a.id).count(), 2);
 }
+
+#[tokio::test]
+async fn a_lifted_suppression_ends_at_the_lift() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(LocalLog::open(dir.path().join("log"), LocalLogConfig::default()).unwrap());
+    let base = base_ns();
+    let mut chain = GENESIS_HASH.to_string();
+    let mut seq = 0;
+    // plant-b is suppressed for 15 minutes of event time from `base`, and
+    // the suppression is lifted 13 minutes in.
+    let lift_ts = base + 780_000_000_000;
+    decide(
+        &log,
+        &mut chain,
+        vec![
+            record(
+                "ctl-1",
+                base,
+                "alert.suppress",
+                "plant-b",
+                None,
+                serde_json::json!({"detector": null, "for_secs": 900, "reason": "commissioning"}),
+            ),
+            record(
+                "ctl-2",
+                lift_ts,
+                "alert.unsuppress",
+                "plant-b",
+                None,
+                serde_json::json!({"suppression": "ctl-1", "reason": "done early"}),
+            ),
+        ],
+    )
+    .await;
+    // Both PLCs learn the master's polls; the master then writes to the
+    // first before the lift and to the second after it.
+    let mut before = polls();
+    before.push((730, "write_single_register"));
+    send(&log, "plant-b", "plc-01", &mut seq, base, &before).await;
+    let mut after = polls();
+    after.extend((73..80).map(|i| (i * 10, "read_holding_registers")));
+    after.push((800, "write_single_register"));
+    send(&log, "plant-b", "plc-02", &mut seq, base, &after).await;
+
+    let running = start(&log, dir.path());
+    let all = alerts_once(&log, 2).await;
+    finish(running).await;
+    let first = all.iter().find(|x| x.asset == "plc-01").unwrap();
+    let second = all.iter().find(|x| x.asset == "plc-02").unwrap();
+    assert_eq!(first.state, state::SUPPRESSED, "before the lift: {first:?}");
+    assert_eq!(second.state, state::OPEN, "after the lift: {second:?}");
+    let checkpoint: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("detector/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let kept: Vec<Suppression> =
+        serde_json::from_value(checkpoint["suppressions"].clone()).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].until_ns, lift_ts, "the window ends at the lift");
+}
