@@ -317,11 +317,15 @@ pub async fn run(action: AlertsAction) -> anyhow::Result<()> {
             )
         }
     };
+    let suppress = matches!(request, Request::AlertSuppress { .. });
     let answer = crate::ask_admin(&data_dir, &request).await?;
+    let id = answer.id.unwrap_or_default();
     println!(
-        "{} (control record {})",
-        answer.detail.unwrap_or_default(),
-        answer.id.unwrap_or_default()
+        "{} (control record {id})",
+        answer.detail.unwrap_or_default()
     );
+    if suppress {
+        println!("`otwatch alerts unsuppress {id} --reason TEXT` ends it early");
+    }
     Ok(())
 }
