@@ -29,6 +29,35 @@
 //! (a NaN) or of a type an item cannot report is logged with the server
 //! and item (once until it is good again), counted and skipped.
 //!
+//! # Machine cycles
+//!
+//! With `cycle = { counter, duration }`, each increase of the counter is a
+//! CYCLE event (an increase by k ends k cycles, a decrease is a reset),
+//! stamped with the counter's source timestamp and counted by the polled
+//! sources' own [`poll::CycleTracker`]. A subscription gives no order
+//! between two items: the server samples each on its own and a publish
+//! response may carry the counter's change before, after or without the
+//! duration written with it, the duration may come in the next response,
+//! and an unchanged value is not sent at all. So:
+//!
+//! - the duration is monitored with the trigger `StatusValueTimestamp`: a
+//!   cycle as long as the one before is sent again, with its new source
+//!   timestamp;
+//! - a counter change at source time T takes the newest duration whose
+//!   source timestamp is T or later, whichever of the two arrives first
+//!   ([`values::CycleWatch`]); it waits for it, across responses, and is
+//!   reported when it arrives;
+//! - a controller that never writes the duration (or stamps it before the
+//!   counter) delays each CYCLE to the next counter change, which reports
+//!   it with the duration measured between the two counter changes.
+//!
+//! The controller must write the duration with a source timestamp no
+//! earlier than the counter's: both in one update (the same timestamp) is
+//! what PLC servers do and what the rule expects. Without `duration`, each
+//! CYCLE carries the time between two counter changes (by their source
+//! timestamps). A new session starts counting afresh: the first counter
+//! value only sets where the count stands.
+//!
 //! # Failures
 //!
 //! A server that cannot be reached, refuses the session or drops it is
@@ -82,7 +111,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use values::{Monitor, Refused};
+use values::{CycleWatch, Monitor, Refused};
 
 /// Notifications one server may have waiting for the queue; beyond, they
 /// are dropped, counted and logged (the queue is full and blocking).
@@ -203,6 +232,8 @@ struct ServerState {
     unavailable: HashMap<u32, String>,
     /// Items whose values are refused, with the reason logged.
     refused: HashMap<u32, String>,
+    /// The machine's cycles (`cycle`), if configured.
+    cycle: Option<CycleWatch>,
     source_metrics: Arc<SourceMetrics>,
 }
 
@@ -267,14 +298,22 @@ impl ServerState {
                     {
                         newest = Some(newest.map_or(ts, |n| n.max(ts)));
                     }
-                    let Some(Monitor::Value(item)) =
-                        self.monitors.get_mut((handle as usize).wrapping_sub(1))
-                    else {
-                        continue;
+                    let result = match self.monitors.get_mut((handle as usize).wrapping_sub(1)) {
+                        Some(Monitor::Value(item)) => item
+                            .event(&self.asset, &value, now)
+                            .map(|event| out.extend(event)),
+                        Some(Monitor::CycleCounter) => match &mut self.cycle {
+                            Some(cycle) => cycle.counter(&self.asset, &value, now, &mut out),
+                            None => continue,
+                        },
+                        Some(Monitor::CycleDuration) => match &mut self.cycle {
+                            Some(cycle) => cycle.duration(&self.asset, &value, now, &mut out),
+                            None => continue,
+                        },
+                        _ => continue,
                     };
-                    match item.event(&self.asset, &value, now) {
-                        Ok(event) => {
-                            out.extend(event);
+                    match result {
+                        Ok(()) => {
                             self.set_available(link, handle);
                             if let Some(was) = self.refused.remove(&handle) {
                                 let label = self.monitors[handle as usize - 1].label();
@@ -328,6 +367,7 @@ async fn serve(
         monitors: Monitor::of(&server),
         unavailable: HashMap::new(),
         refused: HashMap::new(),
+        cycle: server.cycle.as_ref().map(CycleWatch::new),
         source_metrics,
     };
     tracing::info!(
@@ -502,6 +542,9 @@ async fn session(
     )
     .await?
     .map_err(|e| format!("CreateSubscription: {e}"))?;
+    if let Some(cycle) = &mut state.cycle {
+        cycle.connected();
+    }
     let requests = values::create_requests(server);
     let created = within(
         server.timeout,

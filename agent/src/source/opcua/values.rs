@@ -13,13 +13,16 @@
 //!   attributes `source`, `event_type` and `severity`. A condition that
 //!   reports itself inactive (its alarm cleared) and events below the
 //!   source's `min_severity` are left out.
+//! - A change of the `cycle` counter is a CYCLE ([`CycleWatch`]), paired
+//!   with the controller's duration as the `opcua` source's documentation
+//!   says.
 //! - A value's `ts` is its source timestamp (the controller's clock), else
 //!   the server's, else the agent's clock when it arrived. A value of
 //!   uncertain quality carries attribute `quality = "uncertain"`; a bad
 //!   status is no value: it says the item is unavailable.
 
-use super::config::{EventSourceConfig, ItemConfig, OpcuaServerConfig, Report};
-use crate::source::poll::device_event;
+use super::config::{EventSourceConfig, OpcuaCycleConfig, OpcuaServerConfig, Report, Trigger};
+use crate::source::poll::{device_event, CycleConfig, CycleTracker};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DateTime, DeadbandType,
     EventFilter, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters,
@@ -49,6 +52,10 @@ const ACTIVE_FIELD: (u32, &[&str]) = (ALARM_CONDITION_TYPE, &["ActiveState", "Id
 #[derive(Debug)]
 pub enum Monitor {
     Value(ValueItem),
+    /// The `cycle` counter.
+    CycleCounter,
+    /// The `cycle` duration.
+    CycleDuration,
     Events(EventSource),
 }
 
@@ -82,7 +89,9 @@ pub enum Refused {
 }
 
 impl Monitor {
-    /// The monitors of `server`, items first, in configuration order.
+    /// The monitors of `server`: items in configuration order, the cycle's
+    /// counter and duration, event sources (the order of
+    /// [`create_requests`]).
     pub fn of(server: &OpcuaServerConfig) -> Vec<Monitor> {
         let items = server.items.iter().map(|item| {
             Monitor::Value(ValueItem {
@@ -98,19 +107,25 @@ impl Monitor {
                 last_state: None,
             })
         });
+        let cycle = server.cycle.iter().flat_map(|c| {
+            std::iter::once(Monitor::CycleCounter)
+                .chain(c.duration.as_ref().map(|_| Monitor::CycleDuration))
+        });
         let events = server.events.iter().map(|source| {
             Monitor::Events(EventSource {
                 node: source.node.clone(),
                 min_severity: source.min_severity,
             })
         });
-        items.chain(events).collect()
+        items.chain(cycle).chain(events).collect()
     }
 
     /// How the item is named in logs.
     pub fn label(&self) -> String {
         match self {
             Monitor::Value(item) => format!("{} ({})", item.name, item.node),
+            Monitor::CycleCounter => "cycle counter".to_string(),
+            Monitor::CycleDuration => "cycle duration".to_string(),
             Monitor::Events(source) => format!("events of {}", source.node),
         }
     }
@@ -118,9 +133,39 @@ impl Monitor {
 
 /// The create request of each monitor of `server`, client handles from 1.
 pub fn create_requests(server: &OpcuaServerConfig) -> Vec<MonitoredItemCreateRequest> {
-    let items = server.items.iter().map(|item| value_request(server, item));
+    let items = server.items.iter().map(|item| {
+        value_request(
+            &item.node,
+            server.sampling_interval_of(item),
+            item.deadband,
+            item.trigger,
+            server.queue_size,
+        )
+    });
+    // The counter's changes only; the duration at each write, so that a
+    // cycle as long as the one before still brings its duration.
+    let cycle = server.cycle.iter().flat_map(|c| {
+        let counter = value_request(
+            &c.counter,
+            server.sampling_interval,
+            0.0,
+            Trigger::StatusValue,
+            server.queue_size,
+        );
+        let duration = c.duration.as_ref().map(|node| {
+            value_request(
+                node,
+                server.sampling_interval,
+                0.0,
+                Trigger::StatusValueTimestamp,
+                server.queue_size,
+            )
+        });
+        std::iter::once(counter).chain(duration)
+    });
     let events = server.events.iter().map(event_request);
     items
+        .chain(cycle)
         .chain(events)
         .enumerate()
         .map(|(i, mut request)| {
@@ -135,24 +180,33 @@ fn node(text: &str) -> NodeId {
     super::config::parse_node(text).unwrap_or_else(|_| NodeId::null())
 }
 
-fn value_request(server: &OpcuaServerConfig, item: &ItemConfig) -> MonitoredItemCreateRequest {
+fn value_request(
+    node_text: &str,
+    sampling_interval: std::time::Duration,
+    deadband: f64,
+    trigger: Trigger,
+    queue_size: u32,
+) -> MonitoredItemCreateRequest {
     let filter = DataChangeFilter {
-        trigger: DataChangeTrigger::StatusValue,
-        deadband_type: if item.deadband > 0.0 {
+        trigger: match trigger {
+            Trigger::StatusValue => DataChangeTrigger::StatusValue,
+            Trigger::StatusValueTimestamp => DataChangeTrigger::StatusValueTimestamp,
+        },
+        deadband_type: if deadband > 0.0 {
             DeadbandType::Absolute as u32
         } else {
             DeadbandType::None as u32
         },
-        deadband_value: item.deadband,
+        deadband_value: deadband,
     };
     MonitoredItemCreateRequest::new(
-        ReadValueId::from(node(&item.node)),
+        ReadValueId::from(node(node_text)),
         MonitoringMode::Reporting,
         MonitoringParameters {
             client_handle: 0,
-            sampling_interval: server.sampling_interval_of(item).as_secs_f64() * 1000.0,
+            sampling_interval: sampling_interval.as_secs_f64() * 1000.0,
             filter: ExtensionObject::from_message(filter),
-            queue_size: server.queue_size,
+            queue_size,
             discard_oldest: true,
         },
     )
@@ -200,6 +254,13 @@ fn time_ns(time: Option<&DateTime>) -> Option<i64> {
         return None;
     }
     time.as_chrono().timestamp_nanos_opt().filter(|ns| *ns > 0)
+}
+
+/// A value's time: its source timestamp, else the server's, else `now`.
+fn value_time(value: &DataValue, now: i64) -> i64 {
+    time_ns(value.source_timestamp.as_ref())
+        .or_else(|| time_ns(value.server_timestamp.as_ref()))
+        .unwrap_or(now)
 }
 
 /// A status's name for the log (`BadNodeIdUnknown`).
@@ -253,9 +314,7 @@ impl ValueItem {
         if status.is_bad() {
             return Err(Refused::Unavailable(status_name(status)));
         }
-        let ts = time_ns(value.source_timestamp.as_ref())
-            .or_else(|| time_ns(value.server_timestamp.as_ref()))
-            .unwrap_or(now);
+        let ts = value_time(value, now);
         let variant = value.value.as_ref().unwrap_or(&Variant::Empty);
         let number = number(variant);
         let text = text(variant);
@@ -362,5 +421,113 @@ impl EventSource {
         e.attrs
             .insert("notifier".to_string(), self.node.trim().to_string());
         Some(e)
+    }
+}
+
+/// The machine cycles of one server (`cycle`): pairs each change of the
+/// counter with the duration the controller wrote for it, and leaves the
+/// counting to the polled sources' [`CycleTracker`].
+///
+/// The rule: the CYCLE of a counter change at source time T carries the
+/// newest duration whose source timestamp is T or later, whichever of the
+/// two values arrives first, in one notification or across several. Until
+/// that duration arrives, the counter change waits; if the counter changes
+/// again first (a controller that does not write the duration), the waiting
+/// change is reported with the duration measured between counter changes.
+#[derive(Debug)]
+pub struct CycleWatch {
+    tracker: CycleTracker,
+    has_duration: bool,
+    unit_ms: f64,
+    /// The newest duration: (source time, ms).
+    latest_duration: Option<(i64, f64)>,
+    /// A counter change waiting for its duration: (source time, counter).
+    waiting: Option<(i64, f64)>,
+}
+
+impl CycleWatch {
+    pub fn new(config: &OpcuaCycleConfig) -> CycleWatch {
+        CycleWatch {
+            tracker: CycleTracker::new(&CycleConfig {
+                counter: Some(config.counter.clone()),
+                done: None,
+                duration: config.duration.clone(),
+                name: config.name.clone(),
+            }),
+            has_duration: config.duration.is_some(),
+            unit_ms: config.unit.ms(),
+            latest_duration: None,
+            waiting: None,
+        }
+    }
+
+    /// At each new session: what changed while the agent was not
+    /// subscribed is unknown, so the next counter value starts afresh.
+    pub fn connected(&mut self) {
+        self.tracker.connected();
+        self.latest_duration = None;
+        self.waiting = None;
+    }
+
+    /// A notification of the counter: the CYCLE events it completes.
+    pub fn counter(
+        &mut self,
+        asset: &str,
+        value: &DataValue,
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> Result<(), Refused> {
+        let (ts, count) = cycle_number(value, now, "counter")?;
+        if let Some((waited_ts, waited)) = self.waiting.take() {
+            // Its duration never came: measured between counter changes.
+            self.tracker.update(asset, waited, None, waited_ts, out);
+        }
+        match self.latest_duration {
+            _ if !self.has_duration => {
+                self.tracker.update(asset, count, None, ts, out);
+            }
+            Some((duration_ts, ms)) if duration_ts >= ts => {
+                self.tracker.update(asset, count, Some(ms), ts, out);
+            }
+            _ => self.waiting = Some((ts, count)),
+        }
+        Ok(())
+    }
+
+    /// A notification of the duration: the CYCLE of a counter change that
+    /// waited for it, if any.
+    pub fn duration(
+        &mut self,
+        asset: &str,
+        value: &DataValue,
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> Result<(), Refused> {
+        let (ts, duration) = cycle_number(value, now, "duration")?;
+        let ms = duration * self.unit_ms;
+        self.latest_duration = Some((ts, ms));
+        if let Some((waited_ts, count)) = self.waiting {
+            if ts >= waited_ts {
+                self.waiting = None;
+                self.tracker.update(asset, count, Some(ms), waited_ts, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cycle variable's time and number.
+fn cycle_number(value: &DataValue, now: i64, what: &str) -> Result<(i64, f64), Refused> {
+    let status = value.status.unwrap_or(StatusCode::Good);
+    if status.is_bad() {
+        return Err(Refused::Unavailable(status_name(status)));
+    }
+    let variant = value.value.as_ref().unwrap_or(&Variant::Empty);
+    match number(variant) {
+        Some(n) if n.is_finite() => Ok((value_time(value, now), n)),
+        _ => Err(Refused::Unsupported(format!(
+            "a cycle {what} must be a number, not a {}",
+            type_name(variant)
+        ))),
     }
 }
