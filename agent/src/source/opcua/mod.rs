@@ -43,20 +43,29 @@
 //! - the duration is monitored with the trigger `StatusValueTimestamp`: a
 //!   cycle as long as the one before is sent again, with its new source
 //!   timestamp;
-//! - a counter change at source time T takes the newest duration whose
-//!   source timestamp is T or later, whichever of the two arrives first
-//!   ([`values::CycleWatch`]); it waits for it, across responses, and is
-//!   reported when it arrives;
-//! - a controller that never writes the duration (or stamps it before the
-//!   counter) delays each CYCLE to the next counter change, which reports
-//!   it with the duration measured between the two counter changes.
+//! - a counter change at source time T takes the duration with the same
+//!   source timestamp T, written with it in one update, whichever of the
+//!   two arrives first ([`values::CycleWatch`]); it waits for it, across
+//!   responses, and is reported when it arrives;
+//! - a change whose duration does not come (a duration of a later time
+//!   arrives instead, as when a server drops or re-stamps a value it
+//!   samples faster than its sampling interval allows, or the counter
+//!   changes again) is reported with the duration measured between the
+//!   two counter changes by their source timestamps: a CYCLE never carries
+//!   another cycle's duration.
 //!
-//! The controller must write the duration with a source timestamp no
-//! earlier than the counter's: both in one update (the same timestamp) is
-//! what PLC servers do and what the rule expects. Without `duration`, each
-//! CYCLE carries the time between two counter changes (by their source
-//! timestamps). A new session starts counting afresh: the first counter
-//! value only sets where the count stands.
+//! So the controller should write the counter and the duration in one
+//! update with one source timestamp, as PLC servers do for the variables
+//! of one scan. Without `duration`, each CYCLE carries the time between
+//! two counter changes. A new session starts counting afresh: the first
+//! counter value only sets where the count stands.
+//!
+//! The detector relates each SAMPLE to the asset's latest CYCLE, as the
+//! polled sources send them with `samples = "on_cycle"` (the CYCLE, then
+//! the values read at its end). So the events of each batch of
+//! notifications go to the queue by source time, a CYCLE before the
+//! SAMPLEs of the same time, and SAMPLEs at or after a counter change that
+//! waits for its duration wait with it ([`values::order_by_cycles`]).
 //!
 //! # Failures
 //!
@@ -234,6 +243,9 @@ struct ServerState {
     refused: HashMap<u32, String>,
     /// The machine's cycles (`cycle`), if configured.
     cycle: Option<CycleWatch>,
+    /// SAMPLEs waiting for the CYCLE they were read at
+    /// ([`values::order_by_cycles`]).
+    held: Vec<otwatch_proto::ControllerEvent>,
     source_metrics: Arc<SourceMetrics>,
 }
 
@@ -344,6 +356,9 @@ impl ServerState {
                 }
             }
         }
+        if let Some(cycle) = &self.cycle {
+            values::order_by_cycles(&mut out, &mut self.held, cycle.waiting_since());
+        }
         let age = newest
             .map(|ts| {
                 Duration::from_nanos(now.saturating_sub(ts).clamp(0, 3_600_000_000_000) as u64)
@@ -368,6 +383,7 @@ async fn serve(
         unavailable: HashMap::new(),
         refused: HashMap::new(),
         cycle: server.cycle.as_ref().map(CycleWatch::new),
+        held: Vec::new(),
         source_metrics,
     };
     tracing::info!(

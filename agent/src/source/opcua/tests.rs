@@ -3,7 +3,7 @@
 //! scan for any service that could change a server.
 
 use super::config::OpcuaServerConfig;
-use super::values::{create_requests, CycleWatch, Monitor, Refused};
+use super::values::{create_requests, order_by_cycles, CycleWatch, Monitor, Refused};
 use crate::config::{AgentConfig, SourceConfig};
 use opcua::types::{
     DataChangeFilter, DataValue, DateTime, EventFilter, LocalizedText, StatusCode, Variant,
@@ -233,6 +233,27 @@ fn values_become_samples_and_states() {
         event(0, gone),
         Err(Refused::Unavailable("BadNodeIdUnknown".into()))
     );
+    // A server with no value yet has nothing to say, and says no failure.
+    let mut waiting = value(Variant::Empty);
+    waiting.status = Some(StatusCode::BadWaitingForInitialData);
+    assert_eq!(event(0, waiting), Ok(None));
+}
+
+#[test]
+fn a_sample_sent_again_by_a_new_subscription_is_reported_once() {
+    let s = server(GOOD);
+    let mut monitors = Monitor::of(&s);
+    let Monitor::Value(temp) = &mut monitors[0] else {
+        panic!("items come first");
+    };
+    let written = at(1_000, Variant::Float(21.5));
+    assert!(temp.event("a", &written, 7).unwrap().is_some());
+    // The same write, as the current value of a re-created subscription.
+    assert_eq!(temp.event("a", &written, 7), Ok(None));
+    // The same value written again later is a new sample.
+    let again = at(2_000, Variant::Float(21.5));
+    let e = temp.event("a", &again, 7).unwrap().unwrap();
+    assert_eq!((e.ts_ns, e.value), (ns(2_000), Some(21.5)));
 }
 
 #[test]
@@ -320,14 +341,14 @@ fn at(ms: i64, v: Variant) -> DataValue {
         value: Some(v),
         status: Some(StatusCode::Good),
         source_timestamp: Some(DateTime::from(
-            opcua::types::DateTimeUtc::from_timestamp_millis(1_750_000_000_000 + ms).unwrap(),
+            opcua::types::DateTimeUtc::from_timestamp_millis(1_780_000_000_000 + ms).unwrap(),
         )),
         ..Default::default()
     }
 }
 
 fn ns(ms: i64) -> i64 {
-    (1_750_000_000_000 + ms) * 1_000_000
+    (1_780_000_000_000 + ms) * 1_000_000
 }
 
 #[test]
@@ -418,7 +439,7 @@ fn cycles(out: &[otwatch_proto::ControllerEvent]) -> Vec<(i64, f64)> {
 }
 
 #[test]
-fn a_counter_change_takes_the_duration_written_with_it_in_either_order() {
+fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_measured() {
     let s = with_cycle(CYCLE);
     let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
     let mut out = Vec::new();
@@ -470,34 +491,49 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order() {
         .unwrap();
     assert_eq!(cycles(&out), [(ns(44_000), 12_000.0)]);
     out.clear();
-    // A reset (the counter goes back) ends no cycle.
+    // The duration written with a change never comes, a later one does:
+    // the change is measured, the later one finds its own duration.
     watch
-        .counter("a", &at(50_000, Variant::UInt32(0)), 1, &mut out)
+        .counter("a", &at(56_000, Variant::UInt32(12)), 1, &mut out)
         .unwrap();
     watch
-        .duration("a", &at(50_000, Variant::Double(6.0)), 1, &mut out)
+        .duration("a", &at(69_000, Variant::Double(13.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(56_000), 12_000.0)]);
+    out.clear();
+    watch
+        .counter("a", &at(69_000, Variant::UInt32(13)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(69_000), 13_000.0)]);
+    out.clear();
+    // A reset (the counter goes back) ends no cycle.
+    watch
+        .counter("a", &at(80_000, Variant::UInt32(0)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(80_000, Variant::Double(6.0)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
     // A new session: the first counter value only sets the count again.
     watch.connected();
     watch
-        .counter("a", &at(60_000, Variant::UInt32(3)), 1, &mut out)
+        .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
         .unwrap();
     watch
-        .duration("a", &at(60_000, Variant::Double(7.0)), 1, &mut out)
+        .duration("a", &at(90_000, Variant::Double(7.0)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
     // Bad values are refused, naming why.
     let bad = DataValue {
         status: Some(StatusCode::BadNodeIdUnknown),
-        ..at(70_000, Variant::UInt32(4))
+        ..at(95_000, Variant::UInt32(4))
     };
     assert!(matches!(
         watch.counter("a", &bad, 1, &mut out),
         Err(Refused::Unavailable(_))
     ));
     assert!(matches!(
-        watch.duration("a", &at(70_000, Variant::from("x")), 1, &mut out),
+        watch.duration("a", &at(95_000, Variant::from("x")), 1, &mut out),
         Err(Refused::Unsupported(r)) if r.contains("duration must be a number")
     ));
 }
@@ -524,4 +560,69 @@ fn without_a_duration_a_cycle_lasts_from_one_counter_change_to_the_next() {
             (ns(20_000), 6_000.0, "stroke")
         ]
     );
+}
+
+#[test]
+fn a_cycle_goes_before_the_samples_read_at_its_end() {
+    let s = with_cycle(CYCLE);
+    let mut monitors = Monitor::of(&s);
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut sample = |ms: i64, v: f32| {
+        let Monitor::Value(temp) = &mut monitors[0] else {
+            panic!("items come first");
+        };
+        temp.event("a", &at(ms, Variant::Float(v)), 1)
+            .unwrap()
+            .unwrap()
+    };
+    let what = |events: &[otwatch_proto::ControllerEvent]| -> Vec<(i64, EventKind)> {
+        events.iter().map(|e| (e.ts_ns, e.kind())).collect()
+    };
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    watch
+        .counter("a", &at(0, Variant::UInt32(1)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(0, Variant::Double(9.0)), 1, &mut out)
+        .unwrap();
+    // One notification, the samples' items first: the CYCLE goes first.
+    let mut out = vec![sample(10_000, 20.0)];
+    watch
+        .duration("a", &at(10_000, Variant::Double(10.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(10_000, Variant::UInt32(2)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(
+        what(&out),
+        [
+            (ns(10_000), EventKind::Cycle),
+            (ns(10_000), EventKind::Sample)
+        ]
+    );
+    // The counter without its duration: its samples wait for it, earlier
+    // ones do not.
+    let mut out = vec![sample(15_000, 21.0), sample(20_000, 22.0)];
+    watch
+        .counter("a", &at(20_000, Variant::UInt32(3)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(what(&out), [(ns(15_000), EventKind::Sample)]);
+    assert_eq!(what(&held), [(ns(20_000), EventKind::Sample)]);
+    // The duration comes in the next response: the CYCLE, then its sample.
+    let mut out = Vec::new();
+    watch
+        .duration("a", &at(20_000, Variant::Double(10.0)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(
+        what(&out),
+        [
+            (ns(20_000), EventKind::Cycle),
+            (ns(20_000), EventKind::Sample)
+        ]
+    );
+    assert!(held.is_empty());
 }

@@ -19,7 +19,11 @@
 //! - A value's `ts` is its source timestamp (the controller's clock), else
 //!   the server's, else the agent's clock when it arrived. A value of
 //!   uncertain quality carries attribute `quality = "uncertain"`; a bad
-//!   status is no value: it says the item is unavailable.
+//!   status is no value: it says the item is unavailable, except
+//!   `BadWaitingForInitialData` (a server that has no value yet), which is
+//!   just no value.
+//! - A SAMPLE is reported once: the current value a new subscription sends
+//!   again (same value, same source timestamp) is not reported twice.
 
 use super::config::{EventSourceConfig, OpcuaCycleConfig, OpcuaServerConfig, Report, Trigger};
 use crate::source::poll::{device_event, CycleConfig, CycleTracker};
@@ -69,6 +73,8 @@ pub struct ValueItem {
     states: BTreeMap<i64, String>,
     /// The STATE text last reported.
     last_state: Option<String>,
+    /// The SAMPLE last reported: (source time, value).
+    last_sample: Option<(i64, f64)>,
 }
 
 /// A monitored event notifier.
@@ -105,6 +111,7 @@ impl Monitor {
                     .filter_map(|(k, v)| Some((k.parse().ok()?, v.clone())))
                     .collect(),
                 last_state: None,
+                last_sample: None,
             })
         });
         let cycle = server.cycle.iter().flat_map(|c| {
@@ -311,6 +318,9 @@ impl ValueItem {
         now: i64,
     ) -> Result<Option<ControllerEvent>, Refused> {
         let status = value.status.unwrap_or(StatusCode::Good);
+        if status == StatusCode::BadWaitingForInitialData {
+            return Ok(None);
+        }
         if status.is_bad() {
             return Err(Refused::Unavailable(status_name(status)));
         }
@@ -356,6 +366,14 @@ impl ValueItem {
                     type_name(variant)
                 )));
             };
+            let source_ts = time_ns(value.source_timestamp.as_ref());
+            if let Some(source_ts) = source_ts {
+                // The value a new subscription sends again.
+                if self.last_sample == Some((source_ts, n)) {
+                    return Ok(None);
+                }
+                self.last_sample = Some((source_ts, n));
+            }
             let mut e = device_event(asset, ts, EventKind::Sample, &self.name);
             e.value = Some(n);
             if let Some(unit) = &self.unit {
@@ -425,15 +443,17 @@ impl EventSource {
 }
 
 /// The machine cycles of one server (`cycle`): pairs each change of the
-/// counter with the duration the controller wrote for it, and leaves the
+/// counter with the duration the controller wrote with it, and leaves the
 /// counting to the polled sources' [`CycleTracker`].
 ///
 /// The rule: the CYCLE of a counter change at source time T carries the
-/// newest duration whose source timestamp is T or later, whichever of the
-/// two values arrives first, in one notification or across several. Until
-/// that duration arrives, the counter change waits; if the counter changes
-/// again first (a controller that does not write the duration), the waiting
-/// change is reported with the duration measured between counter changes.
+/// duration with the same source timestamp T (both written in one update),
+/// whichever of the two arrives first, in one notification or across
+/// several; the change waits for it. When a duration of a later time
+/// arrives first (the server dropped or re-stamped the one written with the
+/// change), or the counter changes again, the waiting change is reported
+/// with the duration measured between counter changes instead: never with
+/// another cycle's duration.
 #[derive(Debug)]
 pub struct CycleWatch {
     tracker: CycleTracker,
@@ -469,6 +489,19 @@ impl CycleWatch {
         self.waiting = None;
     }
 
+    /// The source time of a counter change waiting for its duration.
+    pub fn waiting_since(&self) -> Option<i64> {
+        self.waiting.map(|(ts, _)| ts)
+    }
+
+    /// Reports the waiting counter change, if any, with the duration
+    /// measured between counter changes (its own never came).
+    fn give_up_waiting(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
+        if let Some((ts, count)) = self.waiting.take() {
+            self.tracker.update(asset, count, None, ts, out);
+        }
+    }
+
     /// A notification of the counter: the CYCLE events it completes.
     pub fn counter(
         &mut self,
@@ -477,17 +510,20 @@ impl CycleWatch {
         now: i64,
         out: &mut Vec<ControllerEvent>,
     ) -> Result<(), Refused> {
-        let (ts, count) = cycle_number(value, now, "counter")?;
-        if let Some((waited_ts, waited)) = self.waiting.take() {
-            // Its duration never came: measured between counter changes.
-            self.tracker.update(asset, waited, None, waited_ts, out);
-        }
+        let Some((ts, count)) = cycle_number(value, now, "counter")? else {
+            return Ok(());
+        };
+        self.give_up_waiting(asset, out);
         match self.latest_duration {
             _ if !self.has_duration => {
                 self.tracker.update(asset, count, None, ts, out);
             }
-            Some((duration_ts, ms)) if duration_ts >= ts => {
+            Some((duration_ts, ms)) if duration_ts == ts => {
                 self.tracker.update(asset, count, Some(ms), ts, out);
+            }
+            // A later cycle's duration came first: this one's is lost.
+            Some((duration_ts, _)) if duration_ts > ts => {
+                self.tracker.update(asset, count, None, ts, out);
             }
             _ => self.waiting = Some((ts, count)),
         }
@@ -503,31 +539,62 @@ impl CycleWatch {
         now: i64,
         out: &mut Vec<ControllerEvent>,
     ) -> Result<(), Refused> {
-        let (ts, duration) = cycle_number(value, now, "duration")?;
+        let Some((ts, duration)) = cycle_number(value, now, "duration")? else {
+            return Ok(());
+        };
         let ms = duration * self.unit_ms;
         self.latest_duration = Some((ts, ms));
-        if let Some((waited_ts, count)) = self.waiting {
-            if ts >= waited_ts {
+        match self.waiting {
+            Some((waited_ts, count)) if ts == waited_ts => {
                 self.waiting = None;
                 self.tracker.update(asset, count, Some(ms), waited_ts, out);
             }
+            Some((waited_ts, _)) if ts > waited_ts => self.give_up_waiting(asset, out),
+            _ => {}
         }
         Ok(())
     }
 }
 
-/// A cycle variable's time and number.
-fn cycle_number(value: &DataValue, now: i64, what: &str) -> Result<(i64, f64), Refused> {
+/// A cycle variable's time and number; `None` while the server has no
+/// value yet.
+fn cycle_number(value: &DataValue, now: i64, what: &str) -> Result<Option<(i64, f64)>, Refused> {
     let status = value.status.unwrap_or(StatusCode::Good);
+    if status == StatusCode::BadWaitingForInitialData {
+        return Ok(None);
+    }
     if status.is_bad() {
         return Err(Refused::Unavailable(status_name(status)));
     }
     let variant = value.value.as_ref().unwrap_or(&Variant::Empty);
     match number(variant) {
-        Some(n) if n.is_finite() => Ok((value_time(value, now), n)),
+        Some(n) if n.is_finite() => Ok(Some((value_time(value, now), n))),
         _ => Err(Refused::Unsupported(format!(
             "a cycle {what} must be a number, not a {}",
             type_name(variant)
         ))),
+    }
+}
+
+/// Puts a batch's events in the order the detector reads them: by source
+/// time, and at one time a CYCLE before the SAMPLEs (the values read at a
+/// cycle's end, which the detector relates to the latest cycle, as the
+/// polled sources' `on_cycle` samples come after their CYCLE). SAMPLEs at
+/// or after the time of a counter change still `waiting` for its duration
+/// are moved to `held`, to go with the next batch; `events` starts with
+/// those held before.
+pub fn order_by_cycles(
+    events: &mut Vec<ControllerEvent>,
+    held: &mut Vec<ControllerEvent>,
+    waiting: Option<i64>,
+) {
+    let mut all = std::mem::take(held);
+    all.append(events);
+    all.sort_by_key(|e| (e.ts_ns, e.kind() != EventKind::Cycle));
+    for e in all {
+        match waiting {
+            Some(since) if e.ts_ns >= since && e.kind() == EventKind::Sample => held.push(e),
+            _ => events.push(e),
+        }
     }
 }
