@@ -37,8 +37,8 @@
 //! time, which the agent's `opcua` source turns into the CYCLE and its
 //! samples (the `cycle` and items with `trigger =
 //! "status_value_timestamp"`, so every cycle's values are reported, as the
-//! polled devices' `samples = "on_cycle"`); process values read
-//! `BadWaitingForInitialData` until the first cycle ends. The agent
+//! polled devices' `samples = "on_cycle"`); the cycle and process
+//! variables read `BadWaitingForInitialData` until the first cycle ends. The agent
 //! connects through a gate, a TCP relay in front of the server: during
 //! `controller_silence` it cuts the agent's connection and refuses new
 //! ones, so the session fails and nothing comes from the machine.
@@ -511,14 +511,13 @@ impl OpcuaMachine {
             namespace,
             silent: watch::channel(false).0,
         };
-        // The counter, duration and mode the machine starts with; no
-        // sample before the first cycle ends.
-        let mut first = machine.opcua_values(&ControllerEvent {
-            kind: EventKind::Cycle as i32,
-            ..Default::default()
-        });
-        first.push((OPCUA_MODE, Variant::Int32(machine.mode.opcua())));
-        opcua.write(&first, start_ns);
+        // The mode the machine starts with; no cycle has ended yet, so
+        // the cycle and process variables have no value until the first
+        // cycle's end.
+        opcua.write(
+            &[(OPCUA_MODE, Variant::Int32(machine.mode.opcua()))],
+            start_ns,
+        );
         // A value (empty) is needed for the server to send the status.
         let waiting = DataValue {
             value: Some(Variant::Empty),
@@ -527,12 +526,16 @@ impl OpcuaMachine {
             server_timestamp: Some(opcua::types::DateTime::now()),
             ..Default::default()
         };
-        let samples: Vec<NodeId> = OPCUA_SAMPLES.iter().map(|(_, node)| id(node)).collect();
+        let not_yet: Vec<NodeId> = [OPCUA_CYCLES, OPCUA_CYCLE_TIME]
+            .into_iter()
+            .chain(OPCUA_SAMPLES.iter().map(|(_, node)| *node))
+            .map(id)
+            .collect();
         opcua
             .manager
             .set_values(
                 &opcua.subscriptions,
-                samples.iter().map(|node| (node, None, waiting.clone())),
+                not_yet.iter().map(|node| (node, None, waiting.clone())),
             )
             .map_err(|e| std::io::Error::other(format!("OPC UA server of {asset}: {e}")))?;
         let tasks = vec![
@@ -1174,12 +1177,10 @@ mod tests {
         let (server, gate, _tasks) = OpcuaMachine::start("line1/press-01", &m, START, dir.path())
             .await
             .unwrap();
-        // Counter, duration and mode from the start; no sample before the
-        // first cycle's end.
-        assert_eq!(
-            opcua_value(&server, OPCUA_CYCLES),
-            (Some(Variant::UInt32(0)), StatusCode::Good, START)
-        );
+        // The mode from the start; no cycle nor sample before the first
+        // cycle's end.
+        let (_, status, _) = opcua_value(&server, OPCUA_CYCLES);
+        assert_eq!(status, StatusCode::BadWaitingForInitialData);
         assert_eq!(opcua_value(&server, OPCUA_MODE).0, Some(Variant::Int32(1)));
         let (_, status, _) = opcua_value(&server, "Machine.Temperature");
         assert_eq!(status, StatusCode::BadWaitingForInitialData);

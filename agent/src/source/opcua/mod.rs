@@ -57,8 +57,10 @@
 //! So the controller should write the counter and the duration in one
 //! update with one source timestamp, as PLC servers do for the variables
 //! of one scan. Without `duration`, each CYCLE carries the time between
-//! two counter changes. A new session starts counting afresh: the first
-//! counter value only sets where the count stands.
+//! two counter changes. At a new session the first counter value is the
+//! cycle the server shows now: reported with its duration unless it is the
+//! cycle last reported (a reconnection); cycles that ended while the agent
+//! was away are unknown and not counted.
 //!
 //! The detector relates each SAMPLE to the asset's latest CYCLE, as the
 //! polled sources send them with `samples = "on_cycle"` (the CYCLE, then

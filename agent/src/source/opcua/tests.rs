@@ -443,14 +443,24 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     let s = with_cycle(CYCLE);
     let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
     let mut out = Vec::new();
-    // The first values of a session set where the count stands.
+    // No value yet: nothing.
+    let waiting = DataValue {
+        status: Some(StatusCode::BadWaitingForInitialData),
+        ..at(0, Variant::Empty)
+    };
+    watch.counter("a", &waiting, 1, &mut out).unwrap();
+    watch.duration("a", &waiting, 1, &mut out).unwrap();
+    // The first values of a session: the cycle the server shows, with its
+    // duration, and where the count stands.
     watch
         .counter("a", &at(0, Variant::UInt32(7)), 1, &mut out)
         .unwrap();
+    assert_eq!(cycles(&out), []);
     watch
         .duration("a", &at(0, Variant::Double(9.5)), 1, &mut out)
         .unwrap();
-    assert_eq!(cycles(&out), []);
+    assert_eq!(cycles(&out), [(ns(0), 9_500.0)]);
+    out.clear();
     // Duration first, in the same notification: the counter finds it.
     watch
         .duration("a", &at(10_000, Variant::Double(10.0)), 1, &mut out)
@@ -514,13 +524,24 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
         .duration("a", &at(80_000, Variant::Double(6.0)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
-    // A new session: the first counter value only sets the count again.
+    // A new session: the cycle the server shows, as it was not reported,
+    // and the count stands where it is.
     watch.connected();
     watch
         .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
         .unwrap();
     watch
         .duration("a", &at(90_000, Variant::Double(7.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(90_000), 7_000.0)]);
+    out.clear();
+    // A reconnection that finds the same cycle reports it once.
+    watch.connected();
+    watch
+        .duration("a", &at(90_000, Variant::Double(7.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
     // Bad values are refused, naming why.
@@ -586,6 +607,7 @@ fn a_cycle_goes_before_the_samples_read_at_its_end() {
     watch
         .duration("a", &at(0, Variant::Double(9.0)), 1, &mut out)
         .unwrap();
+    assert_eq!(what(&out), [(ns(0), EventKind::Cycle)]);
     // One notification, the samples' items first: the CYCLE goes first.
     let mut out = vec![sample(10_000, 20.0)];
     watch

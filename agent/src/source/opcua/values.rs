@@ -454,9 +454,19 @@ impl EventSource {
 /// change), or the counter changes again, the waiting change is reported
 /// with the duration measured between counter changes instead: never with
 /// another cycle's duration.
+///
+/// At a new session the first counter value is the cycle the server shows
+/// now: with its duration it is reported, unless it is the cycle last
+/// reported (a reconnection); what ended while the agent was away is
+/// unknown and not counted.
 #[derive(Debug)]
 pub struct CycleWatch {
     tracker: CycleTracker,
+    name: String,
+    /// No counter value seen in this session yet.
+    fresh: bool,
+    /// The source time of the last CYCLE reported, across sessions.
+    last_reported: Option<i64>,
     has_duration: bool,
     unit_ms: f64,
     /// The newest duration: (source time, ms).
@@ -474,6 +484,9 @@ impl CycleWatch {
                 duration: config.duration.clone(),
                 name: config.name.clone(),
             }),
+            name: config.name.clone(),
+            fresh: true,
+            last_reported: None,
             has_duration: config.duration.is_some(),
             unit_ms: config.unit.ms(),
             latest_duration: None,
@@ -485,8 +498,34 @@ impl CycleWatch {
     /// subscribed is unknown, so the next counter value starts afresh.
     pub fn connected(&mut self) {
         self.tracker.connected();
+        self.fresh = true;
         self.latest_duration = None;
         self.waiting = None;
+    }
+
+    /// The CYCLE events of a counter value at `ts` with the controller's
+    /// duration `ms`, if known.
+    fn report(
+        &mut self,
+        asset: &str,
+        count: f64,
+        ms: Option<f64>,
+        ts: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) {
+        let before = out.len();
+        if std::mem::take(&mut self.fresh) {
+            // The cycle the server shows at the session's start.
+            if let Some(ms) = ms.filter(|_| self.last_reported.is_none_or(|last| ts > last)) {
+                let mut e = device_event(asset, ts, EventKind::Cycle, &self.name);
+                e.value = Some(ms);
+                out.push(e);
+            }
+        }
+        self.tracker.update(asset, count, ms, ts, out);
+        if out.len() > before {
+            self.last_reported = Some(ts);
+        }
     }
 
     /// The source time of a counter change waiting for its duration.
@@ -498,7 +537,7 @@ impl CycleWatch {
     /// measured between counter changes (its own never came).
     fn give_up_waiting(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
         if let Some((ts, count)) = self.waiting.take() {
-            self.tracker.update(asset, count, None, ts, out);
+            self.report(asset, count, None, ts, out);
         }
     }
 
@@ -515,16 +554,12 @@ impl CycleWatch {
         };
         self.give_up_waiting(asset, out);
         match self.latest_duration {
-            _ if !self.has_duration => {
-                self.tracker.update(asset, count, None, ts, out);
-            }
+            _ if !self.has_duration => self.report(asset, count, None, ts, out),
             Some((duration_ts, ms)) if duration_ts == ts => {
-                self.tracker.update(asset, count, Some(ms), ts, out);
+                self.report(asset, count, Some(ms), ts, out)
             }
             // A later cycle's duration came first: this one's is lost.
-            Some((duration_ts, _)) if duration_ts > ts => {
-                self.tracker.update(asset, count, None, ts, out);
-            }
+            Some((duration_ts, _)) if duration_ts > ts => self.report(asset, count, None, ts, out),
             _ => self.waiting = Some((ts, count)),
         }
         Ok(())
@@ -547,7 +582,7 @@ impl CycleWatch {
         match self.waiting {
             Some((waited_ts, count)) if ts == waited_ts => {
                 self.waiting = None;
-                self.tracker.update(asset, count, Some(ms), waited_ts, out);
+                self.report(asset, count, Some(ms), waited_ts, out);
             }
             Some((waited_ts, _)) if ts > waited_ts => self.give_up_waiting(asset, out),
             _ => {}
