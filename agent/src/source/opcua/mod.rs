@@ -54,6 +54,11 @@
 //!   two counter changes by their source timestamps: a CYCLE never carries
 //!   another cycle's duration.
 //!
+//! The cycle's items are created before the other items: the server takes
+//! each item's current value when it creates it, so the first value of a
+//! sample is never older than the counter's first value, and the cycle it
+//! was read at is reported (a SAMPLE always has its CYCLE).
+//!
 //! So the controller should write the counter and the duration in one
 //! update with one source timestamp, as PLC servers do for the variables
 //! of one scan. Without `duration`, each CYCLE carries the time between

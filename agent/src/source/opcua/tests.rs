@@ -352,11 +352,12 @@ fn ns(ms: i64) -> i64 {
 }
 
 #[test]
-fn the_cycle_variables_are_monitored_between_items_and_events() {
+fn the_cycle_variables_are_monitored_first() {
     let s = with_cycle(CYCLE);
     let monitors = Monitor::of(&s);
-    assert!(matches!(monitors[4], Monitor::CycleCounter));
-    assert!(matches!(monitors[5], Monitor::CycleDuration));
+    assert!(matches!(monitors[0], Monitor::CycleCounter));
+    assert!(matches!(monitors[1], Monitor::CycleDuration));
+    assert!(matches!(monitors[2], Monitor::Value(_)));
     assert!(matches!(monitors[6], Monitor::Events(_)));
     let requests = create_requests(&s);
     assert_eq!(requests.len(), 7);
@@ -371,12 +372,12 @@ fn the_cycle_variables_are_monitored_between_items_and_events() {
     };
     // The counter's changes; the duration at every write, so that an
     // equal duration still comes.
-    assert_eq!(trigger(4), opcua::types::DataChangeTrigger::StatusValue);
+    assert_eq!(trigger(0), opcua::types::DataChangeTrigger::StatusValue);
     assert_eq!(
-        trigger(5),
+        trigger(1),
         opcua::types::DataChangeTrigger::StatusValueTimestamp
     );
-    assert_eq!(requests[5].requested_parameters.client_handle, 6);
+    assert_eq!(requests[1].requested_parameters.client_handle, 2);
     // An item may ask for every write too.
     let stamped = server(&GOOD.replace(
         "unit = \"C\" }",
@@ -589,8 +590,8 @@ fn a_cycle_goes_before_the_samples_read_at_its_end() {
     let mut monitors = Monitor::of(&s);
     let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
     let mut sample = |ms: i64, v: f32| {
-        let Monitor::Value(temp) = &mut monitors[0] else {
-            panic!("items come first");
+        let Monitor::Value(temp) = &mut monitors[2] else {
+            panic!("the items follow the cycle");
         };
         temp.event("a", &at(ms, Variant::Float(v)), 1)
             .unwrap()

@@ -95,8 +95,8 @@ pub enum Refused {
 }
 
 impl Monitor {
-    /// The monitors of `server`: items in configuration order, the cycle's
-    /// counter and duration, event sources (the order of
+    /// The monitors of `server`: the cycle's counter and duration, items in
+    /// configuration order, event sources (the order of
     /// [`create_requests`]).
     pub fn of(server: &OpcuaServerConfig) -> Vec<Monitor> {
         let items = server.items.iter().map(|item| {
@@ -124,7 +124,7 @@ impl Monitor {
                 min_severity: source.min_severity,
             })
         });
-        items.chain(cycle).chain(events).collect()
+        cycle.chain(items).chain(events).collect()
     }
 
     /// How the item is named in logs.
@@ -171,8 +171,11 @@ pub fn create_requests(server: &OpcuaServerConfig) -> Vec<MonitoredItemCreateReq
         std::iter::once(counter).chain(duration)
     });
     let events = server.events.iter().map(event_request);
-    items
-        .chain(cycle)
+    // The cycle first: the server takes each item's current value when it
+    // creates it, so a value of the other items is never older than the
+    // counter's first value, and its cycle is reported.
+    cycle
+        .chain(items)
         .chain(events)
         .enumerate()
         .map(|(i, mut request)| {
