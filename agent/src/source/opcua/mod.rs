@@ -63,9 +63,11 @@
 //! update with one source timestamp, as PLC servers do for the variables
 //! of one scan. Without `duration`, each CYCLE carries the time between
 //! two counter changes. At a new session the first counter value is the
-//! cycle the server shows now: reported with its duration unless it is the
-//! cycle last reported (a reconnection); cycles that ended while the agent
-//! was away are unknown and not counted.
+//! cycle the server shows now (or the newer one whose duration arrives
+//! first, when a cycle ended while the items were created): reported with
+//! its duration unless it is the cycle last reported (a reconnection); no
+//! cycle is reported twice, and cycles that ended while the agent was away
+//! are unknown and not counted.
 //!
 //! The detector relates each SAMPLE to the asset's latest CYCLE, as the
 //! polled sources send them with `samples = "on_cycle"` (the CYCLE, then

@@ -536,13 +536,36 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
         .unwrap();
     assert_eq!(cycles(&out), [(ns(90_000), 7_000.0)]);
     out.clear();
+    // A session whose counter was read before a cycle ended and whose
+    // duration after: the cycle the duration ends is shown, once.
+    watch.connected();
+    watch
+        .counter("a", &at(91_000, Variant::UInt32(5)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(92_000, Variant::Double(1.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(92_000), 1_000.0)]);
+    out.clear();
+    watch
+        .counter("a", &at(92_000, Variant::UInt32(6)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    watch
+        .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(93_000, Variant::UInt32(7)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(93_000), 1_000.0)]);
+    out.clear();
     // A reconnection that finds the same cycle reports it once.
     watch.connected();
     watch
-        .duration("a", &at(90_000, Variant::Double(7.0)), 1, &mut out)
+        .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
         .unwrap();
     watch
-        .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
+        .counter("a", &at(93_000, Variant::UInt32(7)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
     // Bad values are refused, naming why.

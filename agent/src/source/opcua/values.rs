@@ -461,7 +461,9 @@ impl EventSource {
 /// At a new session the first counter value is the cycle the server shows
 /// now: with its duration it is reported, unless it is the cycle last
 /// reported (a reconnection); what ended while the agent was away is
-/// unknown and not counted.
+/// unknown and not counted. If a newer duration arrives first (a cycle
+/// ended while the items were created), that cycle is the one shown. No
+/// cycle is reported twice: none at or before the last one reported.
 #[derive(Debug)]
 pub struct CycleWatch {
     tracker: CycleTracker,
@@ -517,16 +519,33 @@ impl CycleWatch {
         out: &mut Vec<ControllerEvent>,
     ) {
         let before = out.len();
+        let last = self.last_reported;
         if std::mem::take(&mut self.fresh) {
             // The cycle the server shows at the session's start.
-            if let Some(ms) = ms.filter(|_| self.last_reported.is_none_or(|last| ts > last)) {
-                let mut e = device_event(asset, ts, EventKind::Cycle, &self.name);
-                e.value = Some(ms);
-                out.push(e);
+            if let Some(ms) = ms {
+                self.report_shown(asset, ms, ts, out);
             }
         }
         self.tracker.update(asset, count, ms, ts, out);
+        // A cycle reported already (the one a session started with, or
+        // the one a duration reported) is not reported again.
+        if let Some(last) = last {
+            let new: Vec<ControllerEvent> =
+                out.drain(before..).filter(|e| e.ts_ns > last).collect();
+            out.extend(new);
+        }
         if out.len() > before {
+            self.last_reported = Some(ts);
+        }
+    }
+
+    /// Reports the cycle ended at `ts` that the server shows, unless it was
+    /// reported before.
+    fn report_shown(&mut self, asset: &str, ms: f64, ts: i64, out: &mut Vec<ControllerEvent>) {
+        if self.last_reported.is_none_or(|last| ts > last) {
+            let mut e = device_event(asset, ts, EventKind::Cycle, &self.name);
+            e.value = Some(ms);
+            out.push(e);
             self.last_reported = Some(ts);
         }
     }
@@ -587,7 +606,17 @@ impl CycleWatch {
                 self.waiting = None;
                 self.report(asset, count, Some(ms), waited_ts, out);
             }
-            Some((waited_ts, _)) if ts > waited_ts => self.give_up_waiting(asset, out),
+            Some((waited_ts, _)) if ts > waited_ts => {
+                let fresh = self.fresh;
+                self.give_up_waiting(asset, out);
+                if fresh {
+                    // The counter moved on while the session started (its
+                    // first value was read before the cycle this duration
+                    // ends): that cycle is reported now, and the counter's
+                    // change to it, if it comes, is not reported again.
+                    self.report_shown(asset, ms, ts, out);
+                }
+            }
             _ => {}
         }
         Ok(())
