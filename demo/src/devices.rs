@@ -1200,11 +1200,21 @@ mod tests {
                 START + 9_000_000_100
             )
         );
-        // A silent controller's gate closes what connects at once.
-        server.silent.send_replace(true);
-        let mut stream = tokio::net::TcpStream::connect(gate).await.unwrap();
-        let mut buf = [0u8; 8];
+        // A connection through the gate reaches the server, which waits
+        // for the client's Hello; when the controller falls silent the
+        // gate cuts it, and closes what connects after at once.
         use tokio::io::AsyncReadExt;
+        let mut open = tokio::net::TcpStream::connect(gate).await.unwrap();
+        let mut buf = [0u8; 8];
+        let cut = tokio::spawn(async move { open.read(&mut buf).await.map_err(|e| e.kind()) });
+        tokio::task::yield_now().await;
+        server.silent.send_replace(true);
+        let read = cut.await.unwrap();
+        assert!(
+            matches!(read, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+            "{read:?}"
+        );
+        let mut stream = tokio::net::TcpStream::connect(gate).await.unwrap();
         let read = stream.read(&mut buf).await;
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
