@@ -161,8 +161,9 @@ enum Command {
         #[arg(long)]
         calm: bool,
         /// Serve each site's machines on loopback as Modbus/TCP devices
-        /// (first site, third, ...) or MELSEC CPUs over SLMP (second,
-        /// fourth, ...) and have the agents poll them, with the
+        /// (first site, fourth, ...), MELSEC CPUs over SLMP (second,
+        /// fifth, ...) or OPC UA servers (third, sixth, ...; SecurityPolicy
+        /// None) and have the agents poll or subscribe to them, with the
         /// controllers' logins and program changes sent as syslog to each
         /// agent's syslog source (the protocols end to end), instead of
         /// running the simulator inside the agents.
@@ -1006,7 +1007,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calm,
             sources,
         } => {
-            init_logging("warn");
+            // The OPC UA library's own lines are off, as in the agent: the
+            // agents' sources log each failure themselves, and the demo's
+            // servers have no certificate to find (SecurityPolicy None).
+            init_logging("warn,opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_server=off");
             demo::run(demo::DemoOptions {
                 duration,
                 speed,

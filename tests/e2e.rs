@@ -168,12 +168,13 @@ fn a_calm_factory_raises_no_alert_after_learning() {
     assert_eq!(report["events_sent"], report["events_stored"], "{report}");
 }
 
-/// `otwatch demo --sources`: the first and third sites' machines are
-/// Modbus/TCP devices, the second's MELSEC CPUs over SLMP, and every
-/// controller sends syslog; everything stored arrived through those
-/// protocols, and every scenario is detected.
+/// `otwatch demo --sources`: the first site's machines are Modbus/TCP
+/// devices, the second's MELSEC CPUs over SLMP, the third's OPC UA
+/// servers, and every controller sends syslog; everything stored arrived
+/// through those protocols, and every scenario is detected.
 #[test]
-fn demo_over_modbus_slmp_and_syslog_stores_what_the_devices_send_and_detects_every_scenario() {
+fn demo_over_modbus_slmp_opcua_and_syslog_stores_what_the_devices_send_and_detects_every_scenario()
+{
     let dir = tempfile::tempdir().unwrap();
     let report = demo(
         dir.path(),
@@ -339,13 +340,69 @@ fn demo_over_modbus_slmp_and_syslog_stores_what_the_devices_send_and_detects_eve
             "{site}: no early login"
         );
     }
+    // The OPC UA site's machines came through the opcua source's
+    // subscriptions: its SAMPLE and STATE events name their node, no other
+    // site's do; its CYCLE events carry the controllers' durations (8 to
+    // 20 s, three times that in an extreme cycle); and the scenarios it
+    // plays are detected.
+    let by_source = sql(
+        &data,
+        "SELECT site, kind, count(*) AS n, count(attrs['node']) AS with_node FROM events \
+         WHERE kind IN ('CYCLE', 'SAMPLE', 'STATE') GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    assert_eq!(by_source.len(), 9, "{by_source:?}");
+    for row in &by_source {
+        let (n, with_node) = (
+            row["n"].as_u64().unwrap(),
+            row["with_node"].as_u64().unwrap(),
+        );
+        let expected = if row["site"] == "plant-brno" && row["kind"] != "CYCLE" {
+            n
+        } else {
+            0
+        };
+        assert!(n > 0, "{row}");
+        assert_eq!(with_node, expected, "{row}");
+    }
+    let cycles = sql(
+        &data,
+        "SELECT count(*) AS n, min(value) AS lo, max(value) AS hi, count(DISTINCT asset) AS assets \
+         FROM events WHERE site = 'plant-brno' AND kind = 'CYCLE'",
+    );
+    assert!(cycles[0]["n"].as_u64().unwrap() > 100, "{cycles:?}");
+    assert_eq!(cycles[0]["assets"], 4, "{cycles:?}");
+    let (lo, hi) = (
+        cycles[0]["lo"].as_f64().unwrap(),
+        cycles[0]["hi"].as_f64().unwrap(),
+    );
+    assert!(lo >= 5_000.0 && hi <= 80_000.0, "{cycles:?}");
+    // Each CYCLE carries its own cycle's duration, never a neighbour's: the
+    // simulated machine's cycles follow one another, so it is the time
+    // since the machine's previous CYCLE (unless a stop lies between).
+    let mispaired = sql(
+        &data,
+        "SELECT count(*) AS n FROM (SELECT value, (date_part('epoch', ts) - date_part('epoch', \
+         lag(ts) OVER (PARTITION BY asset ORDER BY ts))) * 1000 AS since FROM events \
+         WHERE site = 'plant-brno' AND kind = 'CYCLE') WHERE since < value * 1.5 AND abs(since - value) > 2",
+    );
+    assert_eq!(mispaired[0]["n"], 0, "{mispaired:?}");
+    let on_opcua: Vec<&Value> = scenarios
+        .iter()
+        .filter(|s| s["site"] == "plant-brno")
+        .collect();
+    let names: Vec<&str> = on_opcua
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["unplanned_stop", "polling_burst"], "{report}");
+    assert!(on_opcua.iter().all(|s| s["detected"] == true), "{report}");
     // A cycle's samples share its end's timestamp, as the values were read
-    // with the cycle counter, over both protocols.
+    // with the cycle counter (or written with it), over every protocol.
     let unmatched = sql(
         &data,
-        "SELECT count(*) AS n FROM events s WHERE s.kind = 'SAMPLE' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.kind = 'CYCLE' AND c.site = s.site AND c.asset = s.asset AND c.ts = s.ts)",
+        "SELECT s.site, s.asset, s.name, CAST(s.ts AS VARCHAR) AS ts, s.seq FROM events s WHERE s.kind = 'SAMPLE' AND NOT EXISTS (SELECT 1 FROM events c WHERE c.kind = 'CYCLE' AND c.site = s.site AND c.asset = s.asset AND c.ts = s.ts) ORDER BY 1, 2, 4 LIMIT 10",
     );
-    assert_eq!(unmatched[0]["n"], 0);
+    assert_eq!(unmatched, Vec::<Value>::new());
 }
 
 struct Killed(Child);

@@ -8,8 +8,8 @@
 //! outcome of a seed does not depend on how fast the machine is.
 //!
 //! With `--sources` ([`devices`]), each site's machines are devices on
-//! loopback that the site's agent reads over a real protocol (Modbus/TCP or
-//! MELSEC SLMP, by site), and their logins and program changes come as
+//! loopback that the site's agent reads over a real protocol (Modbus/TCP,
+//! MELSEC SLMP or OPC UA, by site), and their logins and program changes come as
 //! syslog to the agent's `syslog` source, instead of agents running the
 //! simulator themselves.
 
@@ -263,9 +263,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         let (cert, key) = otwatch_pki::agent_files(&site, "gw-1");
         let sources = if opts.sources {
             let protocol = devices::Protocol::of_site(i);
-            let served = devices::serve_site(&site, protocol, &sim, start_ns, opts.speed)
-                .await
-                .with_context(|| format!("cannot serve the simulated devices of {site}"))?;
+            let work_dir = opts.data_dir.join("devices").join(&site);
+            let served =
+                devices::serve_site(&site, protocol, &sim, start_ns, opts.speed, &work_dir)
+                    .await
+                    .with_context(|| format!("cannot serve the simulated devices of {site}"))?;
             let sources = devices::site_sources(&served);
             site_devices.push((site.clone(), served));
             sources
@@ -315,9 +317,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
     if opts.sources {
         for (site, served) in &site_devices {
             println!(
-                "{site}: {} {} on loopback, polled every 100 ms; logins{} as syslog (RFC 5424 over TCP) to the agent's syslog source on {}",
+                "{site}: {} {} on loopback, {}; logins{} as syslog (RFC 5424 over TCP) to the agent's syslog source on {}",
                 served.devices.len(),
                 served.protocol.describe(),
+                served.protocol.reading(),
                 if served.protocol.carries_program() {
                     ""
                 } else {

@@ -22,6 +22,8 @@
 //!   { name = "mode", node = "ns=2;i=1042", report = "state", states = { "1" = "RUN", "2" = "STOP" } },
 //! ]
 //! events = [{ node = "i=2253", min_severity = 400 }]   # the Server object: every alarm
+//! # a CYCLE at each increase of the counter, with the controller's duration
+//! cycle = { counter = "ns=2;s=Press.Cycles", duration = "ns=2;s=Press.CycleTime", unit = "ms" }
 //! ```
 
 use super::super::poll::{self, MIN_POLL_INTERVAL};
@@ -159,6 +161,67 @@ pub struct OpcuaServerConfig {
     /// The objects whose events (alarms, conditions) to monitor.
     #[serde(default)]
     pub events: Vec<EventSourceConfig>,
+    /// Machine cycles: a counter the controller increments at each cycle's
+    /// end, and the duration it measured (see the `opcua` source's
+    /// documentation for how the two are paired). Default: none.
+    #[serde(default)]
+    pub cycle: Option<OpcuaCycleConfig>,
+}
+
+/// A machine's cycles, from two variables of the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaCycleConfig {
+    /// The node id of an integer the controller increments once per
+    /// cycle: each increase by k ends k cycles, a decrease is a reset (no
+    /// cycle).
+    pub counter: String,
+    /// The node id of the last cycle's duration, measured by the
+    /// controller and written with the counter. Default: none (the
+    /// duration is the time between two counter changes, by their source
+    /// timestamps).
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// The unit of `duration`: `ms` (default) or `s`; CYCLE events carry
+    /// milliseconds.
+    #[serde(default)]
+    pub unit: DurationUnit,
+    /// The CYCLE events' `name`. Default `cycle`.
+    #[serde(default = "default_cycle_name")]
+    pub name: String,
+}
+
+/// The unit of a cycle's duration on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurationUnit {
+    /// Milliseconds.
+    #[default]
+    Ms,
+    /// Seconds.
+    S,
+}
+
+impl DurationUnit {
+    /// Milliseconds in one unit.
+    pub fn ms(self) -> f64 {
+        match self {
+            DurationUnit::Ms => 1.0,
+            DurationUnit::S => 1000.0,
+        }
+    }
+}
+
+/// When the server reports an item's value (OPC UA's DataChangeTrigger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// When its value or status changes.
+    #[default]
+    StatusValue,
+    /// Also when the controller writes the same value again with a new
+    /// source timestamp (a value written once per machine cycle).
+    StatusValueTimestamp,
 }
 
 /// How an item's values become events.
@@ -202,6 +265,11 @@ pub struct ItemConfig {
     /// written).
     #[serde(default)]
     pub states: BTreeMap<String, String>,
+    /// `status_value` (default: when the value or its status changes) or
+    /// `status_value_timestamp` (also when the controller writes the same
+    /// value again, with a new source timestamp).
+    #[serde(default)]
+    pub trigger: Trigger,
 }
 
 /// An object whose events (alarms and conditions) become ALARM events.
@@ -230,6 +298,10 @@ fn default_timeout() -> Duration {
 
 fn default_keep_alive() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_cycle_name() -> String {
+    "cycle".to_string()
 }
 
 fn default_min_severity() -> u16 {
@@ -350,16 +422,25 @@ impl OpcuaServerConfig {
             ));
         }
         poll::check_reconnect(&what, self.reconnect_min, self.reconnect_max)?;
-        if self.items.is_empty() && self.events.is_empty() {
+        if self.items.is_empty() && self.events.is_empty() && self.cycle.is_none() {
             return Err(format!(
-                "{what}: no items and no events: give at least one item to monitor"
+                "{what}: no items, no events and no cycle: give at least one item to monitor"
             ));
         }
-        if self.items.len() + self.events.len() > MAX_ITEMS_PER_SERVER {
+        let monitored = self.items.len() + self.events.len() + self.cycle_nodes().len();
+        if monitored > MAX_ITEMS_PER_SERVER {
             return Err(format!(
-                "{what}: {} items and event sources, above the {MAX_ITEMS_PER_SERVER} one server may have",
-                self.items.len() + self.events.len()
+                "{what}: {monitored} items, cycle variables and event sources, above the {MAX_ITEMS_PER_SERVER} one server may have"
             ));
+        }
+        if let Some(cycle) = &self.cycle {
+            parse_node(&cycle.counter).map_err(|e| format!("{what}: cycle.counter {e}"))?;
+            if let Some(duration) = &cycle.duration {
+                parse_node(duration).map_err(|e| format!("{what}: cycle.duration {e}"))?;
+            }
+            if cycle.name.trim().is_empty() {
+                return Err(format!("{what}: cycle.name is empty"));
+            }
         }
         let mut names = HashSet::new();
         for (i, item) in self.items.iter().enumerate() {
@@ -444,6 +525,14 @@ impl OpcuaServerConfig {
             return Err(bad("has no host"));
         }
         Ok((host.to_string(), port))
+    }
+
+    /// The nodes of `cycle`, counter first, then the duration if set.
+    pub fn cycle_nodes(&self) -> Vec<&str> {
+        self.cycle
+            .iter()
+            .flat_map(|c| std::iter::once(c.counter.as_str()).chain(c.duration.as_deref()))
+            .collect()
     }
 
     /// The sampling interval of `item`.

@@ -29,6 +29,53 @@
 //! (a NaN) or of a type an item cannot report is logged with the server
 //! and item (once until it is good again), counted and skipped.
 //!
+//! # Machine cycles
+//!
+//! With `cycle = { counter, duration }`, each increase of the counter is a
+//! CYCLE event (an increase by k ends k cycles, a decrease is a reset),
+//! stamped with the counter's source timestamp and counted by the polled
+//! sources' own [`poll::CycleTracker`]. A subscription gives no order
+//! between two items: the server samples each on its own and a publish
+//! response may carry the counter's change before, after or without the
+//! duration written with it, the duration may come in the next response,
+//! and an unchanged value is not sent at all. So:
+//!
+//! - the duration is monitored with the trigger `StatusValueTimestamp`: a
+//!   cycle as long as the one before is sent again, with its new source
+//!   timestamp;
+//! - a counter change at source time T takes the duration with the same
+//!   source timestamp T, written with it in one update, whichever of the
+//!   two arrives first ([`values::CycleWatch`]); it waits for it, across
+//!   responses, and is reported when it arrives;
+//! - a change whose duration does not come (a duration of a later time
+//!   arrives instead, as when a server drops or re-stamps a value it
+//!   samples faster than its sampling interval allows, or the counter
+//!   changes again) is reported with the duration measured between the
+//!   two counter changes by their source timestamps: a CYCLE never carries
+//!   another cycle's duration.
+//!
+//! The cycle's items are created before the other items: the server takes
+//! each item's current value when it creates it, so the first value of a
+//! sample is never older than the counter's first value, and the cycle it
+//! was read at is reported (a SAMPLE always has its CYCLE).
+//!
+//! So the controller should write the counter and the duration in one
+//! update with one source timestamp, as PLC servers do for the variables
+//! of one scan. Without `duration`, each CYCLE carries the time between
+//! two counter changes. At a new session the first counter value is the
+//! cycle the server shows now (or the newer one whose duration arrives
+//! first, when a cycle ended while the items were created): reported with
+//! its duration unless it is the cycle last reported (a reconnection); no
+//! cycle is reported twice, and cycles that ended while the agent was away
+//! are unknown and not counted.
+//!
+//! The detector relates each SAMPLE to the asset's latest CYCLE, as the
+//! polled sources send them with `samples = "on_cycle"` (the CYCLE, then
+//! the values read at its end). So the events of each batch of
+//! notifications go to the queue by source time, a CYCLE before the
+//! SAMPLEs of the same time, and SAMPLEs at or after a counter change that
+//! waits for its duration wait with it ([`values::order_by_cycles`]).
+//!
 //! # Failures
 //!
 //! A server that cannot be reached, refuses the session or drops it is
@@ -82,7 +129,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use values::{Monitor, Refused};
+use values::{CycleWatch, Monitor, Refused};
 
 /// Notifications one server may have waiting for the queue; beyond, they
 /// are dropped, counted and logged (the queue is full and blocking).
@@ -203,6 +250,11 @@ struct ServerState {
     unavailable: HashMap<u32, String>,
     /// Items whose values are refused, with the reason logged.
     refused: HashMap<u32, String>,
+    /// The machine's cycles (`cycle`), if configured.
+    cycle: Option<CycleWatch>,
+    /// SAMPLEs waiting for the CYCLE they were read at
+    /// ([`values::order_by_cycles`]).
+    held: Vec<otwatch_proto::ControllerEvent>,
     source_metrics: Arc<SourceMetrics>,
 }
 
@@ -267,14 +319,22 @@ impl ServerState {
                     {
                         newest = Some(newest.map_or(ts, |n| n.max(ts)));
                     }
-                    let Some(Monitor::Value(item)) =
-                        self.monitors.get_mut((handle as usize).wrapping_sub(1))
-                    else {
-                        continue;
+                    let result = match self.monitors.get_mut((handle as usize).wrapping_sub(1)) {
+                        Some(Monitor::Value(item)) => item
+                            .event(&self.asset, &value, now)
+                            .map(|event| out.extend(event)),
+                        Some(Monitor::CycleCounter) => match &mut self.cycle {
+                            Some(cycle) => cycle.counter(&self.asset, &value, now, &mut out),
+                            None => continue,
+                        },
+                        Some(Monitor::CycleDuration) => match &mut self.cycle {
+                            Some(cycle) => cycle.duration(&self.asset, &value, now, &mut out),
+                            None => continue,
+                        },
+                        _ => continue,
                     };
-                    match item.event(&self.asset, &value, now) {
-                        Ok(event) => {
-                            out.extend(event);
+                    match result {
+                        Ok(()) => {
                             self.set_available(link, handle);
                             if let Some(was) = self.refused.remove(&handle) {
                                 let label = self.monitors[handle as usize - 1].label();
@@ -305,6 +365,9 @@ impl ServerState {
                 }
             }
         }
+        if let Some(cycle) = &self.cycle {
+            values::order_by_cycles(&mut out, &mut self.held, cycle.waiting_since());
+        }
         let age = newest
             .map(|ts| {
                 Duration::from_nanos(now.saturating_sub(ts).clamp(0, 3_600_000_000_000) as u64)
@@ -328,6 +391,8 @@ async fn serve(
         monitors: Monitor::of(&server),
         unavailable: HashMap::new(),
         refused: HashMap::new(),
+        cycle: server.cycle.as_ref().map(CycleWatch::new),
+        held: Vec::new(),
         source_metrics,
     };
     tracing::info!(
@@ -502,6 +567,9 @@ async fn session(
     )
     .await?
     .map_err(|e| format!("CreateSubscription: {e}"))?;
+    if let Some(cycle) = &mut state.cycle {
+        cycle.connected();
+    }
     let requests = values::create_requests(server);
     let created = within(
         server.timeout,

@@ -3,7 +3,7 @@
 //! scan for any service that could change a server.
 
 use super::config::OpcuaServerConfig;
-use super::values::{create_requests, Monitor, Refused};
+use super::values::{create_requests, order_by_cycles, CycleWatch, Monitor, Refused};
 use crate::config::{AgentConfig, SourceConfig};
 use opcua::types::{
     DataChangeFilter, DataValue, DateTime, EventFilter, LocalizedText, StatusCode, Variant,
@@ -137,7 +137,7 @@ fn bad_options_are_refused_naming_the_key() {
     refused(
         "[[sources.servers]]\nname = \"p\"\nasset = \"a\"\nendpoint = \"opc.tcp://h:1\"\n"
             .to_string(),
-        "no items and no events",
+        "no items, no events and no cycle",
     );
 }
 
@@ -188,7 +188,7 @@ fn values_become_samples_and_states() {
     let mut monitors = Monitor::of(&s);
     let mut event = |i: usize, v: DataValue| match &mut monitors[i] {
         Monitor::Value(item) => item.event("line1/press", &v, 7),
-        Monitor::Events(_) => unreachable!(),
+        other => unreachable!("{other:?}"),
     };
     let temp = event(0, value(Variant::Float(21.5))).unwrap().unwrap();
     assert_eq!(temp.kind(), EventKind::Sample);
@@ -233,6 +233,27 @@ fn values_become_samples_and_states() {
         event(0, gone),
         Err(Refused::Unavailable("BadNodeIdUnknown".into()))
     );
+    // A server with no value yet has nothing to say, and says no failure.
+    let mut waiting = value(Variant::Empty);
+    waiting.status = Some(StatusCode::BadWaitingForInitialData);
+    assert_eq!(event(0, waiting), Ok(None));
+}
+
+#[test]
+fn a_sample_sent_again_by_a_new_subscription_is_reported_once() {
+    let s = server(GOOD);
+    let mut monitors = Monitor::of(&s);
+    let Monitor::Value(temp) = &mut monitors[0] else {
+        panic!("items come first");
+    };
+    let written = at(1_000, Variant::Float(21.5));
+    assert!(temp.event("a", &written, 7).unwrap().is_some());
+    // The same write, as the current value of a re-created subscription.
+    assert_eq!(temp.event("a", &written, 7), Ok(None));
+    // The same value written again later is a new sample.
+    let again = at(2_000, Variant::Float(21.5));
+    let e = temp.event("a", &again, 7).unwrap().unwrap();
+    assert_eq!((e.ts_ns, e.value), (ns(2_000), Some(21.5)));
 }
 
 #[test]
@@ -306,4 +327,348 @@ fn no_service_that_changes_a_server_is_named_in_the_opcua_source() {
             );
         }
     }
+}
+
+const CYCLE: &str = "cycle = { counter = \"ns=2;s=Press.Cycles\", duration = \"ns=2;s=Press.CycleTime\", unit = \"s\" }\n";
+
+fn with_cycle(cycle: &str) -> OpcuaServerConfig {
+    server(&GOOD.replace("events = ", &format!("{cycle}events = ")))
+}
+
+/// A value of a cycle variable written at `ms` (source time, ms).
+fn at(ms: i64, v: Variant) -> DataValue {
+    DataValue {
+        value: Some(v),
+        status: Some(StatusCode::Good),
+        source_timestamp: Some(DateTime::from(
+            opcua::types::DateTimeUtc::from_timestamp_millis(1_780_000_000_000 + ms).unwrap(),
+        )),
+        ..Default::default()
+    }
+}
+
+fn ns(ms: i64) -> i64 {
+    (1_780_000_000_000 + ms) * 1_000_000
+}
+
+#[test]
+fn the_cycle_variables_are_monitored_first() {
+    let s = with_cycle(CYCLE);
+    let monitors = Monitor::of(&s);
+    assert!(matches!(monitors[0], Monitor::CycleCounter));
+    assert!(matches!(monitors[1], Monitor::CycleDuration));
+    assert!(matches!(monitors[2], Monitor::Value(_)));
+    assert!(matches!(monitors[6], Monitor::Events(_)));
+    let requests = create_requests(&s);
+    assert_eq!(requests.len(), 7);
+    let trigger = |i: usize| {
+        let f: Box<DataChangeFilter> = requests[i]
+            .requested_parameters
+            .filter
+            .clone()
+            .into_inner_as()
+            .unwrap();
+        f.trigger
+    };
+    // The counter's changes; the duration at every write, so that an
+    // equal duration still comes.
+    assert_eq!(trigger(0), opcua::types::DataChangeTrigger::StatusValue);
+    assert_eq!(
+        trigger(1),
+        opcua::types::DataChangeTrigger::StatusValueTimestamp
+    );
+    assert_eq!(requests[1].requested_parameters.client_handle, 2);
+    // An item may ask for every write too.
+    let stamped = server(&GOOD.replace(
+        "unit = \"C\" }",
+        "unit = \"C\", trigger = \"status_value_timestamp\" }",
+    ));
+    let f: Box<DataChangeFilter> = create_requests(&stamped)[0]
+        .requested_parameters
+        .filter
+        .clone()
+        .into_inner_as()
+        .unwrap();
+    assert_eq!(
+        f.trigger,
+        opcua::types::DataChangeTrigger::StatusValueTimestamp
+    );
+    // A server may have a cycle and nothing else.
+    let alone = server(
+        "[[sources.servers]]\nname = \"p\"\nasset = \"a\"\nendpoint = \"opc.tcp://h:1\"\ncycle = { counter = \"ns=2;i=1\" }\n",
+    );
+    assert_eq!(create_requests(&alone).len(), 1);
+}
+
+#[test]
+fn bad_cycle_options_are_refused_naming_the_key() {
+    let good = GOOD.replace("events = ", &format!("{CYCLE}events = "));
+    refused(
+        good.replace("ns=2;s=Press.Cycles", "Press.Cycles"),
+        "cycle.counter \"Press.Cycles\" is not a node id",
+    );
+    refused(
+        good.replace("ns=2;s=Press.CycleTime", "time"),
+        "cycle.duration \"time\" is not a node id",
+    );
+    refused(
+        good.replace("unit = \"s\"", "unit = \"min\""),
+        "unknown variant `min`",
+    );
+    refused(
+        good.replace("unit = \"s\"", "unit = \"s\", done = \"ns=2;i=3\""),
+        "unknown field `done`",
+    );
+    refused(
+        good.replace("unit = \"s\"", "unit = \"s\", name = \" \""),
+        "cycle.name is empty",
+    );
+    refused(
+        good.replace("unit = \"C\" }", "unit = \"C\", trigger = \"always\" }"),
+        "unknown variant `always`",
+    );
+}
+
+/// (ts, duration in ms) of each CYCLE.
+fn cycles(out: &[otwatch_proto::ControllerEvent]) -> Vec<(i64, f64)> {
+    out.iter()
+        .map(|e| {
+            assert_eq!((e.kind(), e.name.as_str()), (EventKind::Cycle, "cycle"));
+            (e.ts_ns, e.value.unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_measured() {
+    let s = with_cycle(CYCLE);
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut out = Vec::new();
+    // No value yet: nothing.
+    let waiting = DataValue {
+        status: Some(StatusCode::BadWaitingForInitialData),
+        ..at(0, Variant::Empty)
+    };
+    watch.counter("a", &waiting, 1, &mut out).unwrap();
+    watch.duration("a", &waiting, 1, &mut out).unwrap();
+    // The first values of a session: the cycle the server shows, with its
+    // duration, and where the count stands.
+    watch
+        .counter("a", &at(0, Variant::UInt32(7)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    watch
+        .duration("a", &at(0, Variant::Double(9.5)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(0), 9_500.0)]);
+    out.clear();
+    // Duration first, in the same notification: the counter finds it.
+    watch
+        .duration("a", &at(10_000, Variant::Double(10.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(10_000, Variant::UInt32(8)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(10_000), 10_000.0)]);
+    out.clear();
+    // Counter first: it waits for its duration, here in a later response,
+    // and does not take the previous cycle's.
+    watch
+        .counter("a", &at(21_000, Variant::UInt32(9)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    watch
+        .duration("a", &at(21_000, Variant::Double(11.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(21_000), 11_000.0)]);
+    out.clear();
+    // A duration older than the counter change is not its duration.
+    watch
+        .counter("a", &at(32_000, Variant::UInt32(10)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(31_000, Variant::Double(99.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    // The next counter change reports the waiting one, measured between
+    // the counter changes, and waits in turn.
+    watch
+        .counter("a", &at(44_000, Variant::UInt32(11)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(32_000), 11_000.0)]);
+    out.clear();
+    watch
+        .duration("a", &at(44_000, Variant::Double(12.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(44_000), 12_000.0)]);
+    out.clear();
+    // The duration written with a change never comes, a later one does:
+    // the change is measured, the later one finds its own duration.
+    watch
+        .counter("a", &at(56_000, Variant::UInt32(12)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(69_000, Variant::Double(13.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(56_000), 12_000.0)]);
+    out.clear();
+    watch
+        .counter("a", &at(69_000, Variant::UInt32(13)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(69_000), 13_000.0)]);
+    out.clear();
+    // A reset (the counter goes back) ends no cycle.
+    watch
+        .counter("a", &at(80_000, Variant::UInt32(0)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(80_000, Variant::Double(6.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    // A new session: the cycle the server shows, as it was not reported,
+    // and the count stands where it is.
+    watch.connected();
+    watch
+        .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(90_000, Variant::Double(7.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(90_000), 7_000.0)]);
+    out.clear();
+    // A session whose counter was read before a cycle ended and whose
+    // duration after: the cycle the duration ends is shown, once.
+    watch.connected();
+    watch
+        .counter("a", &at(91_000, Variant::UInt32(5)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(92_000, Variant::Double(1.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(92_000), 1_000.0)]);
+    out.clear();
+    watch
+        .counter("a", &at(92_000, Variant::UInt32(6)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    watch
+        .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(93_000, Variant::UInt32(7)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), [(ns(93_000), 1_000.0)]);
+    out.clear();
+    // A reconnection that finds the same cycle reports it once.
+    watch.connected();
+    watch
+        .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(93_000, Variant::UInt32(7)), 1, &mut out)
+        .unwrap();
+    assert_eq!(cycles(&out), []);
+    // Bad values are refused, naming why.
+    let bad = DataValue {
+        status: Some(StatusCode::BadNodeIdUnknown),
+        ..at(95_000, Variant::UInt32(4))
+    };
+    assert!(matches!(
+        watch.counter("a", &bad, 1, &mut out),
+        Err(Refused::Unavailable(_))
+    ));
+    assert!(matches!(
+        watch.duration("a", &at(95_000, Variant::from("x")), 1, &mut out),
+        Err(Refused::Unsupported(r)) if r.contains("duration must be a number")
+    ));
+}
+
+#[test]
+fn without_a_duration_a_cycle_lasts_from_one_counter_change_to_the_next() {
+    let s = with_cycle("cycle = { counter = \"ns=2;s=Press.Cycles\", name = \"stroke\" }\n");
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut out = Vec::new();
+    for (ms, count) in [(0, 1u16), (8_000, 2), (20_000, 4)] {
+        watch
+            .counter("a", &at(ms, Variant::UInt16(count)), 1, &mut out)
+            .unwrap();
+    }
+    let got: Vec<(i64, f64, &str)> = out
+        .iter()
+        .map(|e| (e.ts_ns, e.value.unwrap(), e.name.as_str()))
+        .collect();
+    // The first change has no start; two cycles ended in the last 12 s.
+    assert_eq!(
+        got,
+        [
+            (ns(20_000), 6_000.0, "stroke"),
+            (ns(20_000), 6_000.0, "stroke")
+        ]
+    );
+}
+
+#[test]
+fn a_cycle_goes_before_the_samples_read_at_its_end() {
+    let s = with_cycle(CYCLE);
+    let mut monitors = Monitor::of(&s);
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut sample = |ms: i64, v: f32| {
+        let Monitor::Value(temp) = &mut monitors[2] else {
+            panic!("the items follow the cycle");
+        };
+        temp.event("a", &at(ms, Variant::Float(v)), 1)
+            .unwrap()
+            .unwrap()
+    };
+    let what = |events: &[otwatch_proto::ControllerEvent]| -> Vec<(i64, EventKind)> {
+        events.iter().map(|e| (e.ts_ns, e.kind())).collect()
+    };
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    watch
+        .counter("a", &at(0, Variant::UInt32(1)), 1, &mut out)
+        .unwrap();
+    watch
+        .duration("a", &at(0, Variant::Double(9.0)), 1, &mut out)
+        .unwrap();
+    assert_eq!(what(&out), [(ns(0), EventKind::Cycle)]);
+    // One notification, the samples' items first: the CYCLE goes first.
+    let mut out = vec![sample(10_000, 20.0)];
+    watch
+        .duration("a", &at(10_000, Variant::Double(10.0)), 1, &mut out)
+        .unwrap();
+    watch
+        .counter("a", &at(10_000, Variant::UInt32(2)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(
+        what(&out),
+        [
+            (ns(10_000), EventKind::Cycle),
+            (ns(10_000), EventKind::Sample)
+        ]
+    );
+    // The counter without its duration: its samples wait for it, earlier
+    // ones do not.
+    let mut out = vec![sample(15_000, 21.0), sample(20_000, 22.0)];
+    watch
+        .counter("a", &at(20_000, Variant::UInt32(3)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(what(&out), [(ns(15_000), EventKind::Sample)]);
+    assert_eq!(what(&held), [(ns(20_000), EventKind::Sample)]);
+    // The duration comes in the next response: the CYCLE, then its sample.
+    let mut out = Vec::new();
+    watch
+        .duration("a", &at(20_000, Variant::Double(10.0)), 1, &mut out)
+        .unwrap();
+    order_by_cycles(&mut out, &mut held, watch.waiting_since());
+    assert_eq!(
+        what(&out),
+        [
+            (ns(20_000), EventKind::Cycle),
+            (ns(20_000), EventKind::Sample)
+        ]
+    );
+    assert!(held.is_empty());
 }

@@ -13,13 +13,20 @@
 //!   attributes `source`, `event_type` and `severity`. A condition that
 //!   reports itself inactive (its alarm cleared) and events below the
 //!   source's `min_severity` are left out.
+//! - A change of the `cycle` counter is a CYCLE ([`CycleWatch`]), paired
+//!   with the controller's duration as the `opcua` source's documentation
+//!   says.
 //! - A value's `ts` is its source timestamp (the controller's clock), else
 //!   the server's, else the agent's clock when it arrived. A value of
 //!   uncertain quality carries attribute `quality = "uncertain"`; a bad
-//!   status is no value: it says the item is unavailable.
+//!   status is no value: it says the item is unavailable, except
+//!   `BadWaitingForInitialData` (a server that has no value yet), which is
+//!   just no value.
+//! - A SAMPLE is reported once: the current value a new subscription sends
+//!   again (same value, same source timestamp) is not reported twice.
 
-use super::config::{EventSourceConfig, ItemConfig, OpcuaServerConfig, Report};
-use crate::source::poll::device_event;
+use super::config::{EventSourceConfig, OpcuaCycleConfig, OpcuaServerConfig, Report, Trigger};
+use crate::source::poll::{device_event, CycleConfig, CycleTracker};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DateTime, DeadbandType,
     EventFilter, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters,
@@ -49,6 +56,10 @@ const ACTIVE_FIELD: (u32, &[&str]) = (ALARM_CONDITION_TYPE, &["ActiveState", "Id
 #[derive(Debug)]
 pub enum Monitor {
     Value(ValueItem),
+    /// The `cycle` counter.
+    CycleCounter,
+    /// The `cycle` duration.
+    CycleDuration,
     Events(EventSource),
 }
 
@@ -62,6 +73,8 @@ pub struct ValueItem {
     states: BTreeMap<i64, String>,
     /// The STATE text last reported.
     last_state: Option<String>,
+    /// The SAMPLE last reported: (source time, value).
+    last_sample: Option<(i64, f64)>,
 }
 
 /// A monitored event notifier.
@@ -82,7 +95,9 @@ pub enum Refused {
 }
 
 impl Monitor {
-    /// The monitors of `server`, items first, in configuration order.
+    /// The monitors of `server`: the cycle's counter and duration, items in
+    /// configuration order, event sources (the order of
+    /// [`create_requests`]).
     pub fn of(server: &OpcuaServerConfig) -> Vec<Monitor> {
         let items = server.items.iter().map(|item| {
             Monitor::Value(ValueItem {
@@ -96,7 +111,12 @@ impl Monitor {
                     .filter_map(|(k, v)| Some((k.parse().ok()?, v.clone())))
                     .collect(),
                 last_state: None,
+                last_sample: None,
             })
+        });
+        let cycle = server.cycle.iter().flat_map(|c| {
+            std::iter::once(Monitor::CycleCounter)
+                .chain(c.duration.as_ref().map(|_| Monitor::CycleDuration))
         });
         let events = server.events.iter().map(|source| {
             Monitor::Events(EventSource {
@@ -104,13 +124,15 @@ impl Monitor {
                 min_severity: source.min_severity,
             })
         });
-        items.chain(events).collect()
+        cycle.chain(items).chain(events).collect()
     }
 
     /// How the item is named in logs.
     pub fn label(&self) -> String {
         match self {
             Monitor::Value(item) => format!("{} ({})", item.name, item.node),
+            Monitor::CycleCounter => "cycle counter".to_string(),
+            Monitor::CycleDuration => "cycle duration".to_string(),
             Monitor::Events(source) => format!("events of {}", source.node),
         }
     }
@@ -118,9 +140,42 @@ impl Monitor {
 
 /// The create request of each monitor of `server`, client handles from 1.
 pub fn create_requests(server: &OpcuaServerConfig) -> Vec<MonitoredItemCreateRequest> {
-    let items = server.items.iter().map(|item| value_request(server, item));
+    let items = server.items.iter().map(|item| {
+        value_request(
+            &item.node,
+            server.sampling_interval_of(item),
+            item.deadband,
+            item.trigger,
+            server.queue_size,
+        )
+    });
+    // The counter's changes only; the duration at each write, so that a
+    // cycle as long as the one before still brings its duration.
+    let cycle = server.cycle.iter().flat_map(|c| {
+        let counter = value_request(
+            &c.counter,
+            server.sampling_interval,
+            0.0,
+            Trigger::StatusValue,
+            server.queue_size,
+        );
+        let duration = c.duration.as_ref().map(|node| {
+            value_request(
+                node,
+                server.sampling_interval,
+                0.0,
+                Trigger::StatusValueTimestamp,
+                server.queue_size,
+            )
+        });
+        std::iter::once(counter).chain(duration)
+    });
     let events = server.events.iter().map(event_request);
-    items
+    // The cycle first: the server takes each item's current value when it
+    // creates it, so a value of the other items is never older than the
+    // counter's first value, and its cycle is reported.
+    cycle
+        .chain(items)
         .chain(events)
         .enumerate()
         .map(|(i, mut request)| {
@@ -135,24 +190,33 @@ fn node(text: &str) -> NodeId {
     super::config::parse_node(text).unwrap_or_else(|_| NodeId::null())
 }
 
-fn value_request(server: &OpcuaServerConfig, item: &ItemConfig) -> MonitoredItemCreateRequest {
+fn value_request(
+    node_text: &str,
+    sampling_interval: std::time::Duration,
+    deadband: f64,
+    trigger: Trigger,
+    queue_size: u32,
+) -> MonitoredItemCreateRequest {
     let filter = DataChangeFilter {
-        trigger: DataChangeTrigger::StatusValue,
-        deadband_type: if item.deadband > 0.0 {
+        trigger: match trigger {
+            Trigger::StatusValue => DataChangeTrigger::StatusValue,
+            Trigger::StatusValueTimestamp => DataChangeTrigger::StatusValueTimestamp,
+        },
+        deadband_type: if deadband > 0.0 {
             DeadbandType::Absolute as u32
         } else {
             DeadbandType::None as u32
         },
-        deadband_value: item.deadband,
+        deadband_value: deadband,
     };
     MonitoredItemCreateRequest::new(
-        ReadValueId::from(node(&item.node)),
+        ReadValueId::from(node(node_text)),
         MonitoringMode::Reporting,
         MonitoringParameters {
             client_handle: 0,
-            sampling_interval: server.sampling_interval_of(item).as_secs_f64() * 1000.0,
+            sampling_interval: sampling_interval.as_secs_f64() * 1000.0,
             filter: ExtensionObject::from_message(filter),
-            queue_size: server.queue_size,
+            queue_size,
             discard_oldest: true,
         },
     )
@@ -200,6 +264,13 @@ fn time_ns(time: Option<&DateTime>) -> Option<i64> {
         return None;
     }
     time.as_chrono().timestamp_nanos_opt().filter(|ns| *ns > 0)
+}
+
+/// A value's time: its source timestamp, else the server's, else `now`.
+fn value_time(value: &DataValue, now: i64) -> i64 {
+    time_ns(value.source_timestamp.as_ref())
+        .or_else(|| time_ns(value.server_timestamp.as_ref()))
+        .unwrap_or(now)
 }
 
 /// A status's name for the log (`BadNodeIdUnknown`).
@@ -250,12 +321,13 @@ impl ValueItem {
         now: i64,
     ) -> Result<Option<ControllerEvent>, Refused> {
         let status = value.status.unwrap_or(StatusCode::Good);
+        if status == StatusCode::BadWaitingForInitialData {
+            return Ok(None);
+        }
         if status.is_bad() {
             return Err(Refused::Unavailable(status_name(status)));
         }
-        let ts = time_ns(value.source_timestamp.as_ref())
-            .or_else(|| time_ns(value.server_timestamp.as_ref()))
-            .unwrap_or(now);
+        let ts = value_time(value, now);
         let variant = value.value.as_ref().unwrap_or(&Variant::Empty);
         let number = number(variant);
         let text = text(variant);
@@ -297,6 +369,14 @@ impl ValueItem {
                     type_name(variant)
                 )));
             };
+            let source_ts = time_ns(value.source_timestamp.as_ref());
+            if let Some(source_ts) = source_ts {
+                // The value a new subscription sends again.
+                if self.last_sample == Some((source_ts, n)) {
+                    return Ok(None);
+                }
+                self.last_sample = Some((source_ts, n));
+            }
             let mut e = device_event(asset, ts, EventKind::Sample, &self.name);
             e.value = Some(n);
             if let Some(unit) = &self.unit {
@@ -362,5 +442,226 @@ impl EventSource {
         e.attrs
             .insert("notifier".to_string(), self.node.trim().to_string());
         Some(e)
+    }
+}
+
+/// The machine cycles of one server (`cycle`): pairs each change of the
+/// counter with the duration the controller wrote with it, and leaves the
+/// counting to the polled sources' [`CycleTracker`].
+///
+/// The rule: the CYCLE of a counter change at source time T carries the
+/// duration with the same source timestamp T (both written in one update),
+/// whichever of the two arrives first, in one notification or across
+/// several; the change waits for it. When a duration of a later time
+/// arrives first (the server dropped or re-stamped the one written with the
+/// change), or the counter changes again, the waiting change is reported
+/// with the duration measured between counter changes instead: never with
+/// another cycle's duration.
+///
+/// At a new session the first counter value is the cycle the server shows
+/// now: with its duration it is reported, unless it is the cycle last
+/// reported (a reconnection); what ended while the agent was away is
+/// unknown and not counted. If a newer duration arrives first (a cycle
+/// ended while the items were created), that cycle is the one shown. No
+/// cycle is reported twice: none at or before the last one reported.
+#[derive(Debug)]
+pub struct CycleWatch {
+    tracker: CycleTracker,
+    name: String,
+    /// No counter value seen in this session yet.
+    fresh: bool,
+    /// The source time of the last CYCLE reported, across sessions.
+    last_reported: Option<i64>,
+    has_duration: bool,
+    unit_ms: f64,
+    /// The newest duration: (source time, ms).
+    latest_duration: Option<(i64, f64)>,
+    /// A counter change waiting for its duration: (source time, counter).
+    waiting: Option<(i64, f64)>,
+}
+
+impl CycleWatch {
+    pub fn new(config: &OpcuaCycleConfig) -> CycleWatch {
+        CycleWatch {
+            tracker: CycleTracker::new(&CycleConfig {
+                counter: Some(config.counter.clone()),
+                done: None,
+                duration: config.duration.clone(),
+                name: config.name.clone(),
+            }),
+            name: config.name.clone(),
+            fresh: true,
+            last_reported: None,
+            has_duration: config.duration.is_some(),
+            unit_ms: config.unit.ms(),
+            latest_duration: None,
+            waiting: None,
+        }
+    }
+
+    /// At each new session: what changed while the agent was not
+    /// subscribed is unknown, so the next counter value starts afresh.
+    pub fn connected(&mut self) {
+        self.tracker.connected();
+        self.fresh = true;
+        self.latest_duration = None;
+        self.waiting = None;
+    }
+
+    /// The CYCLE events of a counter value at `ts` with the controller's
+    /// duration `ms`, if known.
+    fn report(
+        &mut self,
+        asset: &str,
+        count: f64,
+        ms: Option<f64>,
+        ts: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) {
+        let before = out.len();
+        let last = self.last_reported;
+        if std::mem::take(&mut self.fresh) {
+            // The cycle the server shows at the session's start.
+            if let Some(ms) = ms {
+                self.report_shown(asset, ms, ts, out);
+            }
+        }
+        self.tracker.update(asset, count, ms, ts, out);
+        // A cycle reported already (the one a session started with, or
+        // the one a duration reported) is not reported again.
+        if let Some(last) = last {
+            let new: Vec<ControllerEvent> =
+                out.drain(before..).filter(|e| e.ts_ns > last).collect();
+            out.extend(new);
+        }
+        if out.len() > before {
+            self.last_reported = Some(ts);
+        }
+    }
+
+    /// Reports the cycle ended at `ts` that the server shows, unless it was
+    /// reported before.
+    fn report_shown(&mut self, asset: &str, ms: f64, ts: i64, out: &mut Vec<ControllerEvent>) {
+        if self.last_reported.is_none_or(|last| ts > last) {
+            let mut e = device_event(asset, ts, EventKind::Cycle, &self.name);
+            e.value = Some(ms);
+            out.push(e);
+            self.last_reported = Some(ts);
+        }
+    }
+
+    /// The source time of a counter change waiting for its duration.
+    pub fn waiting_since(&self) -> Option<i64> {
+        self.waiting.map(|(ts, _)| ts)
+    }
+
+    /// Reports the waiting counter change, if any, with the duration
+    /// measured between counter changes (its own never came).
+    fn give_up_waiting(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
+        if let Some((ts, count)) = self.waiting.take() {
+            self.report(asset, count, None, ts, out);
+        }
+    }
+
+    /// A notification of the counter: the CYCLE events it completes.
+    pub fn counter(
+        &mut self,
+        asset: &str,
+        value: &DataValue,
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> Result<(), Refused> {
+        let Some((ts, count)) = cycle_number(value, now, "counter")? else {
+            return Ok(());
+        };
+        self.give_up_waiting(asset, out);
+        match self.latest_duration {
+            _ if !self.has_duration => self.report(asset, count, None, ts, out),
+            Some((duration_ts, ms)) if duration_ts == ts => {
+                self.report(asset, count, Some(ms), ts, out)
+            }
+            // A later cycle's duration came first: this one's is lost.
+            Some((duration_ts, _)) if duration_ts > ts => self.report(asset, count, None, ts, out),
+            _ => self.waiting = Some((ts, count)),
+        }
+        Ok(())
+    }
+
+    /// A notification of the duration: the CYCLE of a counter change that
+    /// waited for it, if any.
+    pub fn duration(
+        &mut self,
+        asset: &str,
+        value: &DataValue,
+        now: i64,
+        out: &mut Vec<ControllerEvent>,
+    ) -> Result<(), Refused> {
+        let Some((ts, duration)) = cycle_number(value, now, "duration")? else {
+            return Ok(());
+        };
+        let ms = duration * self.unit_ms;
+        self.latest_duration = Some((ts, ms));
+        match self.waiting {
+            Some((waited_ts, count)) if ts == waited_ts => {
+                self.waiting = None;
+                self.report(asset, count, Some(ms), waited_ts, out);
+            }
+            Some((waited_ts, _)) if ts > waited_ts => {
+                let fresh = self.fresh;
+                self.give_up_waiting(asset, out);
+                if fresh {
+                    // The counter moved on while the session started (its
+                    // first value was read before the cycle this duration
+                    // ends): that cycle is reported now, and the counter's
+                    // change to it, if it comes, is not reported again.
+                    self.report_shown(asset, ms, ts, out);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A cycle variable's time and number; `None` while the server has no
+/// value yet.
+fn cycle_number(value: &DataValue, now: i64, what: &str) -> Result<Option<(i64, f64)>, Refused> {
+    let status = value.status.unwrap_or(StatusCode::Good);
+    if status == StatusCode::BadWaitingForInitialData {
+        return Ok(None);
+    }
+    if status.is_bad() {
+        return Err(Refused::Unavailable(status_name(status)));
+    }
+    let variant = value.value.as_ref().unwrap_or(&Variant::Empty);
+    match number(variant) {
+        Some(n) if n.is_finite() => Ok(Some((value_time(value, now), n))),
+        _ => Err(Refused::Unsupported(format!(
+            "a cycle {what} must be a number, not a {}",
+            type_name(variant)
+        ))),
+    }
+}
+
+/// Puts a batch's events in the order the detector reads them: by source
+/// time, and at one time a CYCLE before the SAMPLEs (the values read at a
+/// cycle's end, which the detector relates to the latest cycle, as the
+/// polled sources' `on_cycle` samples come after their CYCLE). SAMPLEs at
+/// or after the time of a counter change still `waiting` for its duration
+/// are moved to `held`, to go with the next batch; `events` starts with
+/// those held before.
+pub fn order_by_cycles(
+    events: &mut Vec<ControllerEvent>,
+    held: &mut Vec<ControllerEvent>,
+    waiting: Option<i64>,
+) {
+    let mut all = std::mem::take(held);
+    all.append(events);
+    all.sort_by_key(|e| (e.ts_ns, e.kind() != EventKind::Cycle));
+    for e in all {
+        match waiting {
+            Some(since) if e.ts_ns >= since && e.kind() == EventKind::Sample => held.push(e),
+            _ => events.push(e),
+        }
     }
 }
