@@ -100,6 +100,14 @@ fn polls() -> Vec<(i64, &'static str)> {
         .collect()
 }
 
+/// The suppressions the detector's checkpoint under `dir` keeps.
+fn checkpointed_suppressions(dir: &Path) -> Vec<Suppression> {
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("detector/checkpoint.json")).unwrap())
+            .unwrap();
+    serde_json::from_value(checkpoint["suppressions"].clone()).unwrap()
+}
+
 /// Appends control records, chained.
 async fn decide(log: &LocalLog, prev: &mut String, records: Vec<ControlRecord>) {
     for r in records {
@@ -232,12 +240,7 @@ async fn acks_update_the_same_alert_and_suppressions_mark_matching_alerts_across
     assert_eq!(b1.state, state::SUPPRESSED);
     assert_eq!(b1.state_by, "alice");
     assert_eq!(b1.comment, "commissioning");
-    let checkpoint: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("detector/checkpoint.json")).unwrap(),
-    )
-    .unwrap();
-    let kept: Vec<Suppression> =
-        serde_json::from_value(checkpoint["suppressions"].clone()).unwrap();
+    let kept = checkpointed_suppressions(dir.path());
     assert_eq!(kept.len(), 1);
     assert_eq!(
         (kept[0].site.as_str(), kept[0].until_ns),
@@ -362,12 +365,7 @@ async fn a_lifted_suppression_ends_at_the_lift() {
     let second = all.iter().find(|x| x.asset == "plc-02").unwrap();
     assert_eq!(first.state, state::SUPPRESSED, "before the lift: {first:?}");
     assert_eq!(second.state, state::OPEN, "after the lift: {second:?}");
-    let checkpoint: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("detector/checkpoint.json")).unwrap(),
-    )
-    .unwrap();
-    let kept: Vec<Suppression> =
-        serde_json::from_value(checkpoint["suppressions"].clone()).unwrap();
+    let kept = checkpointed_suppressions(dir.path());
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].until_ns, lift_ts, "the window ends at the lift");
 }
