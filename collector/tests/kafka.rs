@@ -7,7 +7,6 @@ mod common;
 use common::{batch, channel, open, Target};
 use otwatch_collector::{Collector, CollectorConfig};
 use otwatch_eventlog::{EventLog, KafkaLog, KafkaLogConfig, Topic};
-use rdkafka::mocking::MockCluster;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,16 +32,7 @@ async fn collector(brokers: &str) -> (SocketAddr, Arc<KafkaLog>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_moving_between_collectors_is_stored_once_and_its_mark_survives() {
-    let cluster = MockCluster::new(1).unwrap();
-    let defaults = KafkaLogConfig::default();
-    for (topic, partitions) in [
-        (&defaults.events_topic, 3),
-        (&defaults.alerts_topic, 3),
-        (&defaults.control_topic, 1),
-        (&defaults.producers_topic, 3),
-    ] {
-        cluster.create_topic(topic, partitions, 1).unwrap();
-    }
+    let cluster = otwatch_eventlog::kafka::mock_cluster();
     let brokers = cluster.bootstrap_servers();
     let (first, _) = collector(&brokers).await;
     let to = |addr| Target { addr, tls: false };

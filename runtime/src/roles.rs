@@ -266,16 +266,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_collector_role_on_kafka_gets_ready_and_stops_cleanly() {
-        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
-        let defaults = otwatch_eventlog::KafkaLogConfig::default();
-        for (topic, partitions) in [
-            (&defaults.events_topic, 3),
-            (&defaults.alerts_topic, 3),
-            (&defaults.control_topic, 1),
-            (&defaults.producers_topic, 3),
-        ] {
-            cluster.create_topic(topic, partitions, 1).unwrap();
-        }
+        let cluster = otwatch_eventlog::kafka::mock_cluster();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         drop(metrics);

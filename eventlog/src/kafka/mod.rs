@@ -442,6 +442,28 @@ impl Layout {
     }
 }
 
+/// A librdkafka mock cluster (one broker) holding the log's topics of the
+/// default [`KafkaLogConfig`]: `events`, `alerts` and the producers' marks
+/// with 3 partitions, `control` with 1. For tests: the mock cannot create
+/// topics through the admin API.
+#[doc(hidden)]
+pub fn mock_cluster(
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock cluster starts");
+    let c = KafkaLogConfig::default();
+    for (topic, partitions) in [
+        (&c.events_topic, 3),
+        (&c.alerts_topic, 3),
+        (&c.control_topic, 1),
+        (&c.producers_topic, 3),
+    ] {
+        cluster
+            .create_topic(topic, partitions, 1)
+            .expect("the mock cluster creates a topic");
+    }
+    cluster
+}
+
 /// The partitions a group member holds now.
 type Assignment = Mutex<BTreeSet<u32>>;
 

@@ -19,17 +19,7 @@ fn config(cluster: &MockCluster<'_, impl ClientContext>) -> KafkaLogConfig {
     }
 }
 
-/// A mock cluster holding the log's topics (the mock cannot create topics
-/// through the admin API).
-fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = MockCluster::new(1).unwrap();
-    let c = KafkaLogConfig::default();
-    cluster.create_topic(&c.events_topic, 3, 1).unwrap();
-    cluster.create_topic(&c.alerts_topic, 3, 1).unwrap();
-    cluster.create_topic(&c.control_topic, 1, 1).unwrap();
-    cluster.create_topic(&c.producers_topic, 3, 1).unwrap();
-    cluster
-}
+use super::mock_cluster as cluster;
 
 /// Events of `producer` (`site/agent`) with sequence numbers `seqs`, each
 /// with `pad` bytes of text so that records can be made to need chunks.
