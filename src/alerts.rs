@@ -133,22 +133,18 @@ pub fn list_query(open: bool, site: Option<&str>, since_ns: Option<i64>) -> Stri
     if let Some(since) = since_ns {
         filters.push(format!("ts >= to_timestamp_nanos({since})"));
     }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", filters.join(" AND "))
-    };
+    if filters.is_empty() {
+        filters.push("TRUE".into());
+    }
     let open = if open {
         "AND state NOT IN ('resolved', 'suppressed')"
     } else {
         ""
     };
     format!(
-        "SELECT id, ts, site, asset, detector, severity, state, state_by, state_at, comment, message FROM (\
-           SELECT id, ts, site, asset, detector, severity, coalesce(state, 'open') AS state, state_by, state_at, comment, message, \
-             row_number() OVER (PARTITION BY id ORDER BY coalesce(state_at, ts) DESC) AS latest \
-           FROM alerts {filter}) \
-         WHERE latest = 1 {open} ORDER BY ts, id"
+        "SELECT id, ts, site, asset, detector, severity, state, state_by, state_at, comment, message FROM ({}) \
+         WHERE TRUE {open} ORDER BY ts, id",
+        otwatch_runtime::admin::alerts::latest_alerts_sql(&filters.join(" AND "))
     )
 }
 

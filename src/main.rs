@@ -77,6 +77,11 @@ enum Command {
         /// Default: none.
         #[arg(long, value_name = "ADDR")]
         sql_listen: Option<SocketAddr>,
+        /// Serve the SOC dashboard (alerts, assets, fleet, in the browser)
+        /// on this address (overrides the config file's dashboard_listen;
+        /// accounts and TLS are in its [dashboard] section). Default: none.
+        #[arg(long, value_name = "ADDR")]
+        dashboard_listen: Option<SocketAddr>,
     },
     /// Run only the collector (gRPC ingest) over a shared Kafka event log
     /// ([log] kind = "kafka"), with the same configuration file as `serve`.
@@ -169,6 +174,11 @@ enum Command {
         /// running the simulator inside the agents.
         #[arg(long)]
         sources: bool,
+        /// Serve the SOC dashboard on this address (e.g. 127.0.0.1:8080)
+        /// while the demo runs, with two accounts made for the run: an
+        /// analyst and a viewer, whose passwords are printed at start.
+        #[arg(long, value_name = "ADDR")]
+        dashboard: Option<SocketAddr>,
     },
     /// Score the detector on labelled recordings of real plant data.
     ///
@@ -293,6 +303,15 @@ enum Command {
     SqlUser {
         #[command(subcommand)]
         action: SqlUserAction,
+    },
+    /// Manage the accounts of the SOC dashboard ([dashboard] in the config).
+    ///
+    /// Example:
+    ///   otwatch dashboard-user hash --name brno-shift --role viewer --site plant-brno >> /etc/otwatch/dashboard-users.toml
+    #[command(verbatim_doc_comment)]
+    DashboardUser {
+        #[command(subcommand)]
+        action: DashboardUserAction,
     },
     /// Run the history writers over a shared Kafka event log, or check or
     /// repair the Parquet history.
@@ -585,6 +604,61 @@ enum SqlUserAction {
     },
 }
 
+#[derive(Subcommand)]
+enum DashboardUserAction {
+    /// Make the argon2id hash of a password, for `password_hash` in
+    /// [[dashboard.users]] or dashboard.users_file. The password is read
+    /// from standard input (asked for twice, without echo, at a terminal).
+    Hash {
+        /// Print a whole [[users]] entry for this user name, ready to
+        /// append to dashboard.users_file (inline in otwatch.toml the table
+        /// is [[dashboard.users]]), instead of the hash alone.
+        #[arg(long, value_name = "USER")]
+        name: Option<String>,
+        /// With --name: `viewer` (reads) or `analyst` (also acks, resolves,
+        /// suppresses, accepts and relearns).
+        #[arg(long, value_name = "ROLE", requires = "name", default_value = "viewer", value_parser = ["viewer", "analyst"])]
+        role: String,
+        /// With --name: a site the user sees (repeatable); without, every
+        /// site.
+        #[arg(long = "site", value_name = "SITE", requires = "name")]
+        sites: Vec<String>,
+    },
+}
+
+fn run_dashboard_user(action: DashboardUserAction) -> anyhow::Result<()> {
+    use otwatch_runtime::dashboard::{DashboardConfig, DashboardUser, Role};
+    let DashboardUserAction::Hash { name, role, sites } = action;
+    let password = read_new_password()?;
+    let password_hash = otwatch_runtime::dashboard::auth::hash_password(&password)?;
+    let Some(name) = name else {
+        println!("{password_hash}");
+        return Ok(());
+    };
+    let user = DashboardUser {
+        name,
+        password_hash,
+        role: if role == "analyst" {
+            Role::Analyst
+        } else {
+            Role::Viewer
+        },
+        sites: (!sites.is_empty()).then_some(sites),
+    };
+    // Checked the way the service will read it.
+    DashboardConfig {
+        users: vec![user.clone()],
+        ..Default::default()
+    }
+    .validate(Some(([127, 0, 0, 1], 0).into()))?;
+    #[derive(serde::Serialize)]
+    struct Entry {
+        users: Vec<DashboardUser>,
+    }
+    print!("{}", toml::to_string(&Entry { users: vec![user] })?);
+    Ok(())
+}
+
 /// Reads the password for `otwatch sql-user hash`: at a terminal, twice
 /// without echo; otherwise the first line of standard input.
 fn read_new_password() -> anyhow::Result<String> {
@@ -873,6 +947,7 @@ async fn serve(
     insecure_loopback: bool,
     metrics_listen: Option<SocketAddr>,
     sql_listen: Option<SocketAddr>,
+    dashboard_listen: Option<SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     init_logging("info");
     let mut config = server_config(
@@ -884,6 +959,9 @@ async fn serve(
     )?;
     if let Some(addr) = sql_listen {
         config.sql_listen = Some(addr);
+    }
+    if let Some(addr) = dashboard_listen {
+        config.dashboard_listen = Some(addr);
     }
     let service = otwatch_runtime::Service::start(config).await?;
     let mut signal_error = None;
@@ -984,6 +1062,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             insecure_loopback,
             metrics_listen,
             sql_listen,
+            dashboard_listen,
         } => {
             return serve(
                 config,
@@ -992,10 +1071,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 insecure_loopback,
                 metrics_listen,
                 sql_listen,
+                dashboard_listen,
             )
             .await
         }
         Command::SqlUser { action } => run_sql_user(action),
+        Command::DashboardUser { action } => run_dashboard_user(action),
         Command::Demo {
             duration,
             speed,
@@ -1006,6 +1087,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             learn,
             calm,
             sources,
+            dashboard,
         } => {
             // The OPC UA library's own lines are off, as in the agent: the
             // agents' sources log each failure themselves, and the demo's
@@ -1021,6 +1103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 scenarios: !calm,
                 learn,
                 sources,
+                dashboard,
             })
             .await
             .map(|_| ())

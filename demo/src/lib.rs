@@ -69,6 +69,9 @@ pub struct DemoOptions {
     /// Agents read the sites' machines over Modbus/TCP or SLMP, and
     /// receive their syslog.
     pub sources: bool,
+    /// Serve the dashboard here, with an analyst and a viewer account made
+    /// for the run.
+    pub dashboard: Option<std::net::SocketAddr>,
 }
 
 /// Simulated time after a scenario's end during which an alert on the same
@@ -220,7 +223,29 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
         learn: opts.learn,
         ..Default::default()
     };
+    let accounts = match opts.dashboard {
+        Some(addr) => {
+            let accounts = demo_accounts()?;
+            config.dashboard_listen = Some(addr);
+            config.dashboard.users = accounts.iter().map(|(user, _)| user.clone()).collect();
+            accounts
+        }
+        None => Vec::new(),
+    };
     let mut central = Service::start(config).await?;
+    if let Some(addr) = central.dashboard_addr {
+        println!("dashboard: http://{addr}/");
+        for (user, password) in &accounts {
+            println!(
+                "  sign in as {} with password {password} ({})",
+                user.name,
+                match user.role {
+                    otwatch_runtime::dashboard::Role::Analyst => "acks, resolves, suppresses",
+                    otwatch_runtime::dashboard::Role::Viewer => "reads only",
+                }
+            );
+        }
+    }
     let mut live_alerts = central.tail_alerts().await?;
     let url = format!("https://{}", central.addr);
 
@@ -430,6 +455,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<Report> {
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     Ok(report)
+}
+
+/// The dashboard accounts of a demo run, with their passwords: new ones
+/// each run, printed at start (the demo's data lives only for its run).
+fn demo_accounts() -> anyhow::Result<Vec<(otwatch_runtime::dashboard::DashboardUser, String)>> {
+    use otwatch_runtime::dashboard::{auth::hash_password, DashboardUser, Role};
+    use rand::distr::{Alphanumeric, SampleString};
+    [("analyst", Role::Analyst), ("viewer", Role::Viewer)]
+        .into_iter()
+        .map(|(name, role)| {
+            let password = Alphanumeric.sample_string(&mut rand::rng(), 16);
+            let user = DashboardUser {
+                name: name.into(),
+                password_hash: hash_password(&password)?,
+                role,
+                sites: None,
+            };
+            Ok((user, password))
+        })
+        .collect()
 }
 
 /// The limits the demo's agents check before queueing: the collector's, so

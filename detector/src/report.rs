@@ -40,6 +40,11 @@ pub struct ModelReport {
     pub open_since_ns: Option<i64>,
     /// Alerts of the open episodes (what `otwatch model accept --alert` takes).
     pub open_alerts: Vec<String>,
+    /// The values it expects, `[low, high]` (the band its alerts quote),
+    /// for the models that expect a fixed band: a protecting cycle model,
+    /// or a sample model that does not follow the cycle time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band: Option<[f64; 2]>,
 }
 
 impl Detector {
@@ -88,6 +93,7 @@ impl Detector {
                     baseline: p.baseline,
                     open_since_ns,
                     open_alerts,
+                    band: None,
                 });
             }
             for (model, baseline, open) in a.report(at, &resolved) {
@@ -118,6 +124,7 @@ impl Detector {
                     baseline,
                     open_since_ns: open,
                     open_alerts,
+                    band: None,
                 });
             }
             if let Some((baseline, open)) = site.report(id, at, quiet) {
@@ -138,6 +145,7 @@ impl Detector {
                     baseline,
                     open_since_ns: open,
                     open_alerts,
+                    band: None,
                 });
             }
             for series in self.series.iter().filter(|s| s.asset == id) {
@@ -149,6 +157,7 @@ impl Detector {
                     baseline,
                     open_since_ns: open,
                     open_alerts: open_alerts(model, &series.name, open),
+                    band: series.band(self.config.expected_band),
                 });
             }
             out.push(AssetReport {

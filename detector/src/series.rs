@@ -567,6 +567,21 @@ impl Series {
         (model, "protecting", text + &accepted, open)
     }
 
+    /// The band of values the model expects, `centre ± expected_band ×
+    /// spread` (as its alerts quote it), when it protects a value that does
+    /// not depend on the cycle time; `None` otherwise.
+    pub fn band(&self, expected_band: f64) -> Option<[f64; 2]> {
+        if self.unscored.is_some() || self.learning.is_some() || self.discrete.is_some() {
+            return None;
+        }
+        let m = self.model?;
+        if m.line.is_some() {
+            return None;
+        }
+        let half = expected_band * m.stats.spread;
+        Some([m.stats.centre - half, m.stats.centre + half])
+    }
+
     fn learn(&self, s: &Sampler, config: &DetectorConfig) -> Model {
         let centre = median(&mut s.y.clone());
         let floor = (centre.abs() * config.min_relative_spread).max(1e-9);

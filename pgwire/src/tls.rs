@@ -22,6 +22,15 @@ const POSTGRESQL_ALPN: &[u8] = b"postgresql";
 impl SqlTlsConfig {
     /// Builds the acceptor; see the module documentation.
     pub fn acceptor(&self) -> Result<TlsAcceptor, SqlError> {
+        let mut config = self.server_config()?;
+        config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// The server configuration of this certificate and key, without
+    /// client authentication and without ALPN: shared with the other HTTPS
+    /// and TLS endpoints of the central service (the dashboard).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, SqlError> {
         let tls_err = |path: &Path, what: &'static str, detail: String| SqlError::Tls {
             what,
             path: path.to_path_buf(),
@@ -40,7 +49,7 @@ impl SqlTlsConfig {
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| tls_err(&self.key, "private key", e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_err(&self.cert, "certificate", e.to_string()))?
             .with_no_client_auth()
@@ -51,9 +60,7 @@ impl SqlTlsConfig {
                     "private key",
                     format!("does not go with {}: {e}", self.cert.display()),
                 )
-            })?;
-        config.alpn_protocols = vec![POSTGRESQL_ALPN.to_vec()];
-        Ok(TlsAcceptor::from(Arc::new(config)))
+            })
     }
 }
 

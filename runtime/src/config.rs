@@ -62,6 +62,13 @@ pub struct ServerConfig {
     /// The Postgres wire endpoint: users, TLS, limits (see
     /// `otwatch_pgwire::SqlEndpointConfig`).
     pub sql: SqlEndpointConfig,
+    /// Address of the SOC dashboard (pages and their JSON API), e.g.
+    /// "0.0.0.0:8443"; configured in `[dashboard]` (accounts, TLS).
+    /// Default: none (off).
+    pub dashboard_listen: Option<SocketAddr>,
+    /// The dashboard: accounts with roles and sites, TLS, sign-in limits
+    /// (see `otwatch_runtime::dashboard::DashboardConfig`).
+    pub dashboard: crate::dashboard::DashboardConfig,
     /// Serve plaintext gRPC (agents name themselves with headers) when
     /// `[collector.tls]` is absent. Only ever set from the command line
     /// (`--insecure-loopback`) or by the demo, never from a file, and only
@@ -84,6 +91,8 @@ impl Default for ServerConfig {
             health: HealthConfig::default(),
             sql_listen: None,
             sql: SqlEndpointConfig::default(),
+            dashboard_listen: None,
+            dashboard: Default::default(),
             insecure_loopback: false,
         }
     }
@@ -430,6 +439,7 @@ impl ServerConfig {
         }
         crate::outputs::validate(&self.outputs)?;
         self.sql.validate(self.sql_listen)?;
+        self.dashboard.validate(self.dashboard_listen)?;
         Ok(())
     }
 }

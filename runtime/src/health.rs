@@ -43,7 +43,8 @@ pub enum State {
 }
 
 impl State {
-    fn describe(&self) -> String {
+    /// The state in words, as `/healthz` shows it.
+    pub fn describe(&self) -> String {
         match self {
             State::Starting => "starting".into(),
             State::Running => "running".into(),
@@ -60,7 +61,8 @@ impl State {
         }
     }
 
-    fn healthy(&self) -> bool {
+    /// Whether it counts as healthy for `/healthz`.
+    pub fn healthy(&self) -> bool {
         matches!(self, State::Starting | State::Running | State::Stopped)
     }
 }

@@ -7,6 +7,7 @@
 //! - [`components`]: ingest, detector, history writers, the SQL endpoint;
 //! - [`admin`]: the admin socket (`otwatch model ...`) and the control
 //!   plane's wire format;
+//! - [`dashboard`]: the SOC's pages in the browser and their JSON API;
 //! - [`outputs`]: the alert outputs, each a consumer of the `alerts` topic;
 //! - [`supervisor`]: runs components in stages, turns a failure into a stop
 //!   with a non-zero exit;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod components;
 pub mod config;
+pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod outputs;

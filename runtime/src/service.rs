@@ -1,7 +1,8 @@
 //! The central service in one process (`otwatch serve`): the collector, the
 //! embedded event log, the detector, the history writers and the alert
 //! outputs, each a supervised component over the log, and, with
-//! `sql_listen`, the Postgres wire endpoint over the history.
+//! `sql_listen`, the Postgres wire endpoint over the history, and with
+//! `dashboard_listen`, the SOC dashboard.
 //!
 //! Everything downstream of the collector reads the event log and nothing
 //! else, so each component resumes on its own after a restart: the history
@@ -124,6 +125,8 @@ pub struct Service {
     pub addr: SocketAddr,
     /// The Postgres wire endpoint's address, when `sql_listen` is set.
     pub sql_addr: Option<SocketAddr>,
+    /// The dashboard's address, when `dashboard_listen` is set.
+    pub dashboard_addr: Option<SocketAddr>,
     pub log: Arc<LocalLog>,
     pub collector: Arc<CollectorMetrics>,
     pub health: Health,
@@ -181,14 +184,48 @@ impl Service {
             )),
             None => None,
         };
+        let dashboard_listener = match config.dashboard_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the dashboard on {addr}"))?,
+            ),
+            None => None,
+        };
         let tls = ingest_tls(&config)?;
         let secure = tls.is_some();
         let collector = Collector::new(log.clone(), config.collector.clone())
             .context("the [collector] configuration is invalid")?;
         let collector_metrics = collector.metrics();
 
-        let health = Health::default();
         let counters = Arc::new(Counters::default());
+        // The admin socket and the dashboard ask the detector (`model
+        // status`, checks of decisions) through `queries`, and append
+        // decisions through one `control`.
+        let log_dyn: Arc<dyn EventLog> = log.clone();
+        let (detector, queries) = detector(log_dyn.clone(), &config, &counters);
+        let control = Arc::new(
+            crate::admin::server::Control::open(log_dyn, &data_dir, queries)
+                .await
+                .context("cannot read the end of the control topic's chain")?,
+        );
+        let health = Health::default();
+        // The dashboard's files (accounts, TLS) are read before anything
+        // starts, like the SQL endpoint's.
+        let dashboard = match dashboard_listener {
+            Some(listener) => Some(
+                crate::dashboard::DashboardComponent::open(
+                    listener,
+                    &config.dashboard,
+                    control.clone(),
+                    history_dir(&data_dir),
+                    health.clone(),
+                    log.clone(),
+                )
+                .context("cannot start the dashboard")?,
+            ),
+            None => None,
+        };
         let mut supervisor = Supervisor::new();
         let mut stages = Vec::new();
         let mut register = |stage: Stage, name: String, topic: Option<Topic>| {
@@ -219,9 +256,6 @@ impl Service {
                 crate::outputs::run(receiver, log, group, ctx)
             });
         }
-        // The admin socket asks the detector (`model status`, checks of
-        // decisions) through `queries`.
-        let (detector, queries) = detector(as_dyn(), &config, &counters);
         let reporter = register(
             Stage::Detect,
             crate::components::detector::GROUP.to_string(),
@@ -267,13 +301,30 @@ impl Service {
         supervisor.spawn(Stage::Ingest, reporter, |ctx| ingest.run(ctx));
         // Decisions stop with ingest: none is taken while the rest drains.
         let admin = AdminComponent {
-            log: as_dyn(),
             data_dir: data_dir.clone(),
-            detector: queries,
+            control: control.clone(),
         };
         let reporter = health.register("admin", None);
         stages.push((Stage::Ingest, reporter.clone()));
         supervisor.spawn(Stage::Ingest, reporter, |ctx| admin.run(ctx));
+        let mut dashboard_addr = None;
+        if let Some(dashboard) = dashboard {
+            let addr = dashboard.listener.local_addr()?;
+            let scheme = if dashboard.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(
+                url = %format!("{scheme}://{addr}/"),
+                users = dashboard.shared.auth.users(),
+                "dashboard listening"
+            );
+            dashboard_addr = Some(addr);
+            let reporter = health.register(crate::dashboard::NAME, None);
+            stages.push((Stage::Ingest, reporter.clone()));
+            supervisor.spawn(Stage::Ingest, reporter, |ctx| dashboard.run(ctx));
+        }
         if let (Some(sql), Some(sql_addr)) = (sql, sql_addr) {
             tracing::info!(
                 addr = %sql_addr,
@@ -309,6 +360,7 @@ impl Service {
         Ok(Service {
             addr,
             sql_addr,
+            dashboard_addr,
             log,
             collector: collector_metrics,
             health,

@@ -60,6 +60,21 @@ pub const DETECTORS: &[&str] = &[
     "cycle", "cadence", "sequence", "process", "discrete", "access",
 ];
 
+/// The query of the latest row of each alert id among the rows of
+/// `alerts` that match `filter` (an SQL condition): the row with the
+/// greatest `coalesce(state_at, ts)`, its `state` made `open` when null
+/// (history written before alert states). Every column of `alerts` is kept,
+/// in order; the CLI's `otwatch alerts list` and the dashboard read alerts
+/// through it.
+pub fn latest_alerts_sql(filter: &str) -> String {
+    format!(
+        "SELECT * EXCEPT (latest) REPLACE (coalesce(state, 'open') AS state) FROM (\
+           SELECT *, row_number() OVER (PARTITION BY id ORDER BY coalesce(state_at, ts) DESC) AS latest \
+           FROM alerts WHERE {filter}) \
+         WHERE latest = 1"
+    )
+}
+
 /// One suppression in force: from an `alert.suppress` control record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suppression {

@@ -38,10 +38,8 @@ const DETECTOR_ANSWER: Duration = Duration::from_secs(30);
 
 /// What the component needs.
 pub struct AdminComponent {
-    pub log: Arc<dyn EventLog>,
     pub data_dir: PathBuf,
-    /// The detector component's query channel.
-    pub detector: mpsc::Sender<Query>,
+    pub control: Arc<Control>,
 }
 
 /// The end of the chain: what the next record links to.
@@ -50,13 +48,108 @@ struct Link {
     ts_ns: i64,
 }
 
-struct Shared {
+/// The control plane's one writer: checks a [`Request`] and appends the
+/// decision to the `control` topic, linked into the chain. The admin socket
+/// and the dashboard share one, so every decision is numbered and linked in
+/// one order whoever takes it.
+pub struct Control {
     log: Arc<dyn EventLog>,
     detector: mpsc::Sender<Query>,
     /// The history root, where alert decisions look their alert up.
     history: PathBuf,
     host: String,
     chain: Mutex<Link>,
+}
+
+impl Control {
+    /// Reads the end of the chain from the `control` topic of `log`.
+    pub async fn open(
+        log: Arc<dyn EventLog>,
+        data_dir: &std::path::Path,
+        detector: mpsc::Sender<Query>,
+    ) -> anyhow::Result<Control> {
+        let chain = last_link(log.as_ref()).await?;
+        Ok(Control {
+            log,
+            detector,
+            history: crate::history_dir(data_dir),
+            host: hostname(),
+            chain: Mutex::new(chain),
+        })
+    }
+
+    /// Answers `request` on behalf of `user` (who goes into the record).
+    pub async fn answer(&self, request: Request, user: &str) -> Answer {
+        answer(request, user, self).await
+    }
+    /// Appends one record to the chain: numbered, timed and linked after
+    /// the last one.
+    async fn append(
+        &self,
+        command: &str,
+        user: &str,
+        site: String,
+        asset: String,
+        alert_id: Option<String>,
+        args: serde_json::Value,
+    ) -> Result<ControlRecord, String> {
+        let mut chain = self.chain.lock().await;
+        let ts_ns = now_ns().max(chain.ts_ns.saturating_add(1));
+        let record = ControlRecord {
+            id: format!("ctl-{ts_ns}"),
+            ts_ns,
+            user: user.to_string(),
+            host: self.host.clone(),
+            command: command.to_string(),
+            site,
+            asset,
+            alert_id,
+            args: args.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+        .seal(&chain.hash);
+        let batch = control_to_batch(std::slice::from_ref(&record))
+            .map_err(|e| format!("cannot encode the control record: {e}"))?;
+        self.log
+            .append(
+                Topic::Control,
+                vec![Record {
+                    batch,
+                    producer: None,
+                }],
+            )
+            .await
+            .map_err(|e| format!("cannot append the decision to the event log: {e}"))?;
+        *chain = Link {
+            hash: record.hash.clone(),
+            ts_ns,
+        };
+        tracing::info!(
+            id = %record.id,
+            user = %record.user,
+            command,
+            site = %record.site,
+            asset = %record.asset,
+            alert_id = record.alert_id.as_deref().unwrap_or(""),
+            "recorded in the control topic"
+        );
+        Ok(record)
+    }
+
+    /// Records something that is not a decision but belongs in the audit
+    /// (a failed dashboard sign-in): `command` with `args`, no site. The
+    /// detector and collectors ignore commands they do not know.
+    pub async fn record(
+        &self,
+        command: &str,
+        user: &str,
+        args: serde_json::Value,
+    ) -> Result<String, String> {
+        self.append(command, user, String::new(), String::new(), None, args)
+            .await
+            .map(|r| r.id)
+    }
 }
 
 impl AdminComponent {
@@ -73,14 +166,7 @@ impl AdminComponent {
             .with_context(|| format!("cannot listen on the admin socket {}", socket.display()))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot restrict {} to mode 0600", socket.display()))?;
-        let chain = last_link(self.log.as_ref()).await?;
-        let shared = Arc::new(Shared {
-            log: self.log,
-            detector: self.detector,
-            history: crate::history_dir(&self.data_dir),
-            host: hostname(),
-            chain: Mutex::new(chain),
-        });
+        let shared = self.control;
         tracing::info!(socket = %socket.display(), "admin socket listening (otwatch model ...)");
         ctx.reporter.opened();
         ctx.reporter.running();
@@ -146,7 +232,7 @@ async fn last_link(log: &dyn EventLog) -> anyhow::Result<Link> {
 }
 
 /// Answers the requests of one connection, one line each, until it closes.
-async fn serve(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn serve(stream: UnixStream, shared: Arc<Control>) -> anyhow::Result<()> {
     let user = match stream.peer_cred() {
         Ok(cred) => user_name(cred.uid()),
         Err(e) => return Err(e).context("cannot tell who is connected (SO_PEERCRED)"),
@@ -182,7 +268,7 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     }
 }
 
-async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
+async fn answer(request: Request, user: &str, shared: &Control) -> Answer {
     let Some(command) = request.command() else {
         let Request::ModelStatus { site, asset } = request else {
             unreachable!("only model.status reads");
@@ -240,52 +326,13 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
         };
         (site, asset, alert_id, args)
     };
-    let mut chain = shared.chain.lock().await;
-    let ts_ns = now_ns().max(chain.ts_ns.saturating_add(1));
-    let record = ControlRecord {
-        id: format!("ctl-{ts_ns}"),
-        ts_ns,
-        user: user.to_string(),
-        host: shared.host.clone(),
-        command: command.to_string(),
-        site,
-        asset,
-        alert_id,
-        args: args.to_string(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    }
-    .seal(&chain.hash);
-    let batch = match control_to_batch(std::slice::from_ref(&record)) {
-        Ok(batch) => batch,
-        Err(e) => return Answer::refused(format!("cannot encode the control record: {e}")),
+    let record = match shared
+        .append(command, user, site, asset, alert_id, args)
+        .await
+    {
+        Ok(record) => record,
+        Err(e) => return Answer::refused(e),
     };
-    let appended = shared
-        .log
-        .append(
-            Topic::Control,
-            vec![Record {
-                batch,
-                producer: None,
-            }],
-        )
-        .await;
-    if let Err(e) = appended {
-        return Answer::refused(format!("cannot append the decision to the event log: {e}"));
-    }
-    *chain = Link {
-        hash: record.hash.clone(),
-        ts_ns,
-    };
-    tracing::info!(
-        id = %record.id,
-        user = %record.user,
-        command,
-        site = %record.site,
-        asset = %record.asset,
-        alert_id = record.alert_id.as_deref().unwrap_or(""),
-        "decision recorded in the control topic"
-    );
     Answer {
         ok: true,
         detail: Some(format!(
@@ -303,7 +350,7 @@ async fn answer(request: Request, user: &str, shared: &Shared) -> Answer {
 
 /// Sends a query to the detector component and waits for its answer.
 async fn ask_detector<T>(
-    shared: &Shared,
+    shared: &Control,
     query: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Query,
 ) -> Result<T, String> {
     let (reply, answer) = oneshot::channel();
