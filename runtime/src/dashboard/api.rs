@@ -961,9 +961,10 @@ async fn overview(State(state): State<AppState>, Me(me): Me) -> ApiResult {
 
 // ---------------------------------------------------------------- live
 
-/// New alerts of the user's sites as server-sent events (`event: alert`,
-/// the alert's JSON form as data); `event: reload` when the page fell
-/// behind and should fetch the list again.
+/// Alerts of the user's sites as server-sent events, the alert's JSON form
+/// as data: `event: alert` for a new one, `event: update` for a change of
+/// state; `event: reload` when the page fell behind and should fetch the
+/// list again.
 async fn live(State(state): State<AppState>, Me(me): Me) -> impl IntoResponse {
     let mut alerts = state.live.subscribe();
     let mut closing = state.closing.subscribe();
@@ -974,9 +975,9 @@ async fn live(State(state): State<AppState>, Me(me): Me) -> impl IntoResponse {
                 next = alerts.recv() => next,
             };
             let event = match next {
-                Ok((site, alert)) if me.sees(&site) => {
-                    Event::default().event("alert").data(alert.to_string())
-                }
+                Ok(live) if me.sees(&live.site) => Event::default()
+                    .event(if live.update { "update" } else { "alert" })
+                    .data(live.json.to_string()),
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     Event::default().event("reload").data("{}")

@@ -69,10 +69,20 @@ pub struct Shared {
     pub config: DashboardConfig,
     /// Served over TLS: cookies are `Secure`.
     pub secure: bool,
-    /// New alerts, as the detector appends them (JSON, with their site).
-    pub live: broadcast::Sender<(String, serde_json::Value)>,
+    /// Alerts as the detector appends them: new ones and state changes.
+    pub live: broadcast::Sender<LiveAlert>,
     /// Set when the service stops: live streams end, so the server can.
     pub closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// One alert record of the `alerts` topic, for the live pages.
+#[derive(Debug, Clone)]
+pub struct LiveAlert {
+    pub site: String,
+    /// A change of state (acked, resolved) of an alert raised before.
+    pub update: bool,
+    /// Its JSON form ([`crate::outputs::alert_json`]).
+    pub json: serde_json::Value,
 }
 
 /// The dashboard component: a bound listener and what it serves.
@@ -190,9 +200,13 @@ async fn tail_alerts(
         };
         for delivery in polled.context("cannot read the alerts topic")? {
             for alert in otwatch_proto::arrow::batch_to_alerts(&delivery.batch)? {
-                let json = crate::outputs::alert_json(&alert);
+                let live = LiveAlert {
+                    update: crate::outputs::is_update(&alert),
+                    json: crate::outputs::alert_json(&alert),
+                    site: alert.site,
+                };
                 // No page open is no error.
-                let _ = shared.live.send((alert.site.clone(), json));
+                let _ = shared.live.send(live);
             }
         }
     }

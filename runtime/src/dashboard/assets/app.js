@@ -163,6 +163,14 @@ function startLive() {
       drawTimeline();
     }
   });
+  es.addEventListener("update", (e) => {
+    const alert = JSON.parse(e.data);
+    const i = state.alerts.findIndex((a) => a.id === alert.id);
+    if (state.route === "alerts" && i >= 0) {
+      state.alerts[i] = alert;
+      renderAlertRows();
+    }
+  });
   es.addEventListener("reload", () => { if (state.route === "alerts") route(); });
 }
 
@@ -199,7 +207,7 @@ function alertFilters() {
 async function alertsPage() {
   const q = params();
   show(h("h1", {}, "Alerts"), alertFilters(),
-    h("div", { class: "panel" }, h("div", { id: "timeline", class: "plot" })),
+    h("div", { class: "panel" }, h("div", { id: "timeline" })),
     h("p", { id: "alerts-note", class: "muted" }, "Loading…"),
     h("table", { id: "alerts" },
       h("thead", {}, h("tr", {}, ["Time (UTC)", "Site", "Asset", "Detector", "Severity", "State", "What"].map((t) => h("th", {}, t)))),
@@ -234,9 +242,10 @@ function drawTimeline() {
   const colours = { low: "#6b7385", medium: "#c98a00", high: "#d9480f", critical: "#a61e4d" };
   const series = SEVERITIES.map((s) => sorted.map((a) => (a.severity === s ? SEVERITIES.indexOf(s) + 1 : null)));
   new uPlot({
-    width: el.clientWidth || 900, height: 160,
+    width: el.clientWidth || 900, height: 150,
+    legend: { show: false },
     scales: { y: { range: [0.5, 4.5] } },
-    axes: [{}, { values: (_, ticks) => ticks.map((t) => SEVERITIES[t - 1] || ""), splits: () => [1, 2, 3, 4] }],
+    axes: [{}, { size: 70, values: (_, ticks) => ticks.map((t) => SEVERITIES[t - 1] || ""), splits: () => [1, 2, 3, 4] }],
     series: [{}].concat(SEVERITIES.map((s) => ({
       label: s, stroke: colours[s], width: 0,
       points: { show: true, size: 9, fill: colours[s] },
@@ -408,6 +417,7 @@ function drawSeries(el, t, v, band, alertMs, label) {
   const opts = {
     width: el.clientWidth || 900, height: 320, series,
     scales: { x: { time: true } },
+    axes: [{}, { size: 80 }],
     hooks: { draw: [(u) => {
       const ctx = u.ctx;
       ctx.save();
