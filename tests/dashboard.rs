@@ -10,8 +10,15 @@
 //! weight). With `OTWATCH_SCREENSHOTS=DIR` the screenshots go to DIR (the
 //! README's come from there).
 //!
-//! Needs chromium and playwright-core, which `scripts/test.sh` installs
-//! (playwright-core into `~/.cache/otwatch/browser`).
+//! The API is also checked against its OpenAPI file
+//! (`docs/dashboard-api.yaml`) by schemathesis, signed in as an analyst of
+//! `otwatch serve`: every answer must be documented and match its schema,
+//! valid requests must be taken, invalid ones and ones without the session
+//! refused.
+//!
+//! Needs chromium, playwright-core and schemathesis, which
+//! `scripts/test.sh` installs (playwright-core into
+//! `~/.cache/otwatch/browser`).
 
 mod common;
 
@@ -39,6 +46,125 @@ fn sql(data_dir: &Path, query: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// One HTTP/1.1 request: (status, headers, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
+    let dir = tempfile::tempdir().unwrap();
+    // An analyst made with the CLI, in a users file.
+    let mut hash = Command::new(env!("CARGO_BIN_EXE_otwatch"))
+        .args([
+            "dashboard-user",
+            "hash",
+            "--name",
+            "ana",
+            "--role",
+            "analyst",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(hash.stdin.take().unwrap(), "a long passphrase").unwrap();
+    }
+    let entry = hash.wait_with_output().unwrap();
+    assert!(entry.status.success());
+    let users = dir.path().join("dashboard-users.toml");
+    std::fs::write(&users, &entry.stdout).unwrap();
+    let config = format!(
+        "dashboard_listen = \"127.0.0.1:0\"\n\n[history]\nflush_interval = \"1s\"\n\n[dashboard]\nusers_file = \"{}\"\n",
+        users.display()
+    );
+    let (serve, channel, log) = common::start_serve_with_log(dir.path(), &config).await;
+    let addr = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(30))
+            .expect("serve says where the dashboard listens");
+        if let Some(rest) = line.split("url=http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    // Some history to read: cycles of one asset, an alert-free day.
+    let mut stream = common::open_greeted(channel, "plant-a", "gw-1")
+        .await
+        .unwrap();
+    stream
+        .send(common::batch("plant-a", "gw-1", 1..=50))
+        .await
+        .unwrap();
+    let (status, head, body) = http(
+        &addr,
+        "POST",
+        "/api/signin",
+        r#"{"user":"ana","password":"a long passphrase"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: otwatch_session="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string();
+    let csrf = serde_json::from_str::<Value>(&body).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let repo = common::repo_dir();
+    let out = Command::new("schemathesis")
+        .arg("--config-file")
+        .arg(repo.join("tests/browser/schemathesis.toml"))
+        .arg("run")
+        .arg(repo.join("docs/dashboard-api.yaml"))
+        .args(["--url", &format!("http://{addr}")])
+        // Signing out would end the run's session; the live stream never ends.
+        .args([
+            "--exclude-path",
+            "/api/signout",
+            "--exclude-path",
+            "/api/live",
+        ])
+        .args(["--checks", "all", "--max-examples", "25", "--no-color"])
+        .args([
+            "--seed",
+            &std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "7".into()),
+        ])
+        .env("OTWATCH_SESSION", &session)
+        .env("OTWATCH_CSRF", &csrf)
+        .output()
+        .expect("schemathesis runs (scripts/test.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found answers that differ from docs/dashboard-api.yaml:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing it sent broke a component.
+    std::thread::sleep(Duration::from_secs(1));
+    let errors: Vec<String> = log.try_iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    common::stop_serve(serve);
 }
 
 fn playwright_dir() -> PathBuf {

@@ -124,6 +124,21 @@ pub async fn start_serve(
     dir: &std::path::Path,
     config: &str,
 ) -> (std::process::Child, tonic::transport::Channel) {
+    let (serve, channel, _log) = start_serve_with_log(dir, config).await;
+    (serve, channel)
+}
+
+/// [`start_serve`], also handing over every line of its log after the one
+/// that named the ingest address.
+#[allow(dead_code)] // not every test binary reads the log
+pub async fn start_serve_with_log(
+    dir: &std::path::Path,
+    config: &str,
+) -> (
+    std::process::Child,
+    tonic::transport::Channel,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::process::{Command, Stdio};
     let config_path = dir.join("otwatch.toml");
     if !config_path.exists() {
@@ -148,11 +163,13 @@ pub async fn start_serve(
         .unwrap();
     let log = std::io::BufReader::new(serve.stderr.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut tx = Some(tx);
         // Reads the whole log, so that serve never blocks on a full pipe.
         for line in log.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
             if let Some(addr) = line
                 .contains("collector listening")
                 .then(|| line.split("addr=").nth(1))
@@ -173,7 +190,7 @@ pub async fn start_serve(
         .connect()
         .await
         .unwrap();
-    (serve, channel)
+    (serve, channel, lines)
 }
 
 /// Stops `serve` with SIGTERM and checks it exits cleanly.

@@ -34,6 +34,8 @@ type AppState = Arc<Shared>;
 
 /// The longest text parameter (site, asset, tag name, comment) accepted.
 const MAX_PARAM_CHARS: usize = 1000;
+/// The largest `limit` taken (the server's `max_rows` applies below it).
+const MAX_LIMIT: usize = 1_000_000_000;
 /// Events of an alert's evidence returned at most.
 const MAX_EVIDENCE: usize = 500;
 
@@ -126,7 +128,13 @@ impl From<QueryRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> ApiError {
-        ApiError::new(e.status(), format!("request body: {}", e.body_text()))
+        // A missing content type is a bad request like any other.
+        let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, format!("request body: {}", e.body_text()))
     }
 }
 
@@ -330,9 +338,17 @@ fn forbidden_site(site: &str) -> ApiError {
     )
 }
 
+/// The largest time in ms the API takes either way (about the year 2255;
+/// nanosecond timestamps end in 2262).
+const MAX_TIME_MS: i64 = 9_000_000_000_000;
+
 fn ms_to_ns(name: &str, ms: i64) -> Result<i64, ApiError> {
-    ms.checked_mul(1_000_000)
-        .ok_or_else(|| ApiError::bad(format!("{name} is out of range")))
+    if ms.abs() > MAX_TIME_MS {
+        return Err(ApiError::bad(format!(
+            "{name} = {ms} is out of range: give milliseconds since 1970 between -{MAX_TIME_MS} and {MAX_TIME_MS}"
+        )));
+    }
+    Ok(ms * 1_000_000)
 }
 
 async fn query(state: &Shared, sql: &str) -> Result<Vec<RecordBatch>, ApiError> {
@@ -408,6 +424,13 @@ async fn alerts(
 ) -> ApiResult {
     let Query(f) = filter?;
     let mut inner = vec!["TRUE".to_string()];
+    if let Some(s) = &f.severity {
+        if !["low", "medium", "high", "critical"].contains(&s.as_str()) {
+            return Err(ApiError::bad(format!(
+                "severity {s:?} is not one of low, medium, high, critical"
+            )));
+        }
+    }
     for (column, value) in [
         ("site", &f.site),
         ("asset", &f.asset),
@@ -451,6 +474,9 @@ async fn alerts(
             " AND coalesce(state, 'open') IN ({})",
             list.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ")
         );
+    }
+    if f.limit.is_some_and(|l| l > MAX_LIMIT) {
+        return Err(ApiError::bad(format!("limit must be at most {MAX_LIMIT}")));
     }
     let limit = f
         .limit
@@ -551,6 +577,10 @@ async fn decide(state: &Shared, me: &Session, request: Request) -> ApiResult {
     }
 }
 
+fn too_large(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    ApiError::new(e.status(), format!("request body: {}", e.body_text()))
+}
+
 /// The optional `{"comment": ...}` body of an ack or resolve.
 fn comment_of(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -565,10 +595,10 @@ async fn ack(
     State(state): State<AppState>,
     Analyst(me): Analyst,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
     visible_alert(&state, &me, &id).await?;
-    let comment = comment_of(&body)?;
+    let comment = comment_of(&body.map_err(too_large)?)?;
     decide(
         &state,
         &me,
@@ -584,10 +614,10 @@ async fn resolve(
     State(state): State<AppState>,
     Analyst(me): Analyst,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
     visible_alert(&state, &me, &id).await?;
-    let comment = comment_of(&body)?;
+    let comment = comment_of(&body.map_err(too_large)?)?;
     decide(
         &state,
         &me,
@@ -614,8 +644,24 @@ struct Suppress {
     site: String,
     asset: Option<String>,
     detector: Option<String>,
+    #[serde(deserialize_with = "whole_number")]
     for_secs: u64,
     reason: String,
+}
+
+/// A count that JSON may write as `7200` or `7200.0` (both are integers to
+/// JSON Schema and to JavaScript).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(u) = n.as_u64() {
+        return Ok(u);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number of seconds"
+        ))),
+    }
 }
 
 async fn suppress(
@@ -782,8 +828,10 @@ async fn series(
     if p.kind != "CYCLE" && p.kind != "SAMPLE" {
         return Err(ApiError::bad("kind must be CYCLE or SAMPLE"));
     }
+    let (from_ns, to_ns) = (ms_to_ns("from_ms", p.from_ms)?, ms_to_ns("to_ms", p.to_ms)?);
     if p.from_ms >= p.to_ms {
-        return Err(ApiError::bad("from_ms must be before to_ms"));
+        // An empty range holds no points.
+        return Ok(Json(json!({ "t": [], "v": [], "truncated": false })));
     }
     let max = state.config.max_points;
     let sql = format!(
@@ -795,8 +843,8 @@ async fn series(
         quote(asset),
         quote(&p.kind),
         quote(name),
-        ms_to_ns("from_ms", p.from_ms)?,
-        ms_to_ns("to_ms", p.to_ms)?,
+        from_ns,
+        to_ns,
         max + 1
     );
     let batches = query(&state, &sql).await?;

@@ -43,6 +43,7 @@ use anyhow::Context as _;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use otwatch_eventlog::{EventLog, Topic};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,19 +153,13 @@ impl DashboardComponent {
             None => {
                 let app = router.into_make_service_with_connect_info::<Peer>();
                 let serve = axum::serve(self.listener, app).with_graceful_shutdown(shutdown);
-                tokio::select! {
-                    served = serve => served.map_err(anyhow::Error::from),
-                    tailed = &mut tail => Err(tail_ended(tailed)),
-                }
+                serve_beside(serve.into_future(), &mut tail).await
             }
             Some(acceptor) => {
                 let listener = TlsListener::new(self.listener, acceptor, addr);
                 let app = router.into_make_service_with_connect_info::<Peer>();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-                tokio::select! {
-                    served = serve => served.map_err(anyhow::Error::from),
-                    tailed = &mut tail => Err(tail_ended(tailed)),
-                }
+                serve_beside(serve.into_future(), &mut tail).await
             }
         };
         tail.abort();
@@ -172,11 +167,21 @@ impl DashboardComponent {
     }
 }
 
-fn tail_ended(tailed: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
-    match tailed {
-        Ok(Ok(())) => anyhow::anyhow!("the live alert reader ended"),
-        Ok(Err(e)) => e.context("the live alert reader failed"),
-        Err(e) => anyhow::anyhow!("the live alert reader panicked: {e}"),
+/// Runs the server until it stops; the live alert reader failing fails it
+/// too. The reader ends cleanly only when the service stops, and then the
+/// server is on its way down as well.
+async fn serve_beside(
+    serve: impl std::future::Future<Output = std::io::Result<()>>,
+    tail: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served.map_err(anyhow::Error::from),
+        tailed = tail => match tailed {
+            Ok(Ok(())) => serve.await.map_err(anyhow::Error::from),
+            Ok(Err(e)) => Err(e.context("the live alert reader failed")),
+            Err(e) => Err(anyhow::anyhow!("the live alert reader panicked: {e}")),
+        },
     }
 }
 
