@@ -578,7 +578,9 @@ async fn session(
     .await?
     .map_err(|e| format!("CreateSubscription: {e}"))?;
     if let Some(cycle) = &mut state.cycle {
-        cycle.connected();
+        // The cycles of the last session still waiting go with the samples
+        // held for them, in the next batch.
+        cycle.connected(&state.asset, &mut state.held);
     }
     let requests = values::create_requests(server);
     let created = within(

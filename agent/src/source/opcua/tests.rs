@@ -530,7 +530,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     assert_eq!(cycles(&out), []);
     // A new session: the cycle the server shows, as it was not reported,
     // and the count stands where it is.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
         .unwrap();
@@ -541,7 +541,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     out.clear();
     // A session whose counter was read before a cycle ended and whose
     // duration after: the cycle the duration ends is shown, once.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .counter("a", &at(91_000, Variant::UInt32(5)), 1, &mut out)
         .unwrap();
@@ -563,7 +563,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     assert_eq!(cycles(&out), [(ns(93_000), 1_000.0)]);
     out.clear();
     // A reconnection that finds the same cycle reports it once.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
         .unwrap();
@@ -790,9 +790,17 @@ fn a_publication_with_several_cycles_reports_each_with_its_own_duration() {
         ]
     );
     assert!(held.is_empty());
-    // A new session whose first publication brings the cycle the server
+    // The connection is lost while a change waits for its duration: the
+    // change is measured, and goes before its sample in the next batch.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[(80_000, "counter", 7.0), (80_000, "sample", 25.5)],
+    );
+    assert_eq!(got, []);
+    watch.connected("a", &mut held);
+    // The new session's first publication brings the cycle the server
     // shows (not reported yet) and the next one.
-    watch.connected();
     let got = publish(
         &mut watch,
         &mut held,
@@ -808,6 +816,8 @@ fn a_publication_with_several_cycles_reports_each_with_its_own_duration() {
     assert_eq!(
         got,
         [
+            (ns(80_000), cycle, 5_000.0),
+            (ns(80_000), sample, 25.5),
             (ns(90_000), cycle, 9_000.0),
             (ns(90_000), sample, 26.0),
             (ns(99_000), cycle, 9_000.0),
@@ -877,7 +887,7 @@ fn a_counter_change_waits_for_its_duration_within_bounds() {
     // A duration item the server refused at the session's start: every
     // change is measured, from the first one's end (where the count
     // starts; the cycle it ends has no known start).
-    watch.connected();
+    watch.connected("a", &mut out);
     watch.duration_refused();
     let mut out = Vec::new();
     counter(&mut watch, 40_000, 5, &mut out);

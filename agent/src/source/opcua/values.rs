@@ -476,9 +476,12 @@ impl EventSource {
 /// At a new session the first counter change the server sends is the
 /// cycle it shows now: the one the other items' first values were read at
 /// (the server reads the current value of every item when it creates
-/// them). With its duration it is reported, unless it is the cycle last
-/// reported (a reconnection); without, it is where the count starts. What
-/// ended while the agent was away is unknown and not counted. If a newer
+/// them, and sends it). With its duration it is reported, at the very
+/// first session too, as the samples sent with it are (a SAMPLE always has
+/// its CYCLE), unless it is the cycle last reported (a reconnection, whose
+/// samples are not reported again either); without, it is where the count
+/// starts. What ended while the agent was away is unknown and not
+/// counted. If a newer
 /// duration arrives before the first change's own (the counter was read
 /// before a cycle ended, the duration after), the cycle it ends is the one
 /// shown. No cycle is reported twice: none at or before the last one
@@ -527,9 +530,14 @@ impl CycleWatch {
         }
     }
 
-    /// At each new session: what changed while the agent was not
-    /// subscribed is unknown, so the next counter value starts afresh.
-    pub fn connected(&mut self) {
+    /// At each new session: the changes still waiting for their duration
+    /// when the last one ended are measured (their durations are lost with
+    /// it; their samples were reported or wait for them), into `out`; what
+    /// changed while the agent was not subscribed is unknown, so the next
+    /// counter value starts afresh.
+    pub fn connected(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
+        self.duration_available = false;
+        self.resolve(asset, out);
         self.tracker.connected();
         self.fresh = true;
         self.duration_available = true;
