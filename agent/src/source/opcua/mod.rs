@@ -47,11 +47,18 @@
 //!   source timestamp T, written with it in one update, whichever of the
 //!   two arrives first ([`values::CycleWatch`]); it waits for it, across
 //!   responses, and is reported when it arrives;
+//! - a response may carry several cycles (cycles shorter than the
+//!   publishing interval, or a response that comes late, as the first
+//!   ones of a subscription often do), each item's values in the order
+//!   they were written but the items in any order: every duration is kept
+//!   by its time until its counter change comes, and the changes wait for
+//!   their own durations, reported in the counter's order;
 //! - a change whose duration does not come (a duration of a later time
 //!   arrives instead, as when a server drops or re-stamps a value it
-//!   samples faster than its sampling interval allows, or the counter
-//!   changes again) is reported with the duration measured between the
-//!   two counter changes by their source timestamps: a CYCLE never carries
+//!   samples faster than its sampling interval allows; more changes wait
+//!   than a response can carry, `queue_size`; or the duration is
+//!   unavailable) is reported with the duration measured between the
+//!   counter changes by their source timestamps: a CYCLE never carries
 //!   another cycle's duration.
 //!
 //! The cycle's items are created before the other items: the server takes
@@ -391,7 +398,10 @@ async fn serve(
         monitors: Monitor::of(&server),
         unavailable: HashMap::new(),
         refused: HashMap::new(),
-        cycle: server.cycle.as_ref().map(CycleWatch::new),
+        cycle: server
+            .cycle
+            .as_ref()
+            .map(|cycle| CycleWatch::new(cycle, server.queue_size)),
         held: Vec::new(),
         source_metrics,
     };
@@ -568,7 +578,9 @@ async fn session(
     .await?
     .map_err(|e| format!("CreateSubscription: {e}"))?;
     if let Some(cycle) = &mut state.cycle {
-        cycle.connected();
+        // The cycles of the last session still waiting go with the samples
+        // held for them, in the next batch.
+        cycle.connected(&state.asset, &mut state.held);
     }
     let requests = values::create_requests(server);
     let created = within(
@@ -582,6 +594,11 @@ async fn session(
     for (i, item) in created.iter().enumerate() {
         let handle = i as u32 + 1;
         if item.result.status_code.is_bad() {
+            if let (Some(Monitor::CycleDuration), Some(cycle)) =
+                (state.monitors.get(i), &mut state.cycle)
+            {
+                cycle.duration_refused();
+            }
             state.set_unavailable(link, handle, values::status_name(item.result.status_code));
         } else {
             monitored += 1;

@@ -442,7 +442,7 @@ fn cycles(out: &[otwatch_proto::ControllerEvent]) -> Vec<(i64, f64)> {
 #[test]
 fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_measured() {
     let s = with_cycle(CYCLE);
-    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap(), 10);
     let mut out = Vec::new();
     // No value yet: nothing.
     let waiting = DataValue {
@@ -490,17 +490,20 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
         .duration("a", &at(31_000, Variant::Double(99.0)), 1, &mut out)
         .unwrap();
     assert_eq!(cycles(&out), []);
-    // The next counter change reports the waiting one, measured between
-    // the counter changes, and waits in turn.
+    // The next counter change waits too (its duration may come first);
+    // the next duration is a later one: the first change is measured
+    // between the counter changes, the second takes its own.
     watch
         .counter("a", &at(44_000, Variant::UInt32(11)), 1, &mut out)
         .unwrap();
-    assert_eq!(cycles(&out), [(ns(32_000), 11_000.0)]);
-    out.clear();
+    assert_eq!(cycles(&out), []);
     watch
         .duration("a", &at(44_000, Variant::Double(12.0)), 1, &mut out)
         .unwrap();
-    assert_eq!(cycles(&out), [(ns(44_000), 12_000.0)]);
+    assert_eq!(
+        cycles(&out),
+        [(ns(32_000), 11_000.0), (ns(44_000), 12_000.0)]
+    );
     out.clear();
     // The duration written with a change never comes, a later one does:
     // the change is measured, the later one finds its own duration.
@@ -527,7 +530,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     assert_eq!(cycles(&out), []);
     // A new session: the cycle the server shows, as it was not reported,
     // and the count stands where it is.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .counter("a", &at(90_000, Variant::UInt32(3)), 1, &mut out)
         .unwrap();
@@ -538,7 +541,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     out.clear();
     // A session whose counter was read before a cycle ended and whose
     // duration after: the cycle the duration ends is shown, once.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .counter("a", &at(91_000, Variant::UInt32(5)), 1, &mut out)
         .unwrap();
@@ -560,7 +563,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
     assert_eq!(cycles(&out), [(ns(93_000), 1_000.0)]);
     out.clear();
     // A reconnection that finds the same cycle reports it once.
-    watch.connected();
+    watch.connected("a", &mut out);
     watch
         .duration("a", &at(93_000, Variant::Double(1.0)), 1, &mut out)
         .unwrap();
@@ -586,7 +589,7 @@ fn a_counter_change_takes_the_duration_written_with_it_in_either_order_or_is_mea
 #[test]
 fn without_a_duration_a_cycle_lasts_from_one_counter_change_to_the_next() {
     let s = with_cycle("cycle = { counter = \"ns=2;s=Press.Cycles\", name = \"stroke\" }\n");
-    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap(), 10);
     let mut out = Vec::new();
     for (ms, count) in [(0, 1u16), (8_000, 2), (20_000, 4)] {
         watch
@@ -611,7 +614,7 @@ fn without_a_duration_a_cycle_lasts_from_one_counter_change_to_the_next() {
 fn a_cycle_goes_before_the_samples_read_at_its_end() {
     let s = with_cycle(CYCLE);
     let mut monitors = Monitor::of(&s);
-    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap());
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap(), 10);
     let mut sample = |ms: i64, v: f32| {
         let Monitor::Value(temp) = &mut monitors[2] else {
             panic!("the items follow the cycle");
@@ -671,4 +674,225 @@ fn a_cycle_goes_before_the_samples_read_at_its_end() {
         ]
     );
     assert!(held.is_empty());
+}
+
+/// What a publication carrying several cycles brings, in the order the
+/// server lists its items: each sample's cycle is reported, with its own
+/// duration, before the samples of its time.
+#[test]
+fn a_publication_with_several_cycles_reports_each_with_its_own_duration() {
+    let s = with_cycle(CYCLE);
+    let mut monitors = Monitor::of(&s);
+    let mut watch = CycleWatch::new(s.cycle.as_ref().unwrap(), 10);
+    let mut held = Vec::new();
+    // One publication: the notifications of `values` (ms, what, value) in
+    // this order, then the batch's events in the order they are queued.
+    let mut publish = |watch: &mut CycleWatch,
+                       held: &mut Vec<otwatch_proto::ControllerEvent>,
+                       values: &[(i64, &str, f64)]| {
+        let mut out = Vec::new();
+        for &(ms, what, v) in values {
+            match what {
+                "counter" => watch
+                    .counter("a", &at(ms, Variant::UInt32(v as u32)), 1, &mut out)
+                    .unwrap(),
+                "duration" => watch
+                    .duration("a", &at(ms, Variant::Double(v)), 1, &mut out)
+                    .unwrap(),
+                _ => {
+                    let Monitor::Value(temp) = &mut monitors[2] else {
+                        panic!("the items follow the cycle");
+                    };
+                    out.extend(
+                        temp.event("a", &at(ms, Variant::Float(v as f32)), 1)
+                            .unwrap(),
+                    );
+                }
+            }
+        }
+        order_by_cycles(&mut out, held, watch.waiting_since());
+        out.iter()
+            .map(|e| (e.ts_ns, e.kind(), e.value.unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let (cycle, sample) = (EventKind::Cycle, EventKind::Sample);
+    // The first publication of a session comes late and carries the first
+    // two cycles: each item's values in order, the durations listed first.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[
+            (10_000, "duration", 10.0),
+            (21_000, "duration", 11.0),
+            (10_000, "sample", 20.0),
+            (21_000, "sample", 21.0),
+            (10_000, "counter", 1.0),
+            (21_000, "counter", 2.0),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            (ns(10_000), cycle, 10_000.0),
+            (ns(10_000), sample, 20.0),
+            (ns(21_000), cycle, 11_000.0),
+            (ns(21_000), sample, 21.0),
+        ]
+    );
+    // Later, two cycles again, the durations first: the second cycle of
+    // the publication is not taken for the first's.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[
+            (33_000, "duration", 12.0),
+            (46_000, "duration", 13.0),
+            (33_000, "counter", 3.0),
+            (46_000, "counter", 4.0),
+            (33_000, "sample", 22.0),
+            (46_000, "sample", 23.0),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            (ns(33_000), cycle, 12_000.0),
+            (ns(33_000), sample, 22.0),
+            (ns(46_000), cycle, 13_000.0),
+            (ns(46_000), sample, 23.0),
+        ]
+    );
+    // The counters first: both changes wait for their durations, and their
+    // samples with them, across publications.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[
+            (60_000, "counter", 5.0),
+            (75_000, "counter", 6.0),
+            (60_000, "sample", 24.0),
+            (75_000, "sample", 25.0),
+        ],
+    );
+    assert_eq!(got, []);
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[(60_000, "duration", 14.0), (75_000, "duration", 15.0)],
+    );
+    assert_eq!(
+        got,
+        [
+            (ns(60_000), cycle, 14_000.0),
+            (ns(60_000), sample, 24.0),
+            (ns(75_000), cycle, 15_000.0),
+            (ns(75_000), sample, 25.0),
+        ]
+    );
+    assert!(held.is_empty());
+    // The connection is lost while a change waits for its duration: the
+    // change is measured, and goes before its sample in the next batch.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[(80_000, "counter", 7.0), (80_000, "sample", 25.5)],
+    );
+    assert_eq!(got, []);
+    watch.connected("a", &mut held);
+    // The new session's first publication brings the cycle the server
+    // shows (not reported yet) and the next one.
+    let got = publish(
+        &mut watch,
+        &mut held,
+        &[
+            (90_000, "duration", 9.0),
+            (99_000, "duration", 9.0),
+            (90_000, "counter", 8.0),
+            (99_000, "counter", 9.0),
+            (90_000, "sample", 26.0),
+            (99_000, "sample", 27.0),
+        ],
+    );
+    assert_eq!(
+        got,
+        [
+            (ns(80_000), cycle, 5_000.0),
+            (ns(80_000), sample, 25.5),
+            (ns(90_000), cycle, 9_000.0),
+            (ns(90_000), sample, 26.0),
+            (ns(99_000), cycle, 9_000.0),
+            (ns(99_000), sample, 27.0),
+        ]
+    );
+}
+
+#[test]
+fn a_counter_change_waits_for_its_duration_within_bounds() {
+    let s = with_cycle(CYCLE);
+    let config = s.cycle.as_ref().unwrap();
+    let counter = |watch: &mut CycleWatch, ms: i64, n: u32, out: &mut Vec<_>| {
+        watch
+            .counter("a", &at(ms, Variant::UInt32(n)), 1, out)
+            .unwrap()
+    };
+    let duration = |watch: &mut CycleWatch, ms: i64, s: f64, out: &mut Vec<_>| {
+        watch
+            .duration("a", &at(ms, Variant::Double(s)), 1, out)
+            .unwrap()
+    };
+    // A server that keeps one value per item sends one counter change per
+    // publication: the next change measures the one still waiting.
+    let mut watch = CycleWatch::new(config, 1);
+    let mut out = Vec::new();
+    for (ms, n) in [(0, 1), (4_000, 2)] {
+        counter(&mut watch, ms, n, &mut out);
+        duration(&mut watch, ms, 4.0, &mut out);
+    }
+    out.clear();
+    counter(&mut watch, 10_000, 3, &mut out);
+    counter(&mut watch, 22_000, 4, &mut out);
+    assert_eq!(cycles(&out), [(ns(10_000), 6_000.0)]);
+    out.clear();
+    duration(&mut watch, 22_000, 12.0, &mut out);
+    assert_eq!(cycles(&out), [(ns(22_000), 12_000.0)]);
+    assert_eq!(watch.waiting_since(), None);
+    // A duration the server cannot give: the waiting change is measured,
+    // and so is every change until the duration is back.
+    let mut watch = CycleWatch::new(config, 10);
+    let mut out = Vec::new();
+    for (ms, n) in [(0, 0), (4_000, 1)] {
+        counter(&mut watch, ms, n, &mut out);
+        duration(&mut watch, ms, 4.0, &mut out);
+    }
+    out.clear();
+    counter(&mut watch, 10_000, 2, &mut out);
+    assert_eq!(watch.waiting_since(), Some(ns(10_000)));
+    let bad = DataValue {
+        status: Some(StatusCode::BadNotReadable),
+        ..at(10_000, Variant::Empty)
+    };
+    assert!(matches!(
+        watch.duration("a", &bad, 1, &mut out),
+        Err(Refused::Unavailable(_))
+    ));
+    assert_eq!(cycles(&out), [(ns(10_000), 6_000.0)]);
+    assert_eq!(watch.waiting_since(), None);
+    out.clear();
+    counter(&mut watch, 21_000, 3, &mut out);
+    assert_eq!(cycles(&out), [(ns(21_000), 11_000.0)]);
+    out.clear();
+    duration(&mut watch, 33_000, 12.0, &mut out);
+    counter(&mut watch, 33_000, 4, &mut out);
+    assert_eq!(cycles(&out), [(ns(33_000), 12_000.0)]);
+    // A duration item the server refused at the session's start: every
+    // change is measured, from the first one's end (where the count
+    // starts; the cycle it ends has no known start).
+    watch.connected("a", &mut out);
+    watch.duration_refused();
+    let mut out = Vec::new();
+    counter(&mut watch, 40_000, 5, &mut out);
+    counter(&mut watch, 48_000, 6, &mut out);
+    counter(&mut watch, 57_000, 7, &mut out);
+    assert_eq!(cycles(&out), [(ns(57_000), 9_000.0)]);
+    assert_eq!(watch.waiting_since(), None);
 }

@@ -33,7 +33,7 @@ use opcua::types::{
     NodeId, QualifiedName, ReadValueId, SimpleAttributeOperand, StatusCode, Variant,
 };
 use otwatch_proto::{ControllerEvent, EventKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// The BaseEventType, ConditionType and AlarmConditionType of namespace 0.
 const BASE_EVENT_TYPE: u32 = 2041;
@@ -452,36 +452,65 @@ impl EventSource {
 /// The rule: the CYCLE of a counter change at source time T carries the
 /// duration with the same source timestamp T (both written in one update),
 /// whichever of the two arrives first, in one notification or across
-/// several; the change waits for it. When a duration of a later time
-/// arrives first (the server dropped or re-stamped the one written with the
-/// change), or the counter changes again, the waiting change is reported
-/// with the duration measured between counter changes instead: never with
-/// another cycle's duration.
+/// several. A server sends each item's values in the order they were
+/// written, but gives no order between two items: a publication that
+/// carries several cycles (cycles shorter than the publishing interval,
+/// or a publication that comes late, as the first ones of a subscription
+/// often do) may bring the counter's changes first and the durations
+/// after, or the other way round. So every duration received is kept by
+/// its time until its counter change comes, and every counter change
+/// waits for its own duration, oldest first, each reported in the
+/// counter's order:
 ///
-/// At a new session the first counter value is the cycle the server shows
-/// now: with its duration it is reported, unless it is the cycle last
-/// reported (a reconnection); what ended while the agent was away is
-/// unknown and not counted. If a newer duration arrives first (a cycle
-/// ended while the items were created), that cycle is the one shown. No
-/// cycle is reported twice: none at or before the last one reported.
+/// - a change whose duration has come is reported with it;
+/// - a change whose duration did not come although a duration of a later
+///   time did (the server dropped or re-stamped the one written with the
+///   change: durations come in the order they were written, so it will
+///   not come any more) is reported with the duration measured between
+///   counter changes instead: never with another cycle's duration;
+/// - the others wait. At most `queue_size` changes wait (as many as one
+///   publication can carry): beyond, the oldest is measured, and so is
+///   every waiting change while the duration is unavailable (a bad
+///   status, an item the server does not know).
+///
+/// At a new session the first counter change the server sends is the
+/// cycle it shows now: the one the other items' first values were read at
+/// (the server reads the current value of every item when it creates
+/// them, and sends it). With its duration it is reported, at the very
+/// first session too, as the samples sent with it are (a SAMPLE always has
+/// its CYCLE), unless it is the cycle last reported (a reconnection, whose
+/// samples are not reported again either); without, it is where the count
+/// starts. What ended while the agent was away is unknown and not
+/// counted. If a newer
+/// duration arrives before the first change's own (the counter was read
+/// before a cycle ended, the duration after), the cycle it ends is the one
+/// shown. No cycle is reported twice: none at or before the last one
+/// reported.
 #[derive(Debug)]
 pub struct CycleWatch {
     tracker: CycleTracker,
     name: String,
-    /// No counter value seen in this session yet.
+    /// No counter change reported or measured in this session yet.
     fresh: bool,
     /// The source time of the last CYCLE reported, across sessions.
     last_reported: Option<i64>,
     has_duration: bool,
+    /// Whether the duration can come in this session (no bad status).
+    duration_available: bool,
     unit_ms: f64,
-    /// The newest duration: (source time, ms).
-    latest_duration: Option<(i64, f64)>,
-    /// A counter change waiting for its duration: (source time, counter).
-    waiting: Option<(i64, f64)>,
+    /// The durations received and not yet taken: source time -> ms.
+    durations: BTreeMap<i64, f64>,
+    /// Counter changes waiting for their duration, oldest first: (source
+    /// time, counter).
+    waiting: VecDeque<(i64, f64)>,
+    /// How many changes may wait at once.
+    max_waiting: usize,
 }
 
 impl CycleWatch {
-    pub fn new(config: &OpcuaCycleConfig) -> CycleWatch {
+    /// The cycles of a server whose items keep `queue_size` values between
+    /// two publications.
+    pub fn new(config: &OpcuaCycleConfig, queue_size: u32) -> CycleWatch {
         CycleWatch {
             tracker: CycleTracker::new(&CycleConfig {
                 counter: Some(config.counter.clone()),
@@ -493,19 +522,33 @@ impl CycleWatch {
             fresh: true,
             last_reported: None,
             has_duration: config.duration.is_some(),
+            duration_available: true,
             unit_ms: config.unit.ms(),
-            latest_duration: None,
-            waiting: None,
+            durations: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            max_waiting: (queue_size as usize).max(1),
         }
     }
 
-    /// At each new session: what changed while the agent was not
-    /// subscribed is unknown, so the next counter value starts afresh.
-    pub fn connected(&mut self) {
+    /// At each new session: the changes still waiting for their duration
+    /// when the last one ended are measured (their durations are lost with
+    /// it; their samples were reported or wait for them), into `out`; what
+    /// changed while the agent was not subscribed is unknown, so the next
+    /// counter value starts afresh.
+    pub fn connected(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
+        self.duration_available = false;
+        self.resolve(asset, out);
         self.tracker.connected();
         self.fresh = true;
-        self.latest_duration = None;
-        self.waiting = None;
+        self.duration_available = true;
+        self.durations.clear();
+        self.waiting.clear();
+    }
+
+    /// The server refused the duration's item at this session's start:
+    /// every counter change of the session is measured.
+    pub fn duration_refused(&mut self) {
+        self.duration_available = false;
     }
 
     /// The CYCLE events of a counter value at `ts` with the controller's
@@ -550,16 +593,37 @@ impl CycleWatch {
         }
     }
 
-    /// The source time of a counter change waiting for its duration.
+    /// The source time of the oldest counter change waiting for its
+    /// duration.
     pub fn waiting_since(&self) -> Option<i64> {
-        self.waiting.map(|(ts, _)| ts)
+        self.waiting.front().map(|(ts, _)| *ts)
     }
 
-    /// Reports the waiting counter change, if any, with the duration
-    /// measured between counter changes (its own never came).
-    fn give_up_waiting(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
-        if let Some((ts, count)) = self.waiting.take() {
-            self.report(asset, count, None, ts, out);
+    /// Reports the waiting changes that can be: oldest first, each with
+    /// its own duration, or measured when it will not come.
+    fn resolve(&mut self, asset: &str, out: &mut Vec<ControllerEvent>) {
+        while let Some(&(ts, count)) = self.waiting.front() {
+            let ms = if !self.has_duration {
+                None
+            } else if let Some(ms) = self.durations.remove(&ts) {
+                Some(ms)
+            } else if !self.duration_available
+                || self.waiting.len() > self.max_waiting
+                || self.durations.range(ts..).next().is_some()
+            {
+                // Its duration will not come (a later one came first).
+                None
+            } else {
+                break;
+            };
+            self.waiting.pop_front();
+            self.report(asset, count, ms, ts, out);
+            // Older durations belong to no change still to come.
+            self.durations = self.durations.split_off(&ts);
+        }
+        // Durations whose counter change is not known yet, bounded.
+        while self.durations.len() > self.max_waiting {
+            self.durations.pop_first();
         }
     }
 
@@ -574,21 +638,13 @@ impl CycleWatch {
         let Some((ts, count)) = cycle_number(value, now, "counter")? else {
             return Ok(());
         };
-        self.give_up_waiting(asset, out);
-        match self.latest_duration {
-            _ if !self.has_duration => self.report(asset, count, None, ts, out),
-            Some((duration_ts, ms)) if duration_ts == ts => {
-                self.report(asset, count, Some(ms), ts, out)
-            }
-            // A later cycle's duration came first: this one's is lost.
-            Some((duration_ts, _)) if duration_ts > ts => self.report(asset, count, None, ts, out),
-            _ => self.waiting = Some((ts, count)),
-        }
+        self.waiting.push_back((ts, count));
+        self.resolve(asset, out);
         Ok(())
     }
 
-    /// A notification of the duration: the CYCLE of a counter change that
-    /// waited for it, if any.
+    /// A notification of the duration: the CYCLEs of the counter changes
+    /// that waited for it, if any.
     pub fn duration(
         &mut self,
         asset: &str,
@@ -596,28 +652,31 @@ impl CycleWatch {
         now: i64,
         out: &mut Vec<ControllerEvent>,
     ) -> Result<(), Refused> {
-        let Some((ts, duration)) = cycle_number(value, now, "duration")? else {
-            return Ok(());
-        };
-        let ms = duration * self.unit_ms;
-        self.latest_duration = Some((ts, ms));
-        match self.waiting {
-            Some((waited_ts, count)) if ts == waited_ts => {
-                self.waiting = None;
-                self.report(asset, count, Some(ms), waited_ts, out);
-            }
-            Some((waited_ts, _)) if ts > waited_ts => {
-                let fresh = self.fresh;
-                self.give_up_waiting(asset, out);
-                if fresh {
-                    // The counter moved on while the session started (its
-                    // first value was read before the cycle this duration
-                    // ends): that cycle is reported now, and the counter's
-                    // change to it, if it comes, is not reported again.
-                    self.report_shown(asset, ms, ts, out);
+        let (ts, duration) = match cycle_number(value, now, "duration") {
+            Ok(Some(value)) => value,
+            Ok(None) => return Ok(()),
+            Err(refused) => {
+                if matches!(refused, Refused::Unavailable(_)) {
+                    self.duration_available = false;
+                    self.resolve(asset, out);
                 }
+                return Err(refused);
             }
-            _ => {}
+        };
+        self.duration_available = true;
+        let ms = duration * self.unit_ms;
+        // At a session's start: whether the first counter change waits
+        // and is older than this duration (its own will not come).
+        let fresh = self.fresh;
+        let first_waits = self.waiting.front().is_some_and(|(waited, _)| *waited < ts);
+        self.durations.insert(ts, ms);
+        self.resolve(asset, out);
+        if fresh && first_waits && self.durations.contains_key(&ts) {
+            // The counter moved on while the session started (its first
+            // value was read before the cycle this duration ends): that
+            // cycle is reported now, and the counter's change to it, if it
+            // comes, is not reported again.
+            self.report_shown(asset, ms, ts, out);
         }
         Ok(())
     }
