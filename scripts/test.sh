@@ -2,7 +2,8 @@
 # Runs the whole otwatch test suite on a fresh machine: installs what the
 # tests need (the Python readers pyarrow and DuckDB; psql and psycopg, the
 # SQL endpoint's clients; rsyslog, Mosquitto, pymodbus, pymcprotocol and
-# asyncua, the peers of the alert outputs and the agent's sources), checks
+# asyncua, the peers of the alert outputs and the agent's sources;
+# chromium, playwright-core and schemathesis for the dashboard), checks
 # formatting and lints, checks that the agent stays free of heavy
 # dependencies, validates the Kubernetes manifests, builds the binaries and
 # runs every test.
@@ -54,6 +55,29 @@ if ! python3 -c 'import psycopg; assert psycopg.__version__ == "3.3.9"' 2>/dev/n
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'psycopg[binary]==3.3.9'
 fi
 python3 -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
+
+step "test peers for the dashboard: Debian chromium, playwright-core (npm, pinned by tests/browser/package-lock.json) and schemathesis (PyPI)"
+# The browser test drives Debian's chromium with playwright-core, which
+# never downloads a browser of its own; schemathesis checks the API against
+# docs/dashboard-api.yaml. About a minute on a fresh machine (chromium is
+# the bulk), nothing when present.
+if ! command -v chromium >/dev/null || ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt_get() { apt-get -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "$@" >/dev/null; }
+  apt_get install chromium fonts-dejavu-core nodejs npm || { apt-get update -qq -o DPkg::Lock::Timeout=300 && apt_get install chromium fonts-dejavu-core nodejs npm; }
+fi
+browser_cache="$HOME/.cache/otwatch/browser"
+if ! cmp -s tests/browser/package-lock.json "$browser_cache/package-lock.json" || [ ! -d "$browser_cache/node_modules/playwright-core" ]; then
+  mkdir -p "$browser_cache"
+  cp tests/browser/package.json tests/browser/package-lock.json "$browser_cache/"
+  (cd "$browser_cache" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+if [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore schemathesis==4.32.5
+fi
+chromium --version 2>/dev/null | grep -v '^\[' || true
+node -e 'console.log("playwright-core", require(process.argv[1] + "/node_modules/playwright-core/package.json").version)' "$browser_cache"
+schemathesis --version
 
 step "Kubernetes manifests (k8s/): every overlay rendered and validated, broken copies refused"
 # Offline: kubectl kustomize, kubernetes-validate (pinned) and the Strimzi
