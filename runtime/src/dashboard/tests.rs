@@ -523,3 +523,62 @@ async fn the_api_limits_each_user_to_their_sites_and_role_and_audits_their_decis
     drop(live);
     service.stop(Duration::from_secs(5)).await.unwrap();
 }
+
+#[tokio::test]
+async fn over_tls_with_the_collector_certificate_the_cookie_is_secure_and_plaintext_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    otwatch_pki::init(&pki).unwrap();
+    otwatch_pki::issue(
+        &pki,
+        &otwatch_pki::Subject::Collector {
+            hosts: vec!["127.0.0.1".into()],
+        },
+        otwatch_pki::LEAF_VALIDITY,
+    )
+    .unwrap();
+    let mut config = ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        insecure_loopback: true,
+        outputs: Vec::new(),
+        dashboard_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerConfig::default()
+    };
+    config.dashboard.users = vec![user("ana", "ana-pw", Role::Analyst, None)];
+    config.dashboard.tls = Some(super::DashboardTlsConfig {
+        cert: pki.join(otwatch_pki::COLLECTOR_CERT),
+        key: pki.join(otwatch_pki::COLLECTOR_KEY),
+    });
+    let service = Service::start(config.clone()).await.unwrap();
+    let addr = service.dashboard_addr.unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join(otwatch_pki::CA_CERT)).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let answer = https
+        .post(format!("https://{addr}/api/signin"))
+        .header("content-type", "application/json")
+        .body(r#"{"user":"ana","password":"ana-pw"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plaintext HTTP on the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/api/session"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    service.stop(Duration::from_secs(5)).await.unwrap();
+
+    // A key that does not go with the certificate stops the start, named.
+    config.dashboard.tls.as_mut().unwrap().key = pki.join(otwatch_pki::CA_KEY);
+    config.data_dir = dir.path().join("data2");
+    let e = format!("{:#}", Service::start(config).await.err().unwrap());
+    assert!(e.contains("[dashboard.tls]") && e.contains("ca-key.pem"), "{e}");
+}

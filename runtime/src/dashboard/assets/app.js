@@ -377,7 +377,7 @@ async function assetPage() {
         h("div", {}, h("dt", {}, "Newest event"), h("dd", {}, a.at_ns ? fmtTime(a.at_ns / 1e6) : ""))),
       h("div", { class: "actions" },
         decide("Relearn", { site, asset: name }, "Forget what " + name + " learned and learn it again from its next events?"),
-        h("span", { class: "muted" }, "Accept an open episode from its alert's page (Accept as normal).")),
+        h("span", { class: "muted" }, "Accept an open episode as normal from the models below.")),
       note),
     h("div", { class: "panel" }, h("div", { class: "actions" }, choice, range),
       h("div", { id: "plot", class: "plot" }), h("p", { id: "plot-note", class: "legend-note" })),
@@ -385,7 +385,15 @@ async function assetPage() {
     h("table", { id: "models" }, h("tr", {}, ["Model", "Tag", "State", "Learned", "Open since", "Open alerts"].map((t) => h("th", {}, t))),
       a.models.map((m) => h("tr", {}, h("td", {}, m.model), h("td", {}, m.name), h("td", {}, m.state), h("td", {}, m.baseline),
         h("td", {}, m.open_since_ns ? fmtTime(m.open_since_ns / 1e6) : ""),
-        h("td", {}, m.open_alerts.map((id) => h("a", { href: link("alert", { id }) }, id.slice(0, 12) + "… ")))))));
+        h("td", {}, m.open_alerts.map((id) => h("span", {},
+          h("a", { href: link("alert", { id }) }, id.slice(0, 12) + "…"), " ",
+          isAnalyst() ? h("button", {
+            class: "accept",
+            onclick: async () => {
+              if (!confirm("Take the deviation of this episode (" + m.model + (m.name ? " " + m.name : "") + ") as the new normal?")) return;
+              try { const r = await api("POST", "/api/alerts/" + encodeURIComponent(id) + "/accept"); note.textContent = r.detail; } catch (x) { note.textContent = x.message; }
+            },
+          }, "Accept") : null, " ")))))));
   if (d.series.length) await plotSeries(d, choice.value, +range.value);
   else document.getElementById("plot").append(h("p", { class: "muted" }, "No cycle times or numeric tags in the last day."));
 }
