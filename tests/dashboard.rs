@@ -103,14 +103,22 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
             break rest.split('/').next().unwrap().to_string();
         }
     };
-    // Some history to read: cycles of one asset, an alert-free day.
+    // Some history to read: 100,000 cycles of one asset, one a second up
+    // to now.
     let mut stream = common::open_greeted(channel, "plant-a", "gw-1")
         .await
         .unwrap();
-    stream
-        .send(common::batch("plant-a", "gw-1", 1..=50))
-        .await
-        .unwrap();
+    const CYCLES: u64 = 100_000;
+    let now = common::now_ns();
+    for first in (1..=CYCLES).step_by(10_000) {
+        let mut batch = common::batch("plant-a", "gw-1", first..=first + 9_999);
+        for e in &mut batch.events {
+            e.ts_ns = now - (CYCLES - e.seq) as i64 * 1_000_000_000;
+            e.value = Some(10_000.0 + (e.seq % 101) as f64);
+        }
+        let ack = stream.send(batch).await.unwrap();
+        assert!(ack.refused.is_empty(), "{ack:?}");
+    }
     let (status, head, body) = http(
         &addr,
         "POST",
@@ -128,7 +136,52 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
         .as_str()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_secs(2));
+    // The asset's whole series through the API, as the asset page asks
+    // for it: how long the server takes to query and send 100,000 points.
+    let now_ms = now / 1_000_000;
+    let path = format!(
+        "/api/series?site=plant-a&asset=line1/press-01&kind=CYCLE&name=cycle&from_ms={}&to_ms={}",
+        now_ms - 2 * 86_400_000,
+        now_ms + 1
+    );
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\ncookie: otwatch_session={session}\r\nconnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let series = loop {
+        let started = Instant::now();
+        let answer = get(&path);
+        let took = started.elapsed();
+        let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+        let series: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if series["t"]
+            .as_array()
+            .is_some_and(|t| t.len() as u64 == CYCLES)
+        {
+            println!(
+                "dashboard figures: /api/series of {CYCLES} points answered in {} ms ({} bytes of JSON)",
+                took.as_millis(),
+                body.len()
+            );
+            break series;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the series never held every cycle: {}",
+            &body[..body.len().min(300)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let t = series["t"].as_array().unwrap();
+    assert!(
+        t.windows(2).all(|w| w[0].as_i64() < w[1].as_i64()),
+        "oldest first"
+    );
 
     let repo = common::repo_dir();
     let out = Command::new("schemathesis")

@@ -552,7 +552,9 @@ async fn over_tls_with_the_collector_certificate_the_cookie_is_secure_and_plaint
     });
     let service = Service::start(config.clone()).await.unwrap();
     let addr = service.dashboard_addr.unwrap();
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join(otwatch_pki::CA_CERT)).unwrap()).unwrap();
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(pki.join(otwatch_pki::CA_CERT)).unwrap())
+            .unwrap();
     let https = reqwest::Client::builder()
         .add_root_certificate(ca)
         .build()
@@ -580,5 +582,8 @@ async fn over_tls_with_the_collector_certificate_the_cookie_is_secure_and_plaint
     config.dashboard.tls.as_mut().unwrap().key = pki.join(otwatch_pki::CA_KEY);
     config.data_dir = dir.path().join("data2");
     let e = format!("{:#}", Service::start(config).await.err().unwrap());
-    assert!(e.contains("[dashboard.tls]") && e.contains("ca-key.pem"), "{e}");
+    assert!(
+        e.contains("[dashboard.tls]") && e.contains("ca-key.pem"),
+        "{e}"
+    );
 }
