@@ -22,31 +22,14 @@
 
 mod common;
 
+use common::sql;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn sql(data_dir: &Path, query: &str) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_otwatch"))
-        .args(["sql", "--format", "json", "--data-dir"])
-        .arg(data_dir)
-        .arg(query)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// One HTTP/1.1 request: (status, headers, body).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::agent_binary;
+use common::{agent_binary, sql};
 
 use serde_json::Value;
 use std::path::Path;
@@ -27,25 +27,6 @@ fn run_json(cmd: &mut Command) -> Value {
     let text = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn sql(data_dir: &Path, query: &str) -> Vec<Value> {
-    let out = otwatch()
-        .args(["sql", "--format", "json", "--data-dir"])
-        .arg(data_dir)
-        .arg(query)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn read_with_python(history: &Path) -> Value {

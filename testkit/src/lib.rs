@@ -12,6 +12,37 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// Appends events of one agent (stamped received at `received_ns`) to the
+/// `events` topic, as the collector would.
+pub async fn append_events(
+    log: &dyn EventLog,
+    site: &str,
+    agent: &str,
+    events: &[ControllerEvent],
+    received_ns: i64,
+) {
+    let batch = otwatch_proto::arrow::events_to_batch(site, agent, events, received_ns).unwrap();
+    append(log, Topic::Events, batch).await;
+}
+
+/// Appends alerts to the `alerts` topic, as the detector would.
+pub async fn append_alerts(log: &dyn EventLog, alerts: &[otwatch_proto::Alert]) {
+    let batch = otwatch_proto::arrow::alerts_to_batch(alerts).unwrap();
+    append(log, Topic::Alerts, batch).await;
+}
+
+async fn append(log: &dyn EventLog, topic: Topic, batch: arrow_array::RecordBatch) {
+    log.append(
+        topic,
+        vec![otwatch_eventlog::Record {
+            batch,
+            producer: None,
+        }],
+    )
+    .await
+    .unwrap();
+}
+
 /// Every event in the log's `events` topic, in log order.
 pub async fn log_events(log: &dyn EventLog) -> Vec<ControllerEvent> {
     let mut consumer = log.consumer(Topic::Events, "testkit-check").await.unwrap();

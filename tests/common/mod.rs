@@ -213,3 +213,24 @@ pub fn run_otwatch(args: &[&str], data: &std::path::Path) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Runs `otwatch sql --format json` over `data_dir` and returns the rows.
+#[allow(dead_code)] // not every test binary queries
+pub fn sql(data_dir: &std::path::Path, query: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otwatch"))
+        .args(["sql", "--format", "json", "--data-dir"])
+        .arg(data_dir)
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -7,9 +7,7 @@ use crate::admin::alerts::Suppression;
 use crate::health::Health;
 use crate::outputs::alert_json;
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
-use otwatch_proto::arrow::{
-    batch_to_alerts, control_to_batch, events_to_batch, state, GENESIS_HASH,
-};
+use otwatch_proto::arrow::{batch_to_alerts, control_to_batch, state, GENESIS_HASH};
 use otwatch_proto::{ControllerEvent, EventKind};
 use tokio::sync::watch;
 
@@ -81,16 +79,7 @@ async fn send(
             }
         })
         .collect();
-    let batch = events_to_batch(site, "gw-1", &events, base).unwrap();
-    log.append(
-        Topic::Events,
-        vec![Record {
-            batch,
-            producer: None,
-        }],
-    )
-    .await
-    .unwrap();
+    otwatch_testkit::append_events(log, site, "gw-1", &events, base).await;
 }
 
 /// Twelve minutes of polls (ten of learning).

@@ -591,22 +591,17 @@ fn comment_of(body: &[u8]) -> Result<Option<String>, ApiError> {
     Ok(c.comment.filter(|c| !c.is_empty()))
 }
 
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
 async fn ack(
     State(state): State<AppState>,
     Analyst(me): Analyst,
     Path(id): Path<String>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    visible_alert(&state, &me, &id).await?;
-    let comment = comment_of(&body.map_err(too_large)?)?;
-    decide(
-        &state,
-        &me,
-        Request::AlertAck {
-            alert_id: id,
-            comment,
-        },
-    )
+    change_state(&state, &me, id, body, |alert_id, comment| {
+        Request::AlertAck { alert_id, comment }
+    })
     .await
 }
 
@@ -614,19 +609,25 @@ async fn resolve(
     State(state): State<AppState>,
     Analyst(me): Analyst,
     Path(id): Path<String>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    visible_alert(&state, &me, &id).await?;
-    let comment = comment_of(&body.map_err(too_large)?)?;
-    decide(
-        &state,
-        &me,
-        Request::AlertResolve {
-            alert_id: id,
-            comment,
-        },
-    )
+    change_state(&state, &me, id, body, |alert_id, comment| {
+        Request::AlertResolve { alert_id, comment }
+    })
     .await
+}
+
+/// An ack or a resolve of an alert the user sees, with the body's comment.
+async fn change_state(
+    state: &Shared,
+    me: &Session,
+    id: String,
+    body: Body,
+    request: impl FnOnce(String, Option<String>) -> Request,
+) -> ApiResult {
+    visible_alert(state, me, &id).await?;
+    let comment = comment_of(&body.map_err(too_large)?)?;
+    decide(state, me, request(id, comment)).await
 }
 
 async fn accept(

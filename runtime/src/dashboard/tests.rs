@@ -5,8 +5,7 @@
 use super::auth::{hash_password, token_from_cookies, Auth, SigninRefused};
 use super::config::{DashboardConfig, DashboardUser, Role};
 use crate::{ServerConfig, Service};
-use otwatch_eventlog::{EventLog, Record, Topic};
-use otwatch_proto::arrow::{alerts_to_batch, events_to_batch};
+use otwatch_eventlog::EventLog;
 use otwatch_proto::{Alert, ControllerEvent, EventKind, Severity};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -173,29 +172,7 @@ async fn append_cycles(log: &dyn EventLog, site: &str, asset: &str, n: u64) {
         })
         .collect();
     let received = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let batch = events_to_batch(site, "gw-1", &events, received).unwrap();
-    log.append(
-        Topic::Events,
-        vec![Record {
-            batch,
-            producer: None,
-        }],
-    )
-    .await
-    .unwrap();
-}
-
-async fn append_alerts(log: &dyn EventLog, alerts: &[Alert]) {
-    let batch = alerts_to_batch(alerts).unwrap();
-    log.append(
-        Topic::Alerts,
-        vec![Record {
-            batch,
-            producer: None,
-        }],
-    )
-    .await
-    .unwrap();
+    otwatch_testkit::append_events(log, site, "gw-1", &events, received).await;
 }
 
 /// A client of the dashboard: one session's cookie and CSRF token.
@@ -313,7 +290,7 @@ async fn the_api_limits_each_user_to_their_sites_and_role_and_audits_their_decis
         T0 + 300_000_000_000,
         30,
     );
-    append_alerts(log, &[a1.clone(), b1.clone()]).await;
+    otwatch_testkit::append_alerts(log, &[a1.clone(), b1.clone()]).await;
 
     // The page and its files, with a policy that runs only them.
     let page = reqwest::get(format!("{base}/")).await.unwrap();
@@ -467,7 +444,7 @@ async fn the_api_limits_each_user_to_their_sites_and_role_and_audits_their_decis
         T0 + 400_000_000_000,
         30,
     );
-    append_alerts(log, &[a2, b2]).await;
+    otwatch_testkit::append_alerts(log, &[a2, b2]).await;
     let mut received = String::new();
     while !received.contains("00000000000000b2") {
         let chunk = tokio::time::timeout(Duration::from_secs(20), live.chunk())

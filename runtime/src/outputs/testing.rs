@@ -5,7 +5,7 @@
 use super::{AlertOutput, OutputConfig};
 use crate::health::{Health, Reporter, State};
 use crate::supervisor::{Stage, Supervisor};
-use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Record, Topic};
+use otwatch_eventlog::{EventLog, LocalLog, LocalLogConfig, Topic};
 use otwatch_proto::{Alert, Severity};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,17 +111,7 @@ impl Running {
 
     /// Appends one record of alerts to the alerts topic.
     pub async fn append(&self, alerts: &[Alert]) {
-        let batch = otwatch_proto::arrow::alerts_to_batch(alerts).unwrap();
-        self.log
-            .append(
-                Topic::Alerts,
-                vec![Record {
-                    batch,
-                    producer: None,
-                }],
-            )
-            .await
-            .unwrap();
+        otwatch_testkit::append_alerts(self.log.as_ref(), alerts).await;
     }
 
     /// The offset the output's group has committed.
