@@ -32,6 +32,7 @@ fn batch(n: usize) -> EventBatch {
         site: "plant-lyon".into(),
         agent: "gw-1".into(),
         events,
+        queue_backlog: 0,
     }
 }
 

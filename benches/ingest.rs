@@ -168,6 +168,7 @@ async fn agent(
                 site: site.clone(),
                 agent: "load".into(),
                 events: batch,
+                queue_backlog: 0,
             })
             .await
             .unwrap();
@@ -333,6 +334,7 @@ async fn alert_phase() {
             site: "plant".into(),
             agent: "gw".into(),
             events,
+            queue_backlog: 0,
         };
         let tx = tx.clone();
         async move { tx.send(batch).await.unwrap() }

@@ -99,6 +99,7 @@ impl Plant {
                 site: SITE.into(),
                 agent: "gw-1".into(),
                 events,
+                queue_backlog: 0,
             })
             .await
             .unwrap();

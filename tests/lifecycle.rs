@@ -58,6 +58,7 @@ impl Agent {
                 site: self.site.into(),
                 agent: self.agent.into(),
                 events,
+                queue_backlog: 0,
             })
             .await
             .unwrap();

@@ -40,6 +40,14 @@
 //! they were acked and cannot be sent again: the sender logs the range as an
 //! error, counts it (`lost_at_collector`, once per gap, not at every
 //! reconnect) and resumes after the ack mark, so new events flow at once.
+//!
+//! # What the collector learns besides events
+//!
+//! Each stream opens with the agent's version ([`AGENT_VERSION`], in the
+//! `x-otwatch-agent-version` header), and each batch carries the queue's
+//! backlog when it was built (`queue_backlog`: events not yet acknowledged,
+//! the batch's own included), so that the collector's fleet status shows
+//! which version runs where and how far each agent is behind.
 
 use crate::config::{Compression, SenderConfig};
 use crate::dead_letter::{DeadLetter, DeadLetterEntry, Outcome};
@@ -56,7 +64,11 @@ use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Endpoint;
 
-use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
+use otwatch_proto::identity::{AGENT_HEADER, AGENT_VERSION_HEADER, SITE_HEADER};
+
+/// This agent's version, sent to the collector in [`AGENT_VERSION_HEADER`]
+/// when a stream opens (the collector shows it on its fleet status).
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Counters of the sender.
 #[derive(Debug, Default)]
@@ -240,7 +252,11 @@ impl Sender {
         };
         let (tx, rx) = mpsc::channel::<EventBatch>(cfg.max_in_flight);
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        for (key, value) in [(SITE_HEADER, &self.site), (AGENT_HEADER, &self.agent)] {
+        for (key, value) in [
+            (SITE_HEADER, self.site.as_str()),
+            (AGENT_HEADER, self.agent.as_str()),
+            (AGENT_VERSION_HEADER, AGENT_VERSION),
+        ] {
             request.metadata_mut().insert(
                 key,
                 value
@@ -526,7 +542,122 @@ impl Sender {
             site: self.site.clone(),
             agent: self.agent.clone(),
             events,
+            queue_backlog: self.backlog(),
         };
         Ok((batch, last))
+    }
+
+    /// Events in the queue not yet acknowledged by the collector.
+    fn backlog(&self) -> u64 {
+        self.queue.last_seq().saturating_sub(self.queue.acked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::DiskQueue;
+    use otwatch_proto::{ControllerEvent, EventKind};
+
+    fn events(n: usize) -> Vec<ControllerEvent> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        (0..n)
+            .map(|i| ControllerEvent {
+                ts_ns: now + i as i64,
+                asset: "line1/press-01".into(),
+                kind: EventKind::Cycle as i32,
+                name: "cycle".into(),
+                value: Some(1000.0),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A sender of `plant-a`/`gw-1` over a queue in `dir` holding `n`
+    /// events, sending to `url`.
+    async fn sender(dir: &std::path::Path, n: usize, url: String) -> Sender {
+        let queue =
+            QueueHandle::new(DiskQueue::open(dir.join("queue"), Default::default()).unwrap());
+        queue.append(events(n)).await.unwrap();
+        queue
+            .subscribe_appends()
+            .wait_for(|&last| last >= n as u64)
+            .await
+            .unwrap();
+        Sender {
+            config: SenderConfig {
+                url,
+                batch_max_events: 2,
+                batch_max_delay: Duration::from_millis(1),
+                reconnect_min: Duration::from_millis(10),
+                reconnect_max: Duration::from_millis(100),
+                ..Default::default()
+            },
+            site: "plant-a".into(),
+            agent: "gw-1".into(),
+            max_message_bytes: 1 << 20,
+            queue,
+            metrics: Arc::default(),
+            seq_offset_path: dir.join("seq_offset"),
+            dead_letter: Arc::new(std::sync::Mutex::new(
+                DeadLetter::open(dir, 1 << 20).unwrap(),
+            )),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_batch_carries_the_backlog_of_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let sender = sender(dir.path(), 5, "http://127.0.0.1:9".into()).await;
+        let mut appended = sender.queue.subscribe_appends();
+        let (batch, last) = sender.next_batch(1, 0, &mut appended).await.unwrap();
+        assert_eq!((batch.events.len(), last), (2, 2));
+        // Everything not yet acknowledged, this batch's events included.
+        assert_eq!(batch.queue_backlog, 5);
+        sender.queue.ack(2).await.unwrap();
+        let (batch, last) = sender.next_batch(3, 0, &mut appended).await.unwrap();
+        assert_eq!((batch.events.len(), last), (2, 4));
+        assert_eq!(batch.queue_backlog, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_collector_learns_the_version_and_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            otwatch_eventlog::LocalLog::open(dir.path().join("log"), Default::default()).unwrap(),
+        );
+        let collector = otwatch_collector::Collector::new(log, Default::default()).unwrap();
+        let metrics = collector.metrics();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(collector.serve(listener, None, std::future::pending()));
+
+        // Two events: one batch, sent with both unacknowledged.
+        let sender = sender(&dir.path().join("agent"), 2, url).await;
+        let queue = sender.queue.clone();
+        let (stop, stopped) = watch::channel(false);
+        let running = tokio::spawn(sender.run(stopped));
+        tokio::time::timeout(Duration::from_secs(30), queue.wait_acked(2))
+            .await
+            .expect("the events were not acknowledged");
+        let status = metrics.agents.get("plant-a", "gw-1").unwrap();
+        assert!(status.connected);
+        assert_eq!(status.version.as_deref(), Some(AGENT_VERSION));
+        assert_eq!(status.queue_backlog, Some(2));
+        assert!(status.last_batch_ns.is_some());
+
+        stop.send_replace(true);
+        running.await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.agents.get("plant-a", "gw-1").unwrap().connected {
+            assert!(
+                Instant::now() < deadline,
+                "still connected after the agent stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -463,6 +463,9 @@ pub struct PeerInfo {
     /// `None` on plaintext connections, where agents name themselves with
     /// headers.
     pub identity: Option<Result<AgentIdentity, String>>,
+    /// When the verified client certificate expires (its `notAfter`, ns
+    /// since the epoch); `None` on plaintext connections.
+    pub cert_not_after_ns: Option<i64>,
     pub streams: StreamTracker,
 }
 
@@ -619,6 +622,7 @@ pub fn plain_incoming(
             let info = PeerInfo {
                 remote,
                 identity: None,
+                cert_not_after_ns: None,
                 streams: slot.streams(),
             };
             if tx.send(Ok(Conn::new(tcp, info, slot))).await.is_err() {

@@ -37,7 +37,11 @@
 //! - with TLS ([`tls`]), the agent's identity is its verified client
 //!   certificate's; headers and payload cannot change it. Plaintext, where
 //!   agents name themselves with headers, is for loopback trials only (the
-//!   central binary refuses it elsewhere).
+//!   central binary refuses it elsewhere);
+//! - every agent that opens a stream is listed in the fleet status
+//!   ([`CollectorMetrics::agents`], see [`agents`]) with its version,
+//!   reported backlog, certificate expiry, peer address and whether it is
+//!   connected now.
 //!
 //! # Refused events and the producer mark
 //!
@@ -65,6 +69,7 @@
 //! and the resend (it aged past `max_past_secs`, or came within
 //! `max_future_skew_secs`, in between).
 
+pub mod agents;
 pub mod connections;
 pub mod service;
 pub mod tls;
@@ -83,7 +88,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-pub use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
+pub use agents::{AgentRegistry, AgentStatus};
+pub use otwatch_proto::identity::{AGENT_HEADER, AGENT_VERSION_HEADER, SITE_HEADER};
 
 /// Settings of the ingest server (the `[collector]` config section).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -209,6 +215,9 @@ pub struct CollectorMetrics {
     pub tls_handshake_timeouts: AtomicU64,
     /// Agent streams ended by a shutdown of the collector.
     pub streams_ended_by_shutdown: AtomicU64,
+    /// The fleet status: one entry per agent that has opened a stream
+    /// (read it with [`AgentRegistry::snapshot`]).
+    pub agents: AgentRegistry,
 }
 
 /// A snapshot of [`CollectorMetrics`].
@@ -471,6 +480,7 @@ impl Collector {
             site,
             agent,
             events,
+            queue_backlog: _,
         } = batch;
         let mut refused = Vec::new();
         let mut fresh_refused = 0usize;
@@ -660,7 +670,25 @@ impl Collector {
     }
 }
 
-fn now_ns() -> i64 {
+/// The agent's version header when it is usable
+/// ([`otwatch_proto::identity::valid_version`]); anything else is logged and
+/// ignored: the version only informs.
+fn agent_version<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get(AGENT_VERSION_HEADER)?;
+    match value.to_str() {
+        Ok(v) if otwatch_proto::identity::valid_version(v) => Some(v.to_string()),
+        _ => {
+            tracing::debug!(
+                len = value.len(),
+                "{AGENT_VERSION_HEADER} is not 1 to {} printable ASCII characters; ignored",
+                otwatch_proto::identity::MAX_VERSION_LEN
+            );
+            None
+        }
+    }
+}
+
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -686,7 +714,9 @@ impl Ingest for Collector {
         // Counted from here until the stream task ends: meanwhile the
         // connection is neither idle nor evictable.
         let open = peer.as_ref().map(|p| p.streams.stream_opened());
+        let cert_not_after_ns = peer.as_ref().and_then(|p| p.cert_not_after_ns);
         let shutting_down = peer.map(|p| p.streams.shutting_down());
+        let version = agent_version(&request);
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("ingest", site = %identity.site, agent = %identity.agent, remote = ?remote);
         let metrics = self.inner.metrics.clone();
@@ -705,7 +735,23 @@ impl Ingest for Collector {
                 )));
             }
         };
-        span.in_scope(|| tracing::info!(durable_seq = held, "agent connected"));
+        span.in_scope(|| {
+            tracing::info!(
+                durable_seq = held,
+                version = version.as_deref().unwrap_or("unknown"),
+                "agent connected"
+            )
+        });
+        let status = agents::OpenStream::new(
+            metrics.clone(),
+            &identity,
+            agents::StreamOpened {
+                version,
+                cert_not_after_ns,
+                peer: remote.map(|r| r.to_string()),
+            },
+            now_ns(),
+        );
         // Acks are few and small; a short buffer keeps a slow reader from
         // holding many and still lets the next batch be processed.
         let (tx, rx) = mpsc::channel(8);
@@ -720,6 +766,7 @@ impl Ingest for Collector {
         tokio::spawn(
             async move {
                 let _open = open;
+                let status = status;
                 let shutting_down = async move {
                     match shutting_down {
                         Some(signal) => signal.await,
@@ -761,6 +808,7 @@ impl Ingest for Collector {
                             break;
                         }
                     };
+                    status.batch_received(batch.queue_backlog, now_ns());
                     let reply = collector.ingest(&identity, batch, now_ns()).await;
                     let failed = reply.is_err();
                     if tx.send(reply).await.is_err() || failed {

@@ -32,7 +32,9 @@
 //!   taken within [`RELOAD_CHECK_INTERVAL`] without a restart, and every open
 //!   connection is then closed so that its agent handshakes again against
 //!   them ([`Acceptor`]); connections are also closed at
-//!   `MAX_CONNECTION_AGE`, so no certificate goes unchecked for longer.
+//!   `MAX_CONNECTION_AGE`, so no certificate goes unchecked for longer;
+//! - the certificate's expiry (`notAfter`) is handed on in [`PeerInfo`] too,
+//!   for the fleet status ([`crate::agents`]).
 
 use crate::connections::{accept, Admission, CloseReason, Conn, PeerInfo};
 use crate::{AgentIdentity, CollectorMetrics};
@@ -249,12 +251,14 @@ impl Acceptor {
 /// A verified TLS connection, as tonic serves it.
 pub type TlsConn = Conn<TlsStream<TcpStream>>;
 
-fn peer_identity(stream: &TlsStream<TcpStream>) -> Result<AgentIdentity, String> {
+/// The verified client certificate of `stream` (its end-entity one).
+fn peer_certificate(stream: &TlsStream<TcpStream>) -> Option<&CertificateDer<'static>> {
     let (_, session) = stream.get_ref();
-    let cert = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("no client certificate")?;
+    session.peer_certificates().and_then(|c| c.first())
+}
+
+fn peer_identity(cert: Option<&CertificateDer<'_>>) -> Result<AgentIdentity, String> {
+    let cert = cert.ok_or("no client certificate")?;
     let (site, agent) = otwatch_proto::identity::identity_from_cert_der(cert)?;
     Ok(AgentIdentity { site, agent })
 }
@@ -325,9 +329,11 @@ pub fn tls_incoming(
                         return;
                     }
                 };
+                let cert = peer_certificate(&stream);
                 let info = PeerInfo {
                     remote,
-                    identity: Some(peer_identity(&stream)),
+                    identity: Some(peer_identity(cert)),
+                    cert_not_after_ns: cert.and_then(|c| crate::agents::cert_not_after_ns(c)),
                     streams: slot.streams(),
                 };
                 let closed = slot.closed();

@@ -182,6 +182,12 @@ async fn a_flood_of_half_open_connections_does_not_keep_a_real_agent_out() {
     assert_eq!(attempts, 1, "the agent was turned away during the flood");
     assert!(server.metrics.connections_evicted.load(Ordering::Relaxed) > 0);
     assert_eq!(agent.send(batch(1..=3)).await.unwrap().durable_seq, 3);
+    // The fleet status knows the agent's certificate, and nothing of the
+    // half-open connections, which named no agent.
+    let fleet = server.metrics.agents.snapshot();
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    assert!(fleet[0].connected);
+    assert!(fleet[0].cert_not_after_ns.unwrap() > common::now_ns());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

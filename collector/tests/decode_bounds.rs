@@ -73,6 +73,7 @@ fn empty_events(len: usize) -> (Vec<u8>, usize) {
         site: common::SITE.into(),
         agent: common::AGENT.into(),
         events: vec![],
+        queue_backlog: 0,
     }
     .encode_to_vec();
     let count = (len - bytes.len()) / 2;

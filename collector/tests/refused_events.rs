@@ -123,6 +123,7 @@ fn batch(seqs: std::ops::RangeInclusive<u64>, old: &[u64]) -> EventBatch {
                 ..Default::default()
             })
             .collect(),
+        queue_backlog: 0,
     }
 }
 

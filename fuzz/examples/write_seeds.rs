@@ -119,6 +119,7 @@ fn main() {
         site: "plant-lyon".into(),
         agent: "gw-1".into(),
         events: events(1),
+        queue_backlog: 0,
     };
     let limits = otwatch_proto::limits::Limits::default();
     limits.check_batch(&batch, NOW_NS).unwrap();

@@ -22,6 +22,22 @@
 pub const SITE_HEADER: &str = "x-otwatch-site";
 /// gRPC metadata key naming the agent on a plaintext connection.
 pub const AGENT_HEADER: &str = "x-otwatch-agent";
+/// gRPC metadata key carrying the agent's software version (its crate
+/// version, e.g. `0.1.0`), sent on every connection, TLS or not. It only
+/// informs: it never identifies the agent nor changes what the collector
+/// accepts. The collector keeps it when it is [`valid_version`].
+pub const AGENT_VERSION_HEADER: &str = "x-otwatch-agent-version";
+
+/// Longest agent version kept by the collector, in bytes.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// True for an agent version worth keeping: 1 to [`MAX_VERSION_LEN`]
+/// printable ASCII characters (space included, no control characters).
+pub fn valid_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= MAX_VERSION_LEN
+        && version.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
 
 const URI_PREFIX: &str = "otwatch://site/";
 const AGENT_PART: &str = "/agent/";
@@ -115,5 +131,17 @@ mod tests {
         assert!(!valid_id(&"x".repeat(MAX_ID_LEN + 1)));
         let err = check_id("site", "plant/7").unwrap_err();
         assert!(err.contains("site id \"plant/7\""), "{err}");
+    }
+
+    #[test]
+    fn versions_are_printable_ascii_and_short() {
+        assert!(valid_version("0.1.0"));
+        assert!(valid_version("1.2.3-rc.1+build 7"));
+        assert!(valid_version(&"9".repeat(MAX_VERSION_LEN)));
+        assert!(!valid_version(""));
+        assert!(!valid_version(&"9".repeat(MAX_VERSION_LEN + 1)));
+        assert!(!valid_version("1.0\n"));
+        assert!(!valid_version("1.0\u{7f}"));
+        assert!(!valid_version("1.0-é"));
     }
 }

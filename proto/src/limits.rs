@@ -550,6 +550,7 @@ mod tests {
             site: "plant-a".into(),
             agent: "gw-1".into(),
             events,
+            queue_backlog: 0,
         }
     }
 

@@ -54,6 +54,7 @@ pub fn batch(site: &str, agent: &str, seqs: std::ops::RangeInclusive<u64>) -> Ev
                 ..Default::default()
             })
             .collect(),
+        queue_backlog: 0,
     }
 }
 

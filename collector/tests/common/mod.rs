@@ -8,7 +8,7 @@ use otwatch_collector::tls::ServerTlsConfig;
 use otwatch_collector::{Collector, CollectorConfig, CollectorMetrics};
 use otwatch_eventlog::{LocalLog, LocalLogConfig};
 use otwatch_pki::{self as cert, Subject, LEAF_VALIDITY};
-use otwatch_proto::identity::{AGENT_HEADER, SITE_HEADER};
+use otwatch_proto::identity::{AGENT_HEADER, AGENT_VERSION_HEADER, SITE_HEADER};
 use otwatch_proto::v1::ingest_client::IngestClient;
 use otwatch_proto::{Ack, ControllerEvent, EventBatch, EventKind};
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +49,7 @@ pub fn batch(seqs: impl IntoIterator<Item = u64>) -> EventBatch {
                 ..Default::default()
             })
             .collect(),
+        queue_backlog: 0,
     }
 }
 
@@ -223,9 +224,20 @@ pub struct Stream {
 /// Opens an ingest stream as `SITE`/`AGENT` (headers, which a TLS collector
 /// ignores) and waits for the greeting ack.
 pub async fn open(channel: Channel) -> Result<Stream, String> {
+    open_as_version(channel, None).await
+}
+
+/// [`open`], announcing agent version `version` (the raw header value)
+/// when given.
+pub async fn open_as_version(channel: Channel, version: Option<&str>) -> Result<Stream, String> {
     let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(version) = version {
+        request
+            .metadata_mut()
+            .insert(AGENT_VERSION_HEADER, version.parse().unwrap());
+    }
     request
         .metadata_mut()
         .insert(SITE_HEADER, SITE.parse().unwrap());
