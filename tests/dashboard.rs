@@ -165,6 +165,18 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
         t.windows(2).all(|w| w[0].as_i64() < w[1].as_i64()),
         "oldest first"
     );
+    // The fleet: the agent's stream is open, its backlog as its batches said.
+    let fleet = get("/api/fleet");
+    let fleet: Value = serde_json::from_str(fleet.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let agent = &fleet["agents"][0];
+    assert_eq!(agent["site"], "plant-a", "{fleet}");
+    assert_eq!(agent["connected"], true, "{agent}");
+    assert_eq!(agent["queue_backlog"], 0, "{agent}");
+    assert_eq!(agent["last_seq"], CYCLES, "{agent}");
+    assert!(
+        agent["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{agent}"
+    );
 
     let repo = common::repo_dir();
     let out = Command::new("schemathesis")
@@ -301,6 +313,22 @@ fn in_chromium_the_analyst_sees_the_demo_alerts_and_acks_one_and_the_viewer_cann
         "{result}"
     );
     assert_eq!(result["fleet_rows"], 3, "{result}");
+    for agent in result["fleet_cells"].as_array().unwrap() {
+        assert_eq!(agent["Version"], env!("CARGO_PKG_VERSION"), "{agent}");
+        assert!(
+            agent["Connected"].as_str().unwrap().starts_with("since"),
+            "{agent}"
+        );
+        // The demo's certificates are valid for 397 days.
+        assert!(
+            agent["Certificate expires"]
+                .as_str()
+                .unwrap()
+                .contains("(39"),
+            "{agent}"
+        );
+        assert_ne!(agent["Backlog"], "", "{agent}");
+    }
     assert_eq!(result["requests_elsewhere"], 0, "{result}");
     assert_eq!(result["viewer_ack_disabled"], true, "{result}");
     assert_eq!(result["viewer_forced_ack_status"], 403, "{result}");

@@ -220,6 +220,7 @@ impl Service {
                     control.clone(),
                     history_dir(&data_dir),
                     health.clone(),
+                    collector_metrics.clone(),
                     log.clone(),
                 )
                 .context("cannot start the dashboard")?,

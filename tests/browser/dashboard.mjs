@@ -96,6 +96,9 @@ try {
   await page.click("a[href='#/fleet']");
   await page.waitForSelector("#fleet tr:nth-child(2)");
   result.fleet_rows = await page.locator("#fleet tr").count() - 1;
+  // Version, backlog and certificate expiry as the collector sees them.
+  result.fleet_cells = await page.$$eval("#fleet tr:not(:first-child)", (rows) => rows.map((r) =>
+    Object.fromEntries([...r.children].map((td, i) => [r.parentElement.rows[0].children[i].textContent, td.textContent]))));
   await page.screenshot({ path: join(shots, "fleet.png") });
   await page.click("a[href='#/overview']");
   await page.waitForSelector("#components tr:nth-child(2)");

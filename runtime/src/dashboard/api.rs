@@ -925,8 +925,39 @@ async fn fleet(State(state): State<AppState>, Me(me): Me) -> ApiResult {
         site_clause(&me)
     );
     let mut agents = rows(&query(&state, &sql).await?)?;
+    // What the collector knows of each agent now; an agent connected
+    // without events in the last day is listed too.
+    let live = state.collector.agents.snapshot();
+    for status in live.iter().filter(|s| me.sees(&s.site)) {
+        if !agents
+            .iter()
+            .any(|a| a["site"] == status.site.as_str() && a["agent"] == status.agent.as_str())
+        {
+            agents.push(json!({
+                "site": status.site, "agent": status.agent, "last_seen_ms": null,
+                "last_event_ms": null, "last_seq": null, "assets": 0,
+                "events_last_hour": 0, "events_last_5min": 0,
+            }));
+        }
+    }
+    agents.sort_by(|a, b| {
+        (a["site"].as_str(), a["agent"].as_str()).cmp(&(b["site"].as_str(), b["agent"].as_str()))
+    });
     for a in &mut agents {
-        let last_seen = a["last_seen_ms"].as_i64().unwrap_or(0);
+        let status = live
+            .iter()
+            .find(|s| a["site"] == s.site.as_str() && a["agent"] == s.agent.as_str());
+        let ms = |ns: Option<i64>| ns.map(|ns| ns / 1_000_000);
+        a["version"] = json!(status.and_then(|s| s.version.clone()));
+        a["connected"] = json!(status.is_some_and(|s| s.connected));
+        a["connected_since_ms"] = json!(ms(status.and_then(|s| s.connected_since_ns)));
+        a["queue_backlog"] = json!(status.and_then(|s| s.queue_backlog));
+        a["cert_not_after_ms"] = json!(ms(status.and_then(|s| s.cert_not_after_ns)));
+        a["peer"] = json!(status.and_then(|s| s.peer.clone()));
+        let last_seen = a["last_seen_ms"]
+            .as_i64()
+            .or(a["connected_since_ms"].as_i64())
+            .unwrap_or(0);
         let hour = a["events_last_hour"].as_f64().unwrap_or(0.0);
         let eps = a["events_last_5min"].as_f64().unwrap_or(0.0) / 300.0;
         // Its usual gap: the mean over the last hour; quiet for five of

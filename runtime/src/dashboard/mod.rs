@@ -66,6 +66,8 @@ pub struct Shared {
     pub control: Arc<Control>,
     pub history: PathBuf,
     pub health: Health,
+    /// The collector's view of each agent (version, backlog, certificate).
+    pub collector: Arc<otwatch_collector::CollectorMetrics>,
     pub log: Arc<dyn EventLog>,
     pub config: DashboardConfig,
     /// Served over TLS: cookies are `Secure`.
@@ -102,6 +104,7 @@ impl DashboardComponent {
         control: Arc<Control>,
         history: PathBuf,
         health: Health,
+        collector: Arc<otwatch_collector::CollectorMetrics>,
         log: Arc<dyn EventLog>,
     ) -> anyhow::Result<DashboardComponent> {
         let users = config.all_users()?;
@@ -126,6 +129,7 @@ impl DashboardComponent {
                 control,
                 history,
                 health,
+                collector,
                 log,
                 config: config.clone(),
                 secure: tls.is_some(),

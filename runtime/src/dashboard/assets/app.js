@@ -456,13 +456,20 @@ window.otwatchDrawSeries = drawSeries;
 async function fleetPage() {
   const d = await api("GET", "/api/fleet");
   show(h("h1", {}, "Fleet"),
-    h("p", { class: "muted" }, "Agents heard from in the last day. A row stands out when its agent has been quiet for five of its usual gaps (and at least 30 s)."),
+    h("p", { class: "muted" }, "Agents heard from in the last day, or connected now. A row stands out when its agent has been quiet for five of its usual gaps (and at least 30 s); a certificate that expires within 30 days is marked."),
     h("table", { id: "fleet" },
-      h("tr", {}, ["Site", "Agent", "Last seen", "Quiet for", "Events/s (5 min)", "Usual gap", "Assets", "Last seq"].map((t) => h("th", {}, t))),
-      d.agents.map((a) => h("tr", { class: a.silent ? "silent" : "", "data-silent": a.silent },
-        h("td", {}, a.site), h("td", {}, a.agent), h("td", {}, fmtTime(a.last_seen_ms)), h("td", {}, fmtAgo(a.quiet_ms) + (a.silent ? " — silent" : "")),
-        h("td", { class: "num" }, fmtNum(Math.round(a.events_per_second * 10) / 10)), h("td", {}, a.usual_gap_ms === null ? "" : fmtAgo(a.usual_gap_ms)),
-        h("td", { class: "num" }, a.assets), h("td", { class: "num" }, a.last_seq)))));
+      h("tr", {}, ["Site", "Agent", "Connected", "Last seen", "Quiet for", "Events/s (5 min)", "Usual gap", "Backlog", "Certificate expires", "Version", "Address", "Assets"].map((t) => h("th", {}, t))),
+      d.agents.map((a) => {
+        const certDays = a.cert_not_after_ms === null ? null : (a.cert_not_after_ms - d.now_ms) / 86400000;
+        return h("tr", { class: a.silent ? "silent" : "", "data-silent": a.silent },
+          h("td", {}, a.site), h("td", {}, a.agent),
+          h("td", {}, a.connected ? "since " + fmtTime(a.connected_since_ms) : "no"),
+          h("td", {}, fmtTime(a.last_seen_ms)), h("td", {}, fmtAgo(a.quiet_ms) + (a.silent ? " — silent" : "")),
+          h("td", { class: "num" }, a.events_per_second.toFixed(1)), h("td", {}, a.usual_gap_ms === null ? "" : fmtAgo(a.usual_gap_ms)),
+          h("td", { class: "num" }, a.queue_backlog === null ? "" : fmtNum(a.queue_backlog)),
+          h("td", { class: certDays !== null && certDays < 30 ? "error" : "" }, a.cert_not_after_ms === null ? "" : fmtTime(a.cert_not_after_ms).slice(0, 10) + " (" + Math.floor(certDays) + " d)"),
+          h("td", {}, a.version || ""), h("td", {}, a.peer || ""), h("td", { class: "num" }, a.assets));
+      })));
 }
 
 async function overviewPage() {
