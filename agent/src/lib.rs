@@ -61,6 +61,14 @@ pub struct AgentCounts {
     pub messages_rate_limited: u64,
     /// Syslog messages cut at `max_message_bytes`.
     pub messages_truncated: u64,
+    /// Sparkplug metrics by an alias no birth announced, skipped.
+    pub sparkplug_unknown_aliases: u64,
+    /// Sparkplug `seq` gaps.
+    pub sparkplug_seq_gaps: u64,
+    /// Sparkplug NDEATH messages of an earlier session, ignored.
+    pub sparkplug_stale_deaths: u64,
+    /// Sparkplug metrics of a datatype the agent does not map, skipped.
+    pub sparkplug_unsupported_metrics: u64,
     /// Highest sequence number the collector acked durably.
     pub acked_seq: u64,
     /// Last sequence number taken into the queue.
@@ -101,6 +109,26 @@ impl AgentMetrics {
                 .sum(),
             messages_rate_limited: self.sources.iter().map(|s| s.rate_limited.load(r)).sum(),
             messages_truncated: self.sources.iter().map(|s| s.truncated.load(r)).sum(),
+            sparkplug_unknown_aliases: self
+                .sources
+                .iter()
+                .map(|s| s.sparkplug_unknown_aliases.load(r))
+                .sum(),
+            sparkplug_seq_gaps: self
+                .sources
+                .iter()
+                .map(|s| s.sparkplug_seq_gaps.load(r))
+                .sum(),
+            sparkplug_stale_deaths: self
+                .sources
+                .iter()
+                .map(|s| s.sparkplug_stale_deaths.load(r))
+                .sum(),
+            sparkplug_unsupported_metrics: self
+                .sources
+                .iter()
+                .map(|s| s.sparkplug_unsupported.load(r))
+                .sum(),
             acked_seq: self.queue.acked_seq.load(r),
             last_seq: self.queue.durable_seq.load(r),
             dropped: self.queue.dropped.load(r),

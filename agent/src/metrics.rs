@@ -41,6 +41,26 @@ pub fn render(counts: &AgentCounts, site: &str, agent: &str) -> String {
                 "Syslog messages cut at max_message_bytes.",
                 counts.messages_truncated,
             ),
+            Metric::counter(
+                "otwatch_agent_sparkplug_unknown_aliases_total",
+                "Sparkplug metrics named by an alias no birth announced, skipped (the agent never asks for a rebirth).",
+                counts.sparkplug_unknown_aliases,
+            ),
+            Metric::counter(
+                "otwatch_agent_sparkplug_seq_gaps_total",
+                "Sparkplug seq numbers other than the one expected from an edge node.",
+                counts.sparkplug_seq_gaps,
+            ),
+            Metric::counter(
+                "otwatch_agent_sparkplug_stale_deaths_total",
+                "Sparkplug NDEATH messages of an earlier session (bdSeq not the current NBIRTH's), ignored.",
+                counts.sparkplug_stale_deaths,
+            ),
+            Metric::counter(
+                "otwatch_agent_sparkplug_unsupported_metrics_total",
+                "Sparkplug metrics of a datatype the agent does not map (DataSet, Template, arrays...), skipped.",
+                counts.sparkplug_unsupported_metrics,
+            ),
             Metric::gauge(
                 "otwatch_agent_acked_seq",
                 "Highest sequence number the collector holds durably.",

@@ -2,13 +2,17 @@
 //! (Debian's `mosquitto`; messages published with `mosquitto_pub`, QoS 1):
 //! JSON payloads become SAMPLE and STATE events in a real collector; a bad
 //! payload is logged and skipped; messages published while the agent is
-//! stopped are delivered when it is back (persistent session).
+//! stopped are delivered when it is back (persistent session); Sparkplug B
+//! edge nodes and devices (births, data by alias, deaths) become STATE and
+//! SAMPLE events, and the agent publishes nothing.
 
 #![cfg(feature = "mqtt")]
 
 mod common;
 
-use common::{free_port, start_agent, wait_listening, wait_until, Child, TestCollector};
+use common::{
+    free_port, http_get, metric, start_agent, wait_listening, wait_until, Child, TestCollector,
+};
 use otwatch_collector::CollectorConfig;
 use otwatch_proto::{ControllerEvent, EventKind};
 use std::path::Path;
@@ -353,4 +357,372 @@ async fn over_tls_with_a_client_certificate() {
         "{}",
         std::fs::read_to_string(&agent_log).unwrap()
     );
+}
+
+mod sparkplug {
+    use super::*;
+    use otwatch_agent::source::mqtt::sparkplug::{datatype, Metric, MetricValue, Payload};
+    use prost::Message;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use std::sync::{Arc, Mutex};
+
+    fn named(name: &str, alias: u64, datatype: u32, value: MetricValue) -> Metric {
+        Metric {
+            name: Some(name.into()),
+            alias: Some(alias),
+            datatype: Some(datatype),
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    fn aliased(alias: u64, value: MetricValue) -> Metric {
+        Metric {
+            alias: Some(alias),
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    fn payload(timestamp: i64, seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            timestamp: Some(timestamp as u64),
+            metrics,
+            seq,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn bd_seq(n: u64) -> Metric {
+        named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
+    }
+
+    type Seen = (EventKind, String, Option<f64>, Option<String>);
+
+    fn of(events: &[ControllerEvent], asset: &str) -> Vec<Seen> {
+        events
+            .iter()
+            .filter(|e| e.asset == asset)
+            .map(|e| (e.kind(), e.name.clone(), e.value, e.text.clone()))
+            .collect()
+    }
+
+    fn state(text: &str) -> Seen {
+        (
+            EventKind::State,
+            "sparkplug".into(),
+            None,
+            Some(text.into()),
+        )
+    }
+
+    fn sample(name: &str, v: f64) -> Seen {
+        (EventKind::Sample, name.into(), Some(v), None)
+    }
+
+    fn text(name: &str, t: &str) -> Seen {
+        (EventKind::Sample, name.into(), None, Some(t.into()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sparkplug_b_births_data_and_deaths_reach_the_collector_and_the_agent_publishes_nothing(
+    ) {
+        if !mosquitto_present() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (port, metrics_port) = (free_port(), free_port());
+        let broker_conf = dir.path().join("mosquitto.conf");
+        let broker_log = dir.path().join("mosquitto.log");
+        // `log_type all` logs every PUBLISH the broker receives, with its sender.
+        std::fs::write(
+            &broker_conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type all\n"),
+        )
+        .unwrap();
+        let _broker = Child::start(
+            "/usr/sbin/mosquitto",
+            &["-c", broker_conf.to_str().unwrap()],
+            &broker_log,
+        );
+        wait_listening(port).await;
+        let collector = TestCollector::start(
+            &dir.path().join("collector"),
+            CollectorConfig::default(),
+            None,
+        );
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "site = \"plant-a\"\nagent = \"gw-1\"\ndata_dir = {data:?}\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 [collector]\nurl = {url:?}\nbatch_max_delay = \"20ms\"\n\
+                 [[sources]]\ntype = \"mqtt\"\nbroker = \"127.0.0.1:{port}\"\nclient_id = \"otwatch-sparkplug\"\n\
+                 [[sources.subscriptions]]\nformat = \"sparkplug_b\"\ngroup = \"plant-a\"\n",
+                data = dir.path().join("data").display().to_string(),
+                url = collector.url(),
+            ),
+        )
+        .unwrap();
+        let agent_log = dir.path().join("agent.log");
+        let stored = async || otwatch_testkit::log_events(collector.log.as_ref()).await;
+
+        // The edge node: publishes its messages, and sees every message
+        // on the broker (its subscription to `#`).
+        let (edge, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("edge-gw-7", "127.0.0.1", port), 100);
+        let on_broker = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = on_broker.clone();
+        let loop_task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        seen.lock().unwrap().push(p.topic.clone())
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        });
+        edge.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+        let published = Arc::new(Mutex::new(Vec::<String>::new()));
+        let send = async |topic: &str, payload: Vec<u8>| {
+            published.lock().unwrap().push(topic.to_string());
+            edge.publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        };
+        let ts = common::now_ns() / 1_000_000;
+        let ts_ns = |ms: i64| ms * 1_000_000;
+
+        // Until the agent has subscribed, messages go nowhere: the node is
+        // born until its birth arrives.
+        let agent = start_agent(&config, &agent_log);
+        let nbirth = payload(
+            ts,
+            Some(0),
+            vec![
+                bd_seq(1),
+                named(
+                    "Node Control/Rebirth",
+                    1,
+                    datatype::BOOLEAN,
+                    MetricValue::BooleanValue(false),
+                ),
+                named("uptime_s", 2, datatype::INT64, MetricValue::LongValue(60)),
+            ],
+        );
+        wait_until("the agent has subscribed", async || {
+            send("spBv1.0/plant-a/NBIRTH/gw-7", nbirth.clone()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            of(&stored().await, "gw-7").contains(&state("ONLINE"))
+        })
+        .await;
+        let device = "spBv1.0/plant-a/DDATA/gw-7/press-1";
+        send(
+            "spBv1.0/plant-a/DBIRTH/gw-7/press-1",
+            payload(
+                ts + 1,
+                Some(1),
+                vec![
+                    named("temp_c", 10, datatype::FLOAT, MetricValue::FloatValue(20.0)),
+                    named(
+                        "running",
+                        11,
+                        datatype::BOOLEAN,
+                        MetricValue::BooleanValue(true),
+                    ),
+                    named(
+                        "recipe",
+                        12,
+                        datatype::STRING,
+                        MetricValue::StringValue("A-12".into()),
+                    ),
+                ],
+            ),
+        )
+        .await;
+        let mut temp = aliased(10, MetricValue::FloatValue(21.5));
+        temp.timestamp = Some((ts + 10) as u64);
+        send(
+            device,
+            payload(
+                ts + 20,
+                Some(2),
+                vec![
+                    temp,
+                    aliased(11, MetricValue::BooleanValue(false)),
+                    aliased(12, MetricValue::StringValue("B-3".into())),
+                ],
+            ),
+        )
+        .await;
+        // An alias no birth announced: skipped, counted; no rebirth asked.
+        send(
+            device,
+            payload(
+                ts + 30,
+                Some(3),
+                vec![
+                    aliased(99, MetricValue::FloatValue(1.0)),
+                    aliased(10, MetricValue::FloatValue(22.0)),
+                ],
+            ),
+        )
+        .await;
+        // seq 4 is lost.
+        send(
+            device,
+            payload(
+                ts + 40,
+                Some(5),
+                vec![aliased(10, MetricValue::FloatValue(23.0))],
+            ),
+        )
+        .await;
+        send(device, vec![0xff, 0xff, 0xff]).await;
+        send(
+            "spBv1.0/plant-a/DDEATH/gw-7/press-1",
+            payload(ts + 50, Some(6), vec![]),
+        )
+        .await;
+        // The will of an earlier session, delivered late: ignored.
+        let death = |bd| {
+            Payload {
+                timestamp: Some((ts + 60) as u64),
+                metrics: vec![bd_seq(bd)],
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        send("spBv1.0/plant-a/NDEATH/gw-7", death(0)).await;
+        // Another group is not read.
+        send(
+            "spBv1.0/plant-b/NBIRTH/gw-8",
+            payload(ts, Some(0), vec![bd_seq(0)]),
+        )
+        .await;
+        send("spBv1.0/plant-a/NDEATH/gw-7", death(1)).await;
+        wait_until("the node's death", async || {
+            of(&stored().await, "gw-7").contains(&state("OFFLINE"))
+        })
+        .await;
+
+        let exposed = http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics").await;
+        let count = |name: &str| {
+            metric(
+                &exposed,
+                &format!("{name}{{site=\"plant-a\",agent=\"gw-1\"}}"),
+            )
+        };
+        assert_eq!(
+            count("otwatch_agent_sparkplug_unknown_aliases_total"),
+            Some(1),
+            "{exposed}"
+        );
+        assert_eq!(
+            count("otwatch_agent_sparkplug_seq_gaps_total"),
+            Some(1),
+            "{exposed}"
+        );
+        assert_eq!(
+            count("otwatch_agent_sparkplug_stale_deaths_total"),
+            Some(1),
+            "{exposed}"
+        );
+        assert_eq!(
+            count("otwatch_agent_inputs_rejected_total"),
+            Some(1),
+            "{exposed}"
+        );
+        assert!(
+            agent.terminate(),
+            "{}",
+            std::fs::read_to_string(&agent_log).unwrap()
+        );
+        loop_task.abort();
+
+        let events = stored().await;
+        assert_eq!(
+            of(&events, "gw-7/press-1"),
+            vec![
+                state("ONLINE"),
+                sample("temp_c", 20.0),
+                sample("running", 1.0),
+                text("recipe", "A-12"),
+                sample("temp_c", 21.5),
+                sample("running", 0.0),
+                text("recipe", "B-3"),
+                sample("temp_c", 22.0),
+                sample("temp_c", 23.0),
+                state("OFFLINE"),
+            ]
+        );
+        let node = of(&events, "gw-7");
+        assert_eq!(node.last(), Some(&state("OFFLINE")));
+        assert_eq!(
+            node.iter().filter(|e| **e == state("OFFLINE")).count(),
+            1,
+            "the stale death was taken: {node:?}"
+        );
+        assert!(node.contains(&sample("uptime_s", 60.0)), "{node:?}");
+        for e in &events {
+            assert_eq!(e.attrs["group"], "plant-a", "{e:?}");
+            assert!(e.asset == "gw-7" || e.asset == "gw-7/press-1", "{e:?}");
+            assert!(
+                e.name != "bdSeq" && !e.name.starts_with("Node Control/"),
+                "{e:?}"
+            );
+        }
+        // The metric's own time first, else the payload's.
+        let times: Vec<i64> = events
+            .iter()
+            .filter(|e| e.asset == "gw-7/press-1" && e.name == "temp_c")
+            .map(|e| e.ts_ns)
+            .collect();
+        assert_eq!(
+            times,
+            vec![
+                ts_ns(ts + 1),
+                ts_ns(ts + 10),
+                ts_ns(ts + 30),
+                ts_ns(ts + 40)
+            ]
+        );
+
+        let log = std::fs::read_to_string(&agent_log).unwrap();
+        for line in [
+            "skipping an mqtt message",
+            "alias no birth announced",
+            "Sparkplug seq gap",
+            "NDEATH of an earlier session",
+        ] {
+            assert!(log.contains(line), "{line:?} is not in the log:\n{log}");
+        }
+        // Read-only: the broker received no message from the agent, and
+        // every message on it is one the edge node published.
+        let broker = std::fs::read_to_string(&broker_log).unwrap();
+        assert!(
+            broker.contains("Received PUBLISH from edge-gw-7"),
+            "the broker does not log publishes:\n{broker}"
+        );
+        assert!(
+            broker.contains("Received SUBSCRIBE from otwatch-sparkplug"),
+            "{broker}"
+        );
+        assert!(
+            !broker.contains("Received PUBLISH from otwatch-sparkplug"),
+            "the agent published:\n{broker}"
+        );
+        let published = published.lock().unwrap().clone();
+        let on_broker = on_broker.lock().unwrap().clone();
+        assert!(!on_broker.is_empty());
+        for topic in &on_broker {
+            assert!(
+                published.contains(topic) && !topic.contains("CMD"),
+                "{topic} was not published by the edge node"
+            );
+        }
+    }
 }

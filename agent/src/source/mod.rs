@@ -122,12 +122,31 @@ pub struct SourceMetrics {
     pub rate_limited: AtomicU64,
     /// Messages cut at their size limit (`syslog`).
     pub truncated: AtomicU64,
+    /// Sparkplug metrics named by an alias no birth announced, skipped
+    /// (`mqtt`).
+    pub sparkplug_unknown_aliases: AtomicU64,
+    /// Sparkplug `seq` numbers other than the one expected (`mqtt`).
+    pub sparkplug_seq_gaps: AtomicU64,
+    /// Sparkplug NDEATH messages of an earlier session (their `bdSeq` not
+    /// the current NBIRTH's), ignored (`mqtt`).
+    pub sparkplug_stale_deaths: AtomicU64,
+    /// Sparkplug metrics of a datatype the agent does not map (DataSet,
+    /// Template, arrays...), skipped (`mqtt`).
+    pub sparkplug_unsupported: AtomicU64,
 }
 
 /// Code lines (comments left out) of the `.rs` files of a source folder
 /// (`src/source/modbus`), its `tests.rs` left out: what the scans for write
 /// paths look through.
-#[cfg(all(test, any(feature = "modbus", feature = "slmp", feature = "opcua")))]
+#[cfg(all(
+    test,
+    any(
+        feature = "modbus",
+        feature = "slmp",
+        feature = "opcua",
+        feature = "mqtt"
+    )
+))]
 pub(crate) fn code_lines(dir: &str) -> Vec<(String, usize, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut out = Vec::new();

@@ -16,6 +16,10 @@
 //! timestamp = "/ts"                        # JSON pointer; Unix ms
 //! samples = { "/oil_temp" = "oil_temp_c", "/pressure" = "pressure_bar" }
 //! states = { "/mode" = "mode" }
+//!
+//! [[sources.subscriptions]]
+//! format = "sparkplug_b"                   # Eclipse Sparkplug B 3.0
+//! group = "plant-a"                        # spBv1.0/plant-a/#
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The `mqtt` source: subscribes to topics of an MQTT broker (3.1.1) and
-/// maps JSON payloads to events.
+/// maps JSON or Sparkplug B payloads to events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
@@ -77,15 +81,40 @@ pub struct MqttTlsConfig {
     pub key: Option<PathBuf>,
 }
 
-/// One topic filter and how its JSON payloads become events.
+/// How a subscription's payloads are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// JSON, mapped by `asset`, `timestamp`, `samples` and `states`.
+    #[default]
+    Json,
+    /// Eclipse Sparkplug B 3.0 (protobuf) of the edge nodes of `group`:
+    /// topics, assets and names come from Sparkplug itself.
+    SparkplugB,
+}
+
+/// One topic filter and how its payloads become events.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
+    /// How payloads are read: `json` (the default) or `sparkplug_b`.
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// The Sparkplug group id whose edge nodes and devices are read, `+`
+    /// for every group (`format = "sparkplug_b"` only, and required there):
+    /// the subscription is `spBv1.0/<group>/#`.
+    #[serde(default)]
+    pub group: Option<String>,
     /// Topic filter (`+` one level, `#` the rest), subscribed with QoS 1.
+    /// Required with `format = "json"`; none with `sparkplug_b` (the
+    /// filter is made of `group`).
+    #[serde(default)]
     pub topic: String,
     /// The events' asset: text where `{N}` is the topic's level N (from 0),
     /// e.g. `"{1}/{3}"` for `plant/line2/press/07/telemetry` gives
-    /// `line2/07`.
+    /// `line2/07`. Required with `format = "json"`; none with
+    /// `sparkplug_b` (the asset is `<edge_node_id>[/<device_id>]`).
+    #[serde(default)]
     pub asset: String,
     /// JSON pointer to the event time (`/ts`): Unix time in ms as a
     /// number, or RFC 3339 text. Default: none (the agent's clock when the
@@ -148,7 +177,23 @@ impl MqttSourceConfig {
             ));
         }
         for (i, s) in self.subscriptions.iter().enumerate() {
+            if s.format == PayloadFormat::SparkplugB {
+                s.check_sparkplug()
+                    .map_err(|e| format!("{what}: subscriptions[{i}] (sparkplug_b): {e}"))?;
+                continue;
+            }
             let at = format!("{what}: subscriptions[{i}] ({:?})", s.topic);
+            if let Some(group) = &s.group {
+                return Err(format!(
+                    "{at}: group = {group:?} is for format = \"sparkplug_b\" only"
+                ));
+            }
+            if s.topic.is_empty() {
+                return Err(format!("{what}: subscriptions[{i}]: topic is required"));
+            }
+            if s.asset.is_empty() {
+                return Err(format!("{at}: asset is required"));
+            }
             check_filter(&s.topic).map_err(|e| format!("{at}: topic {e}"))?;
             let levels = s.topic.split('/').count();
             let multi = s.topic.ends_with('#');
@@ -202,6 +247,45 @@ impl MqttSourceConfig {
             ));
         }
         Ok((host.trim_matches(['[', ']']).to_string(), port))
+    }
+}
+
+impl SubscriptionConfig {
+    /// The topic filter subscribed to.
+    pub fn filter(&self) -> String {
+        match (self.format, &self.group) {
+            (PayloadFormat::SparkplugB, Some(group)) => {
+                format!("{}/{group}/#", super::sparkplug::NAMESPACE)
+            }
+            _ => self.topic.clone(),
+        }
+    }
+
+    /// Checks a `sparkplug_b` subscription.
+    fn check_sparkplug(&self) -> Result<(), String> {
+        let group = self
+            .group
+            .as_deref()
+            .ok_or("group is required (a Sparkplug group id, or \"+\" for every group)")?;
+        if group.is_empty() || group.contains(['/', '#']) || (group.contains('+') && group != "+") {
+            return Err(format!(
+                "group = {group:?} is not a Sparkplug group id (no /, # or +), nor \"+\""
+            ));
+        }
+        for (key, set) in [
+            ("topic", !self.topic.is_empty()),
+            ("asset", !self.asset.is_empty()),
+            ("timestamp", self.timestamp.is_some()),
+            ("samples", !self.samples.is_empty()),
+            ("states", !self.states.is_empty()),
+        ] {
+            if set {
+                return Err(format!(
+                    "{key} is for format = \"json\": Sparkplug B names its topics, assets, times and metrics itself"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,10 @@
 //! The `mqtt` source: subscribes to topics of an MQTT 3.1.1 broker
 //! (rumqttc) and turns JSON payloads into events ([`config`] holds the
-//! mapping).
+//! mapping), or reads the Sparkplug B edge nodes of a group
+//! ([`sparkplug`]).
+//!
+//! The source only subscribes: it publishes nothing (no Sparkplug command,
+//! no rebirth request, no will), so it cannot act on a controller.
 //!
 //! # Delivery
 //!
@@ -24,6 +28,10 @@
 //! counted (`inputs_rejected`) and skipped; the message is still
 //! acknowledged (sending it again would not mend it).
 //!
+//! With `format = "sparkplug_b"`, the messages of a Sparkplug group's edge
+//! nodes and devices are read instead ([`sparkplug`]: births, data by alias,
+//! deaths, `seq` and `bdSeq`); their bad payloads go the same way.
+//!
 //! # Failures
 //!
 //! A broker that is down or refuses the connection is retried after 1 s,
@@ -33,6 +41,7 @@
 //! line when the connection fails and when it is back.
 
 pub mod config;
+pub mod sparkplug;
 #[cfg(test)]
 mod tests;
 
@@ -41,7 +50,7 @@ pub use config::MqttSourceConfig;
 use super::poll::{now_ns, sleep_or_stop, Backoff, DeviceLink, DeviceMetrics};
 use super::SourceMetrics;
 use crate::handle::QueueHandle;
-use config::SubscriptionConfig;
+use config::{PayloadFormat, SubscriptionConfig};
 use otwatch_proto::limits::Limits;
 use otwatch_proto::{ControllerEvent, EventKind};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -232,6 +241,8 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_secs(1), config.reconnect_max);
     // Topics whose payloads are refused, with the reason logged.
     let mut bad_topics: HashMap<String, String> = HashMap::new();
+    // The Sparkplug edge nodes' births, seq and bdSeq.
+    let mut sparkplug = sparkplug::Sparkplug::default();
     loop {
         let polled = tokio::select! {
             polled = eventloop.poll() => polled,
@@ -249,7 +260,7 @@ pub async fn run(
                 // lost the session.
                 for sub in &config.subscriptions {
                     client
-                        .try_subscribe(&sub.topic, QoS::AtLeastOnce)
+                        .try_subscribe(sub.filter(), QoS::AtLeastOnce)
                         .map_err(|e| format!("mqtt subscribe: {e}"))?;
                 }
             }
@@ -259,9 +270,12 @@ pub async fn run(
                 let taken = match config
                     .subscriptions
                     .iter()
-                    .find(|s| matches(&s.topic, &topic))
+                    .find(|s| matches(&s.filter(), &topic))
                 {
                     None => Ok(Vec::new()),
+                    Some(sub) if sub.format == PayloadFormat::SparkplugB => {
+                        sparkplug.message(&topic, &publish.payload, now_ns(), &metrics)
+                    }
                     Some(sub) => events(sub, &topic, &publish.payload, now_ns()),
                 };
                 match taken {
