@@ -366,36 +366,8 @@ mod sparkplug {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use std::sync::{Arc, Mutex};
 
-    fn named(name: &str, alias: u64, datatype: u32, value: MetricValue) -> Metric {
-        Metric {
-            name: Some(name.into()),
-            alias: Some(alias),
-            datatype: Some(datatype),
-            value: Some(value),
-            ..Default::default()
-        }
-    }
-
-    fn aliased(alias: u64, value: MetricValue) -> Metric {
-        Metric {
-            alias: Some(alias),
-            value: Some(value),
-            ..Default::default()
-        }
-    }
-
-    fn payload(timestamp: i64, seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
-        Payload {
-            timestamp: Some(timestamp as u64),
-            metrics,
-            seq,
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
-
     fn bd_seq(n: u64) -> Metric {
-        named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
+        Metric::named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
     }
 
     type Seen = (EventKind, String, Option<f64>, Option<String>);
@@ -499,18 +471,18 @@ mod sparkplug {
         // Until the agent has subscribed, messages go nowhere: the node is
         // born until its birth arrives.
         let agent = start_agent(&config, &agent_log);
-        let nbirth = payload(
-            ts,
+        let nbirth = Payload::encoded(
+            (ts) as u64,
             Some(0),
             vec![
                 bd_seq(1),
-                named(
+                Metric::named(
                     "Node Control/Rebirth",
                     1,
                     datatype::BOOLEAN,
                     MetricValue::BooleanValue(false),
                 ),
-                named("uptime_s", 2, datatype::INT64, MetricValue::LongValue(60)),
+                Metric::named("uptime_s", 2, datatype::INT64, MetricValue::LongValue(60)),
             ],
         );
         wait_until("the agent has subscribed", async || {
@@ -522,18 +494,18 @@ mod sparkplug {
         let device = "spBv1.0/plant-a/DDATA/gw-7/press-1";
         send(
             "spBv1.0/plant-a/DBIRTH/gw-7/press-1",
-            payload(
-                ts + 1,
+            Payload::encoded(
+                (ts + 1) as u64,
                 Some(1),
                 vec![
-                    named("temp_c", 10, datatype::FLOAT, MetricValue::FloatValue(20.0)),
-                    named(
+                    Metric::named("temp_c", 10, datatype::FLOAT, MetricValue::FloatValue(20.0)),
+                    Metric::named(
                         "running",
                         11,
                         datatype::BOOLEAN,
                         MetricValue::BooleanValue(true),
                     ),
-                    named(
+                    Metric::named(
                         "recipe",
                         12,
                         datatype::STRING,
@@ -543,17 +515,17 @@ mod sparkplug {
             ),
         )
         .await;
-        let mut temp = aliased(10, MetricValue::FloatValue(21.5));
+        let mut temp = Metric::aliased(10, MetricValue::FloatValue(21.5));
         temp.timestamp = Some((ts + 10) as u64);
         send(
             device,
-            payload(
-                ts + 20,
+            Payload::encoded(
+                (ts + 20) as u64,
                 Some(2),
                 vec![
                     temp,
-                    aliased(11, MetricValue::BooleanValue(false)),
-                    aliased(12, MetricValue::StringValue("B-3".into())),
+                    Metric::aliased(11, MetricValue::BooleanValue(false)),
+                    Metric::aliased(12, MetricValue::StringValue("B-3".into())),
                 ],
             ),
         )
@@ -561,12 +533,12 @@ mod sparkplug {
         // An alias no birth announced: skipped, counted; no rebirth asked.
         send(
             device,
-            payload(
-                ts + 30,
+            Payload::encoded(
+                (ts + 30) as u64,
                 Some(3),
                 vec![
-                    aliased(99, MetricValue::FloatValue(1.0)),
-                    aliased(10, MetricValue::FloatValue(22.0)),
+                    Metric::aliased(99, MetricValue::FloatValue(1.0)),
+                    Metric::aliased(10, MetricValue::FloatValue(22.0)),
                 ],
             ),
         )
@@ -574,17 +546,17 @@ mod sparkplug {
         // seq 4 is lost.
         send(
             device,
-            payload(
-                ts + 40,
+            Payload::encoded(
+                (ts + 40) as u64,
                 Some(5),
-                vec![aliased(10, MetricValue::FloatValue(23.0))],
+                vec![Metric::aliased(10, MetricValue::FloatValue(23.0))],
             ),
         )
         .await;
         send(device, vec![0xff, 0xff, 0xff]).await;
         send(
             "spBv1.0/plant-a/DDEATH/gw-7/press-1",
-            payload(ts + 50, Some(6), vec![]),
+            Payload::encoded((ts + 50) as u64, Some(6), vec![]),
         )
         .await;
         // The will of an earlier session, delivered late: ignored.
@@ -600,7 +572,7 @@ mod sparkplug {
         // Another group is not read.
         send(
             "spBv1.0/plant-b/NBIRTH/gw-8",
-            payload(ts, Some(0), vec![bd_seq(0)]),
+            Payload::encoded((ts) as u64, Some(0), vec![bd_seq(0)]),
         )
         .await;
         send("spBv1.0/plant-a/NDEATH/gw-7", death(1)).await;

@@ -118,6 +118,42 @@ pub enum MetricValue {
     BytesValue(Vec<u8>),
 }
 
+impl Metric {
+    /// A metric by name and alias, as births carry them.
+    pub fn named(name: &str, alias: u64, datatype: u32, value: MetricValue) -> Metric {
+        Metric {
+            name: Some(name.into()),
+            alias: Some(alias),
+            datatype: Some(datatype),
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    /// A metric by alias only, as DATA messages after a birth carry them.
+    pub fn aliased(alias: u64, value: MetricValue) -> Metric {
+        Metric {
+            alias: Some(alias),
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+}
+
+impl Payload {
+    /// The encoded payload of `metrics` at `timestamp` (ms) with `seq`:
+    /// what an edge node publishes (for simulators and tests; the agent
+    /// itself never publishes).
+    pub fn encoded(timestamp: u64, seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+        prost::Message::encode_to_vec(&Payload {
+            timestamp: Some(timestamp),
+            metrics,
+            seq,
+            ..Default::default()
+        })
+    }
+}
+
 /// Sparkplug 3.0 datatypes the agent reads.
 pub mod datatype {
     pub const INT8: u32 = 1;

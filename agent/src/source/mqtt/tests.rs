@@ -167,38 +167,8 @@ use otwatch_proto::ControllerEvent;
 use prost::Message;
 use std::sync::atomic::Ordering;
 
-/// A metric by name (and alias), as births carry them.
-fn named(name: &str, alias: u64, datatype: u32, value: MetricValue) -> Metric {
-    Metric {
-        name: Some(name.into()),
-        alias: Some(alias),
-        datatype: Some(datatype),
-        value: Some(value),
-        ..Default::default()
-    }
-}
-
-/// A metric by alias only, as DATA messages carry them.
-fn aliased(alias: u64, value: MetricValue) -> Metric {
-    Metric {
-        alias: Some(alias),
-        value: Some(value),
-        ..Default::default()
-    }
-}
-
-fn payload(timestamp: u64, seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
-    Payload {
-        timestamp: Some(timestamp),
-        metrics,
-        seq,
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
 fn bd_seq(n: u64) -> Metric {
-    named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
+    Metric::named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
 }
 
 type Got = (String, EventKind, String, Option<f64>, Option<String>, i64);
@@ -244,18 +214,18 @@ fn born(sp: &mut Sparkplug, m: &SourceMetrics) -> Vec<Got> {
     let mut out = got(sp
         .message(
             "spBv1.0/plant-a/NBIRTH/gw-7",
-            &payload(
+            &Payload::encoded(
                 T,
                 Some(0),
                 vec![
                     bd_seq(3),
-                    named(
+                    Metric::named(
                         "Node Control/Rebirth",
                         1,
                         datatype::BOOLEAN,
                         MetricValue::BooleanValue(false),
                     ),
-                    named("uptime_s", 2, datatype::UINT32, MetricValue::LongValue(120)),
+                    Metric::named("uptime_s", 2, datatype::UINT32, MetricValue::LongValue(120)),
                 ],
             ),
             42,
@@ -265,24 +235,24 @@ fn born(sp: &mut Sparkplug, m: &SourceMetrics) -> Vec<Got> {
     out.extend(got(sp
         .message(
             "spBv1.0/plant-a/DBIRTH/gw-7/press-1",
-            &payload(
+            &Payload::encoded(
                 T + 1,
                 Some(1),
                 vec![
-                    named("temp_c", 10, datatype::FLOAT, MetricValue::FloatValue(21.5)),
-                    named(
+                    Metric::named("temp_c", 10, datatype::FLOAT, MetricValue::FloatValue(21.5)),
+                    Metric::named(
                         "running",
                         11,
                         datatype::BOOLEAN,
                         MetricValue::BooleanValue(true),
                     ),
-                    named(
+                    Metric::named(
                         "offset",
                         12,
                         datatype::INT16,
                         MetricValue::IntValue(0xFFFF_FFFE),
                     ),
-                    named(
+                    Metric::named(
                         "recipe",
                         13,
                         datatype::STRING,
@@ -321,23 +291,23 @@ fn sparkplug_births_announce_aliases_that_data_messages_use() {
         ]
     );
     // DATA by alias: the metric's own time first, then the payload's.
-    let mut temp = aliased(10, MetricValue::FloatValue(22.25));
+    let mut temp = Metric::aliased(10, MetricValue::FloatValue(22.25));
     temp.timestamp = Some(T + 500);
-    let data = payload(
+    let data = Payload::encoded(
         T + 600,
         Some(2),
         vec![
             temp,
-            aliased(11, MetricValue::BooleanValue(false)),
-            aliased(13, MetricValue::StringValue("B-3".into())),
+            Metric::aliased(11, MetricValue::BooleanValue(false)),
+            Metric::aliased(13, MetricValue::StringValue("B-3".into())),
             // Transient and null values are no events.
             Metric {
                 is_transient: Some(true),
-                ..aliased(10, MetricValue::FloatValue(1.0))
+                ..Metric::aliased(10, MetricValue::FloatValue(1.0))
             },
             Metric {
                 is_null: Some(true),
-                ..aliased(12, MetricValue::IntValue(0))
+                ..Metric::aliased(12, MetricValue::IntValue(0))
             },
         ],
     );
@@ -390,19 +360,19 @@ fn sparkplug_values_of_every_datatype_the_agent_maps() {
     let (mut sp, m) = (Sparkplug::default(), SourceMetrics::default());
     use MetricValue::*;
     let metrics = vec![
-        named("i8", 1, datatype::INT8, IntValue(0xFF)),
-        named("i32", 2, datatype::INT32, IntValue((-7i32) as u32)),
-        named("i64", 3, datatype::INT64, LongValue((-9i64) as u64)),
-        named("u8", 4, datatype::UINT8, IntValue(200)),
-        named("u32", 5, datatype::UINT32, LongValue(4_000_000_000)),
-        named("u64", 6, datatype::UINT64, LongValue(1 << 40)),
-        named("f64", 7, datatype::DOUBLE, DoubleValue(0.125)),
-        named("on", 8, datatype::BOOLEAN, BooleanValue(true)),
-        named("note", 9, datatype::TEXT, StringValue("oil low".into())),
-        named("since", 10, datatype::DATETIME, LongValue(T)),
+        Metric::named("i8", 1, datatype::INT8, IntValue(0xFF)),
+        Metric::named("i32", 2, datatype::INT32, IntValue((-7i32) as u32)),
+        Metric::named("i64", 3, datatype::INT64, LongValue((-9i64) as u64)),
+        Metric::named("u8", 4, datatype::UINT8, IntValue(200)),
+        Metric::named("u32", 5, datatype::UINT32, LongValue(4_000_000_000)),
+        Metric::named("u64", 6, datatype::UINT64, LongValue(1 << 40)),
+        Metric::named("f64", 7, datatype::DOUBLE, DoubleValue(0.125)),
+        Metric::named("on", 8, datatype::BOOLEAN, BooleanValue(true)),
+        Metric::named("note", 9, datatype::TEXT, StringValue("oil low".into())),
+        Metric::named("since", 10, datatype::DATETIME, LongValue(T)),
         // A DataSet (16) and a mismatched value are skipped and counted.
-        named("table", 11, 16, BytesValue(vec![1])),
-        named("wrong", 12, datatype::BOOLEAN, StringValue("yes".into())),
+        Metric::named("table", 11, 16, BytesValue(vec![1])),
+        Metric::named("wrong", 12, datatype::BOOLEAN, StringValue("yes".into())),
         // Neither name nor alias: skipped and counted.
         Metric {
             value: Some(IntValue(1)),
@@ -412,7 +382,7 @@ fn sparkplug_values_of_every_datatype_the_agent_maps() {
     let events = sp
         .message(
             "spBv1.0/plant-a/NBIRTH/gw-1",
-            &payload(T, Some(0), metrics),
+            &Payload::encoded(T, Some(0), metrics),
             42,
             &m,
         )
@@ -450,12 +420,12 @@ fn sparkplug_values_of_every_datatype_the_agent_maps() {
 fn sparkplug_an_unknown_alias_is_counted_and_skipped() {
     let (mut sp, m) = (Sparkplug::default(), SourceMetrics::default());
     born(&mut sp, &m);
-    let data = payload(
+    let data = Payload::encoded(
         T + 5,
         Some(2),
         vec![
-            aliased(99, MetricValue::FloatValue(1.0)),
-            aliased(10, MetricValue::FloatValue(23.0)),
+            Metric::aliased(99, MetricValue::FloatValue(1.0)),
+            Metric::aliased(10, MetricValue::FloatValue(23.0)),
         ],
     );
     assert_eq!(
@@ -466,10 +436,10 @@ fn sparkplug_an_unknown_alias_is_counted_and_skipped() {
     );
     assert_eq!(m.sparkplug_unknown_aliases.load(Ordering::Relaxed), 1);
     // A device whose birth the agent never saw: every alias is unknown.
-    let data = payload(
+    let data = Payload::encoded(
         T + 6,
         Some(3),
-        vec![aliased(10, MetricValue::FloatValue(1.0))],
+        vec![Metric::aliased(10, MetricValue::FloatValue(1.0))],
     );
     assert!(sp
         .message("spBv1.0/plant-a/DDATA/gw-7/press-2", &data, 42, &m)
@@ -483,7 +453,13 @@ fn sparkplug_an_unknown_alias_is_counted_and_skipped() {
 fn sparkplug_seq_gaps_are_counted_and_wrap_at_256() {
     let (mut sp, m) = (Sparkplug::default(), SourceMetrics::default());
     born(&mut sp, &m);
-    let ndata = |seq| payload(T, Some(seq), vec![aliased(2, MetricValue::LongValue(1))]);
+    let ndata = |seq| {
+        Payload::encoded(
+            T,
+            Some(seq),
+            vec![Metric::aliased(2, MetricValue::LongValue(1))],
+        )
+    };
     let mut send = |seq| {
         sp.message("spBv1.0/plant-a/NDATA/gw-7", &ndata(seq), 42, &m)
             .unwrap()
@@ -528,7 +504,7 @@ fn sparkplug_deaths_and_a_stale_bd_seq() {
         got(sp
             .message(
                 "spBv1.0/plant-a/DDEATH/gw-7/press-1",
-                &payload(T + 9, Some(2), vec![]),
+                &Payload::encoded(T + 9, Some(2), vec![]),
                 42,
                 &m
             )
@@ -553,7 +529,11 @@ fn sparkplug_deaths_and_a_stale_bd_seq() {
     assert!(sp
         .message(
             "spBv1.0/plant-a/NDATA/gw-7",
-            &payload(T, Some(7), vec![aliased(2, MetricValue::LongValue(1))]),
+            &Payload::encoded(
+                T,
+                Some(7),
+                vec![Metric::aliased(2, MetricValue::LongValue(1))]
+            ),
             42,
             &m
         )
