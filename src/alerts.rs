@@ -105,6 +105,19 @@ pub enum AlertsAction {
         #[arg(long, value_name = "TEXT")]
         reason: String,
     },
+    /// Add a comment to an alert without changing its state; it is kept
+    /// in the audit (`otwatch sql "SELECT ts, user, args FROM audit WHERE
+    /// command = 'alert.comment'"`) and shown on the alert's dashboard page.
+    Comment {
+        /// Data directory of the running `otwatch serve`.
+        #[arg(long, value_name = "DIR", default_value = "otwatch-data")]
+        data_dir: PathBuf,
+        /// The alert's id (`otwatch alerts list`).
+        id: String,
+        /// The comment.
+        #[arg(long, value_name = "TEXT")]
+        text: String,
+    },
 }
 
 /// `--since`: a time, or a span back from now.
@@ -263,6 +276,13 @@ pub async fn run(action: AlertsAction) -> anyhow::Result<()> {
             id,
             reason,
         } => (data_dir, Request::AlertUnsuppress { id, reason }),
+        AlertsAction::Comment { data_dir, id, text } => (
+            data_dir,
+            Request::AlertComment {
+                alert_id: id,
+                comment: text,
+            },
+        ),
         AlertsAction::Ack {
             data_dir,
             id,

@@ -21,7 +21,14 @@
 //!   site, asset             the suppression's
 //!   alert_id                null
 //!   args                    {"suppression": "<the alert.suppress record's id>", "reason": "text"}
+//! alert.comment
+//!   site, asset, alert_id   the alert's
+//!   args                    {"comment": "text"}
 //! ```
+//!
+//! A comment changes nothing of the alert: no consumer acts on it, the
+//! `audit` table keeps it (the dashboard shows an alert's comments from
+//! there).
 //!
 //! A suppression holds for alerts whose event time is in `[ts, ts +
 //! for_secs)`, `ts` being the control record's: the window is part of the
@@ -422,6 +429,19 @@ pub async fn decision(request: &Request, history: &Path) -> Result<Decision, Str
                 asset: asset.clone().unwrap_or_default(),
                 alert_id: None,
                 args,
+            })
+        }
+        Request::AlertComment { alert_id, comment } => {
+            if comment.trim().is_empty() {
+                return Err("the comment is empty".into());
+            }
+            check_text("comment", comment)?;
+            let current = latest(history, alert_id).await?;
+            Ok(Decision {
+                site: current.site,
+                asset: current.asset,
+                alert_id: Some(current.id),
+                args: serde_json::json!({"comment": comment.trim()}),
             })
         }
         Request::AlertUnsuppress { id, reason } => {

@@ -29,10 +29,11 @@
 //! ← {"ok":true,"id":"ctl-1764000000000000001","detail":"alert.ack recorded; ..."}
 //! → {"command":"alert.suppress","site":"plant-a","asset":null,"detector":null,"for_secs":7200,"reason":"maintenance"}
 //! → {"command":"alert.unsuppress","id":"ctl-1764000000000000002","reason":"maintenance done early"}
+//! → {"command":"alert.comment","alert_id":"4f0c...","comment":"vendor called back"}
 //! ```
 //!
 //! The alert lifecycle (`alert.ack`, `alert.resolve`, `alert.suppress`,
-//! `alert.unsuppress`) is checked against the history's `alerts` and
+//! `alert.unsuppress`, `alert.comment`) is checked against the history's `alerts` and
 //! `audit` tables, not the detector
 //! ([`alerts`]).
 //!
@@ -129,6 +130,10 @@ pub enum Request {
     /// events from now on are sent again.
     #[serde(rename = "alert.unsuppress")]
     AlertUnsuppress { id: String, reason: String },
+    /// Add a comment to alert `alert_id` without changing its state; it is
+    /// kept in the audit, beside the alert's other decisions.
+    #[serde(rename = "alert.comment")]
+    AlertComment { alert_id: String, comment: String },
 }
 
 /// The longest backfill allowance: long enough to load a large recorded
@@ -148,6 +153,7 @@ impl Request {
             Request::AlertResolve { .. } => Some("alert.resolve"),
             Request::AlertSuppress { .. } => Some("alert.suppress"),
             Request::AlertUnsuppress { .. } => Some("alert.unsuppress"),
+            Request::AlertComment { .. } => Some("alert.comment"),
         }
     }
 }

@@ -52,6 +52,7 @@ pub fn router(shared: AppState) -> Router {
         .route("/api/alerts/{id}/ack", post(ack))
         .route("/api/alerts/{id}/resolve", post(resolve))
         .route("/api/alerts/{id}/accept", post(accept))
+        .route("/api/alerts/{id}/comment", post(comment))
         .route("/api/suppressions", post(suppress))
         .route("/api/assets", get(assets_list))
         .route("/api/asset", get(asset))
@@ -522,6 +523,31 @@ async fn alert(State(state): State<AppState>, Me(me): Me, Path(id): Path<String>
         )
         .await?,
     )?;
+    // Comments alone (`alert.comment`) live in the audit.
+    let comments = rows(
+        &query(
+            &state,
+            &format!(
+                "SELECT CAST(ts AS BIGINT) / 1000000 AS at_ms, user AS state_by, args FROM audit \
+                 WHERE command = 'alert.comment' AND alert_id = {} ORDER BY ts",
+                quote(&id)
+            ),
+        )
+        .await?,
+    )?;
+    let mut changes = changes;
+    for c in comments {
+        let text = serde_json::from_str::<Value>(c["args"].as_str().unwrap_or("{}"))
+            .ok()
+            .and_then(|a| a["comment"].as_str().map(str::to_string));
+        changes.push(json!({
+            "state": "comment",
+            "state_by": c["state_by"],
+            "at_ms": c["at_ms"],
+            "comment": text,
+        }));
+    }
+    changes.sort_by_key(|c| c["at_ms"].as_i64().unwrap_or(0));
     let (site, agent) = (
         alert["site"].as_str().unwrap_or_default(),
         alert["agent"].as_str().unwrap_or_default(),
@@ -628,6 +654,31 @@ async fn change_state(
     visible_alert(state, me, &id).await?;
     let comment = comment_of(&body.map_err(too_large)?)?;
     decide(state, me, request(id, comment)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommentText {
+    comment: String,
+}
+
+async fn comment(
+    State(state): State<AppState>,
+    Analyst(me): Analyst,
+    Path(id): Path<String>,
+    body: Result<Json<CommentText>, JsonRejection>,
+) -> ApiResult {
+    let Json(c) = body?;
+    visible_alert(&state, &me, &id).await?;
+    decide(
+        &state,
+        &me,
+        Request::AlertComment {
+            alert_id: id,
+            comment: c.comment,
+        },
+    )
+    .await
 }
 
 async fn accept(

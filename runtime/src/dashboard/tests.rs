@@ -413,6 +413,33 @@ async fn the_api_limits_each_user_to_their_sites_and_role_and_audits_their_decis
     assert_eq!(acked["alert"]["state_by"], "dashboard:ana");
     assert_eq!(acked["alert"]["comment"], "on it");
     assert_eq!(acked["changes"].as_array().unwrap().len(), 2);
+    // A comment alone changes no state; the alert's page shows it.
+    let (status, body) = ana
+        .send(
+            "POST",
+            &format!("/api/alerts/{}/comment", b1.id),
+            Some(json!({"comment": "vendor called back"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let commented = eventually("the comment in the audit", async || {
+        let (_, body) = vic.get(&format!("/api/alerts/{}", b1.id)).await;
+        let changes = body["changes"].as_array()?.clone();
+        changes
+            .iter()
+            .any(|c| c["state"] == "comment" && c["comment"] == "vendor called back")
+            .then_some(body)
+    })
+    .await;
+    assert_eq!(commented["alert"]["state"], "acked");
+    let (status, _) = vic
+        .send(
+            "POST",
+            &format!("/api/alerts/{}/comment", b1.id),
+            Some(json!({"comment": "x"})),
+        )
+        .await;
+    assert_eq!(status, 403);
     // A second ack is refused with the reason.
     let (status, body) = ana.send("POST", &ack, None).await;
     assert_eq!(status, 409);
