@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "otwatch_session";
+/// Names and addresses whose failed sign-ins are counted at once.
+const MAX_TRACKED_FAILURES: usize = 10_000;
+
 /// The header that carries the CSRF token on every state change.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -138,6 +141,18 @@ impl Auth {
         // Old entries go, so a spray of names cannot grow the map for ever.
         let lockout = self.lockout;
         failures.retain(|_, f| f.last.is_some_and(|l| now.duration_since(l) < lockout));
+        // A spray from many addresses cannot grow it past a bound either:
+        // the entries failed longest ago go first.
+        while failures.len() + keys.len() > MAX_TRACKED_FAILURES {
+            let Some(oldest) = failures
+                .iter()
+                .min_by_key(|(_, f)| f.last)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            failures.remove(&oldest);
+        }
         for key in keys {
             let f = failures.entry(key.clone()).or_default();
             f.count += 1;
