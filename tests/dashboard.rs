@@ -31,13 +31,23 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// One HTTP/1.1 request: (status, headers, body).
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String, String) {
+/// One HTTP/1.1 request, with the session cookie when given: (status,
+/// headers, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    session: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let cookie = session
+        .map(|s| format!("cookie: otwatch_session={s}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{cookie}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -106,6 +116,7 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
         &addr,
         "POST",
         "/api/signin",
+        None,
         r#"{"user":"ana","password":"a long passphrase"}"#,
     );
     assert_eq!(status, 200, "{body}");
@@ -127,20 +138,12 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
         now_ms - 2 * 86_400_000,
         now_ms + 1
     );
-    let get = |path: &str| {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\ncookie: otwatch_session={session}\r\nconnection: close\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer
-    };
+    let get = |path: &str| http(&addr, "GET", path, Some(&session), "").2;
     let deadline = Instant::now() + Duration::from_secs(60);
     let series = loop {
         let started = Instant::now();
-        let answer = get(&path);
+        let body = get(&path);
         let took = started.elapsed();
-        let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
         let series: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         if series["t"]
             .as_array()
@@ -166,8 +169,7 @@ async fn the_api_answers_as_its_openapi_file_says_under_schemathesis() {
         "oldest first"
     );
     // The fleet: the agent's stream is open, its backlog as its batches said.
-    let fleet = get("/api/fleet");
-    let fleet: Value = serde_json::from_str(fleet.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let fleet: Value = serde_json::from_str(&get("/api/fleet")).unwrap();
     let agent = &fleet["agents"][0];
     assert_eq!(agent["site"], "plant-a", "{fleet}");
     assert_eq!(agent["connected"], true, "{agent}");

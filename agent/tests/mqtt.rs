@@ -24,6 +24,24 @@ fn mosquitto_present() -> bool {
         && otwatch_testkit::peer_installed("mosquitto-clients", "/usr/bin/mosquitto_pub")
 }
 
+/// Mosquitto on loopback `port`, anonymous, with `extra` lines of
+/// configuration; its log is `dir/mosquitto.log`. Returns once it listens.
+async fn start_broker(dir: &std::path::Path, port: u16, extra: &str) -> Child {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}"),
+    )
+    .unwrap();
+    let broker = Child::start(
+        "/usr/sbin/mosquitto",
+        &["-c", conf.to_str().unwrap()],
+        &dir.join("mosquitto.log"),
+    );
+    wait_listening(port).await;
+    broker
+}
+
 fn publish(port: u16, topic: &str, payload: &str) {
     let out = Command::new("mosquitto_pub")
         .args([
@@ -62,18 +80,7 @@ async fn mosquitto_messages_reach_the_collector_also_those_sent_while_the_agent_
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let broker_conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &broker_conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-    )
-    .unwrap();
-    let _broker = Child::start(
-        "/usr/sbin/mosquitto",
-        &["-c", broker_conf.to_str().unwrap()],
-        &dir.path().join("mosquitto.log"),
-    );
-    wait_listening(port).await;
+    let _broker = start_broker(dir.path(), port, "").await;
 
     let collector = TestCollector::start(
         &dir.path().join("collector"),
@@ -366,10 +373,6 @@ mod sparkplug {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     use std::sync::{Arc, Mutex};
 
-    fn bd_seq(n: u64) -> Metric {
-        Metric::named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
-    }
-
     type Seen = (EventKind, String, Option<f64>, Option<String>);
 
     fn of(events: &[ControllerEvent], asset: &str) -> Vec<Seen> {
@@ -405,20 +408,9 @@ mod sparkplug {
         }
         let dir = tempfile::tempdir().unwrap();
         let (port, metrics_port) = (free_port(), free_port());
-        let broker_conf = dir.path().join("mosquitto.conf");
         let broker_log = dir.path().join("mosquitto.log");
         // `log_type all` logs every PUBLISH the broker receives, with its sender.
-        std::fs::write(
-            &broker_conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type all\n"),
-        )
-        .unwrap();
-        let _broker = Child::start(
-            "/usr/sbin/mosquitto",
-            &["-c", broker_conf.to_str().unwrap()],
-            &broker_log,
-        );
-        wait_listening(port).await;
+        let _broker = super::start_broker(dir.path(), port, "log_type all\n").await;
         let collector = TestCollector::start(
             &dir.path().join("collector"),
             CollectorConfig::default(),
@@ -472,10 +464,10 @@ mod sparkplug {
         // born until its birth arrives.
         let agent = start_agent(&config, &agent_log);
         let nbirth = Payload::encoded(
-            (ts) as u64,
+            ts as u64,
             Some(0),
             vec![
-                bd_seq(1),
+                Metric::bd_seq(1),
                 Metric::named(
                     "Node Control/Rebirth",
                     1,
@@ -563,7 +555,7 @@ mod sparkplug {
         let death = |bd| {
             Payload {
                 timestamp: Some((ts + 60) as u64),
-                metrics: vec![bd_seq(bd)],
+                metrics: vec![Metric::bd_seq(bd)],
                 ..Default::default()
             }
             .encode_to_vec()
@@ -572,7 +564,7 @@ mod sparkplug {
         // Another group is not read.
         send(
             "spBv1.0/plant-b/NBIRTH/gw-8",
-            Payload::encoded((ts) as u64, Some(0), vec![bd_seq(0)]),
+            Payload::encoded(ts as u64, Some(0), vec![Metric::bd_seq(0)]),
         )
         .await;
         send("spBv1.0/plant-a/NDEATH/gw-7", death(1)).await;

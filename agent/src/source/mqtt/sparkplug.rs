@@ -118,7 +118,15 @@ pub enum MetricValue {
     BytesValue(Vec<u8>),
 }
 
+/// The metric by which an NBIRTH and the NDEATH that ends it are paired.
+pub const BD_SEQ: &str = "bdSeq";
+
 impl Metric {
+    /// The `bdSeq` metric of an NBIRTH or NDEATH, as an edge node sends it.
+    pub fn bd_seq(n: u64) -> Metric {
+        Metric::named(BD_SEQ, 0, datatype::INT64, MetricValue::LongValue(n))
+    }
+
     /// A metric by name and alias, as births carry them.
     pub fn named(name: &str, alias: u64, datatype: u32, value: MetricValue) -> Metric {
         Metric {
@@ -350,7 +358,7 @@ fn parse_topic(topic: &str) -> Result<Option<Topic<'_>>, String> {
 fn bd_seq(metrics: &[Metric]) -> Option<u64> {
     metrics
         .iter()
-        .find(|m| m.name.as_deref() == Some("bdSeq"))
+        .find(|m| m.name.as_deref() == Some(BD_SEQ))
         .and_then(|m| match m.value {
             Some(MetricValue::LongValue(v)) => Some(v),
             Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
@@ -532,7 +540,7 @@ impl Sparkplug {
                     continue;
                 }
             };
-            if birth && (known.name == "bdSeq" || known.name.starts_with("Node Control/")) {
+            if birth && (known.name == BD_SEQ || known.name.starts_with("Node Control/")) {
                 continue;
             }
             let Some(value) = &m.value else { continue };

@@ -167,10 +167,6 @@ use otwatch_proto::ControllerEvent;
 use prost::Message;
 use std::sync::atomic::Ordering;
 
-fn bd_seq(n: u64) -> Metric {
-    Metric::named("bdSeq", 0, datatype::INT64, MetricValue::LongValue(n))
-}
-
 type Got = (String, EventKind, String, Option<f64>, Option<String>, i64);
 
 fn got(events: Vec<ControllerEvent>) -> Vec<Got> {
@@ -218,7 +214,7 @@ fn born(sp: &mut Sparkplug, m: &SourceMetrics) -> Vec<Got> {
                 T,
                 Some(0),
                 vec![
-                    bd_seq(3),
+                    Metric::bd_seq(3),
                     Metric::named(
                         "Node Control/Rebirth",
                         1,
@@ -488,7 +484,7 @@ fn sparkplug_deaths_and_a_stale_bd_seq() {
     // A will of an earlier session (bdSeq 2) arrives late: ignored.
     let death = |bd| {
         Payload {
-            metrics: vec![bd_seq(bd)],
+            metrics: vec![Metric::bd_seq(bd)],
             ..Default::default()
         }
         .encode_to_vec()
